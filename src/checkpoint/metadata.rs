@@ -1,0 +1,482 @@
+//! Checkpoint metadata (the commit record), pin records, and their envelope.
+//!
+//! Envelope: magic (8 bytes), format version (u32 LE), body length (u64 LE), BLAKE3 of the body,
+//! body (MessagePack). `decode` checks all of them before decoding and then validates the body;
+//! `encode` validates right before writing (pair assertions, G5). Validation rejects anything the
+//! engine could not have written: paths that escape, unknown file shapes, absurd sizes.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::keygroup::{KeyGroupRange, check_max_parallelism};
+use crate::state::StateDescriptor;
+use crate::store::{ContentHash, validate_object_path};
+
+pub(crate) const METADATA_MAGIC: &[u8; 8] = b"RKPTMETA";
+pub(crate) const PIN_MAGIC: &[u8; 8] = b"RKPTPIN\0";
+/// Version of the metadata and pin body format.
+pub const METADATA_FORMAT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 8 + 4 + 8 + 32;
+/// Largest size of one file the engine accepts from metadata.
+pub(crate) const MAX_FILE_BYTES: u64 = 1 << 40;
+/// Longest chain of segments of one log file.
+pub(crate) const MAX_SEGMENTS: usize = 128;
+const MAX_FILES_PER_BACKEND: usize = 1_000_000;
+const MAX_BACKENDS: usize = 32_768;
+
+/// Whether a snapshot is a checkpoint (owned by the engine) or a savepoint (owned by the user).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotKind {
+    /// Retained and discarded by the engine according to the retention settings.
+    Checkpoint,
+    /// Never discarded by the engine.
+    Savepoint,
+}
+
+impl SnapshotKind {
+    pub(crate) fn dir_prefix(self) -> &'static str {
+        match self {
+            SnapshotKind::Checkpoint => "chk",
+            SnapshotKind::Savepoint => "sp",
+        }
+    }
+}
+
+/// An immutable SST stored once under its content hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedFile {
+    /// BLAKE3 of its bytes; also its name in the store.
+    pub hash: ContentHash,
+    /// Size in bytes.
+    pub size: u64,
+    /// Its name in the RocksDB directory (`000123.sst`).
+    pub local_name: String,
+}
+
+/// One content-addressed piece of a log file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// BLAKE3 of the segment's bytes.
+    pub hash: ContentHash,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A WAL or MANIFEST file: the concatenation of its segments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFile {
+    /// Its name in the RocksDB directory (`000042.log`, `MANIFEST-000007`).
+    pub local_name: String,
+    /// Its bytes, in order.
+    pub segments: Vec<Segment>,
+}
+
+impl LogFile {
+    /// Total size in bytes.
+    pub fn size(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+}
+
+/// A file that belongs to one checkpoint, stored under the checkpoint's directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivateFile {
+    /// Object path relative to the store root.
+    pub path: String,
+    /// Its name in the RocksDB directory (`OPTIONS-000009`).
+    pub local_name: String,
+    /// BLAKE3 of its bytes.
+    pub hash: ContentHash,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What one backend's snapshot produced: everything needed to restore it, plus transfer figures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendHandle {
+    /// The key groups the backend owned.
+    pub key_groups: KeyGroupRange,
+    /// The job's max parallelism.
+    pub max_parallelism: u32,
+    /// Every registered state.
+    pub states: Vec<StateDescriptor>,
+    /// Referenced SSTs.
+    pub shared_files: Vec<SharedFile>,
+    /// WAL and MANIFEST files.
+    pub log_files: Vec<LogFile>,
+    /// Files owned by this checkpoint.
+    pub private_files: Vec<PrivateFile>,
+    /// The MANIFEST that `CURRENT` names.
+    pub manifest_name: String,
+    /// Bytes this snapshot uploaded (new shared files, new segments, private files).
+    pub uploaded_bytes: u64,
+    /// Number of objects this snapshot uploaded.
+    pub uploaded_files: u64,
+    /// Bytes of shared files and segments it reused instead of uploading.
+    pub reused_bytes: u64,
+    /// Number of shared files and segments it reused.
+    pub reused_files: u64,
+    /// How long the synchronous phase blocked the operator, in microseconds.
+    pub sync_pause_us: u64,
+    /// How long the asynchronous phase took, in microseconds.
+    pub async_duration_us: u64,
+}
+
+impl BackendHandle {
+    /// Every content hash the backend references (SSTs and log segments).
+    pub fn shared_hashes(&self) -> impl Iterator<Item = ContentHash> + '_ {
+        self.shared_files
+            .iter()
+            .map(|f| f.hash)
+            .chain(self.log_files.iter().flat_map(|l| l.segments.iter().map(|s| s.hash)))
+    }
+
+    /// Total bytes of every file the backend references.
+    pub fn full_size_bytes(&self) -> u64 {
+        self.shared_files.iter().map(|f| f.size).sum::<u64>()
+            + self.log_files.iter().map(LogFile::size).sum::<u64>()
+            + self.private_files.iter().map(|f| f.size).sum::<u64>()
+    }
+
+    /// The directory name of the backend's private files (`kg-<start>-<end>`).
+    pub(crate) fn tag(&self) -> String {
+        backend_tag(self.key_groups)
+    }
+
+    fn validate(&self, job_id: &str) -> Result<()> {
+        check_max_parallelism(self.max_parallelism)?;
+        if self.key_groups.end() > self.max_parallelism {
+            return Err(Error::corruption(format!(
+                "backend {} exceeds max_parallelism {}",
+                self.key_groups, self.max_parallelism
+            )));
+        }
+        let files = self.shared_files.len() + self.log_files.len() + self.private_files.len();
+        if files > MAX_FILES_PER_BACKEND || self.states.len() > MAX_FILES_PER_BACKEND {
+            return Err(Error::corruption(format!("backend {} lists {files} files", self.key_groups)));
+        }
+        let mut names = HashSet::new();
+        let mut unique = |name: &str| -> Result<()> {
+            if names.insert(name.to_owned()) {
+                Ok(())
+            } else {
+                Err(Error::corruption(format!("local file `{name}` is listed twice")))
+            }
+        };
+        for file in &self.shared_files {
+            check_local_name(&file.local_name, LocalKind::Sst)?;
+            check_size(&file.local_name, file.size)?;
+            unique(&file.local_name)?;
+        }
+        let mut has_manifest = false;
+        for log in &self.log_files {
+            check_local_name(&log.local_name, LocalKind::Log)?;
+            unique(&log.local_name)?;
+            if log.segments.len() > MAX_SEGMENTS {
+                return Err(Error::corruption(format!(
+                    "log file `{}` has {} segments (at most {MAX_SEGMENTS})",
+                    log.local_name,
+                    log.segments.len()
+                )));
+            }
+            let mut total = 0u64;
+            for segment in &log.segments {
+                check_size(&log.local_name, segment.size)?;
+                total = total.saturating_add(segment.size);
+            }
+            check_size(&log.local_name, total)?;
+            has_manifest |= log.local_name == self.manifest_name;
+        }
+        check_local_name(&self.manifest_name, LocalKind::Log)?;
+        if !self.manifest_name.starts_with("MANIFEST-") || !has_manifest {
+            return Err(Error::corruption(format!(
+                "manifest `{}` is not among the backend's log files",
+                self.manifest_name
+            )));
+        }
+        for file in &self.private_files {
+            check_local_name(&file.local_name, LocalKind::Private)?;
+            check_size(&file.local_name, file.size)?;
+            unique(&file.local_name)?;
+            validate_object_path(&file.path).map_err(|_| {
+                Error::corruption(format!("private file path `{}` is not a valid object path", file.path))
+            })?;
+            if !file.path.starts_with("jobs/") {
+                return Err(Error::corruption(format!(
+                    "private file `{}` of job `{job_id}` lies outside `jobs/`",
+                    file.path
+                )));
+            }
+        }
+        for state in &self.states {
+            if state.name.is_empty()
+                || state.name.len() > 200
+                || !state.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
+                return Err(Error::corruption(format!("state name `{}` is not valid", state.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The commit record of a checkpoint or savepoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMetadata {
+    /// The job that took it.
+    pub job_id: String,
+    /// Its id, increasing within the job.
+    pub checkpoint_id: u64,
+    /// Checkpoint or savepoint.
+    pub kind: SnapshotKind,
+    /// When it was committed, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// The job's max parallelism.
+    pub max_parallelism: u32,
+    /// One handle per backend, with disjoint key-group ranges.
+    pub backends: Vec<BackendHandle>,
+    /// Bytes uploaded for this checkpoint (what was new).
+    pub checkpointed_size_bytes: u64,
+    /// Bytes of every file it references.
+    pub full_size_bytes: u64,
+}
+
+impl CheckpointMetadata {
+    /// Every content hash it references.
+    pub fn shared_hashes(&self) -> impl Iterator<Item = ContentHash> + '_ {
+        self.backends.iter().flat_map(BackendHandle::shared_hashes)
+    }
+
+    /// The object path of its commit record.
+    pub fn metadata_path(&self) -> String {
+        metadata_path(&self.job_id, self.kind, self.checkpoint_id)
+    }
+
+    /// Checks every field (run before writing and after reading).
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate_job_id(&self.job_id).map_err(|e| Error::corruption(e.to_string()))?;
+        if self.checkpoint_id == 0 {
+            return Err(Error::corruption("checkpoint id 0 is reserved"));
+        }
+        check_max_parallelism(self.max_parallelism)?;
+        if self.backends.is_empty() || self.backends.len() > MAX_BACKENDS {
+            return Err(Error::corruption(format!(
+                "checkpoint {} lists {} backends",
+                self.checkpoint_id,
+                self.backends.len()
+            )));
+        }
+        let mut ranges: Vec<KeyGroupRange> = Vec::new();
+        for backend in &self.backends {
+            if backend.max_parallelism != self.max_parallelism {
+                return Err(Error::corruption(format!(
+                    "backend {} has max_parallelism {} but the checkpoint {}",
+                    backend.key_groups, backend.max_parallelism, self.max_parallelism
+                )));
+            }
+            if let Some(other) = ranges.iter().find(|r| r.intersect(&backend.key_groups).is_some()) {
+                return Err(Error::corruption(format!(
+                    "backends {} and {} overlap",
+                    other, backend.key_groups
+                )));
+            }
+            ranges.push(backend.key_groups);
+            backend.validate(&self.job_id)?;
+        }
+        Ok(())
+    }
+}
+
+/// What an in-flight snapshot or a restore without claim holds on to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PinRecord {
+    pub job_id: String,
+    pub checkpoint_id: Option<u64>,
+    pub created_at_ms: u64,
+    pub hashes: Vec<ContentHash>,
+}
+
+/// Wraps a MessagePack body in the checksummed envelope.
+pub(crate) fn seal(magic: &[u8; 8], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&METADATA_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(blake3::hash(body).as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Checks the envelope and returns the body.
+pub(crate) fn unseal<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result<&'a [u8]> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(Error::corruption(format!("{what}: {} bytes is shorter than its header", bytes.len())));
+    }
+    if &bytes[..8] != magic {
+        return Err(Error::corruption(format!("{what}: wrong magic (not a rockpoint file of this kind)")));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != METADATA_FORMAT_VERSION {
+        return Err(Error::corruption(format!(
+            "{what}: format version {version}, this build reads version {METADATA_FORMAT_VERSION}"
+        )));
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let body = &bytes[HEADER_BYTES..];
+    if len != body.len() as u64 {
+        return Err(Error::corruption(format!(
+            "{what}: header says {len} body bytes, found {} (truncated or extended)",
+            body.len()
+        )));
+    }
+    if blake3::hash(body).as_bytes() != &bytes[20..52] {
+        return Err(Error::corruption(format!("{what}: checksum mismatch (the body is corrupt)")));
+    }
+    Ok(body)
+}
+
+/// Validates and encodes metadata for writing.
+pub(crate) fn encode_metadata(metadata: &CheckpointMetadata) -> Result<Vec<u8>> {
+    metadata.validate()?;
+    let body = rmp_serde::to_vec_named(metadata)
+        .map_err(|e| Error::invalid(format!("encoding checkpoint metadata: {e}")))?;
+    Ok(seal(METADATA_MAGIC, &body))
+}
+
+/// Decodes and validates metadata read from `path`.
+pub(crate) fn decode_metadata(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
+    let what = format!("metadata `{path}`");
+    let body = unseal(METADATA_MAGIC, bytes, &what)?;
+    let metadata: CheckpointMetadata =
+        rmp_serde::from_slice(body).map_err(|e| Error::corruption(format!("{what}: undecodable body: {e}")))?;
+    metadata
+        .validate()
+        .map_err(|e| Error::corruption(format!("{what}: {e}")))?;
+    if metadata.metadata_path() != path {
+        return Err(Error::corruption(format!(
+            "{what} describes `{}` (job `{}`, id {}), not the checkpoint at this path",
+            metadata.metadata_path(),
+            metadata.job_id,
+            metadata.checkpoint_id
+        )));
+    }
+    Ok(metadata)
+}
+
+pub(crate) fn encode_pin(pin: &PinRecord) -> Result<Vec<u8>> {
+    let body = rmp_serde::to_vec_named(pin).map_err(|e| Error::invalid(format!("encoding pin record: {e}")))?;
+    Ok(seal(PIN_MAGIC, &body))
+}
+
+pub(crate) fn decode_pin(bytes: &[u8], path: &str) -> Result<PinRecord> {
+    let what = format!("pin record `{path}`");
+    let body = unseal(PIN_MAGIC, bytes, &what)?;
+    rmp_serde::from_slice(body).map_err(|e| Error::corruption(format!("{what}: undecodable body: {e}")))
+}
+
+/// Job ids name directories: 1 to 128 characters of `[A-Za-z0-9_-]`.
+pub(crate) fn validate_job_id(job_id: &str) -> Result<()> {
+    let ok = !job_id.is_empty()
+        && job_id.len() <= 128
+        && job_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("job id `{job_id}`: use 1 to 128 characters of [A-Za-z0-9_-]")))
+    }
+}
+
+/// `jobs/<job>/<chk|sp>-<id:020>` — the directory of one checkpoint.
+pub(crate) fn checkpoint_dir(job_id: &str, kind: SnapshotKind, id: u64) -> String {
+    format!("jobs/{job_id}/{}-{id:020}", kind.dir_prefix())
+}
+
+/// The commit record path of a checkpoint.
+pub(crate) fn metadata_path(job_id: &str, kind: SnapshotKind, id: u64) -> String {
+    format!("{}/_metadata", checkpoint_dir(job_id, kind, id))
+}
+
+/// Parses `jobs/<job>/<chk|sp>-<id>/...` into its job, kind and id.
+pub(crate) fn parse_checkpoint_path(path: &str) -> Option<(String, SnapshotKind, u64, String)> {
+    let mut parts = path.splitn(4, '/');
+    if parts.next()? != "jobs" {
+        return None;
+    }
+    let job = parts.next()?.to_owned();
+    let dir = parts.next()?;
+    let rest = parts.next().unwrap_or("").to_owned();
+    let (kind, id) = if let Some(id) = dir.strip_prefix("chk-") {
+        (SnapshotKind::Checkpoint, id)
+    } else if let Some(id) = dir.strip_prefix("sp-") {
+        (SnapshotKind::Savepoint, id)
+    } else {
+        return None;
+    };
+    if id.len() != 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((job, kind, id.parse().ok()?, rest))
+}
+
+/// Where a shared file lives: `shared/<first two hex digits>/<hex>`.
+pub(crate) fn shared_path(hash: &ContentHash) -> String {
+    let hex = hash.to_hex();
+    format!("shared/{}/{hex}", &hex[..2])
+}
+
+/// Parses a shared file path back into its hash.
+pub(crate) fn parse_shared_path(path: &str) -> Option<ContentHash> {
+    let rest = path.strip_prefix("shared/")?;
+    let (fan, hex) = rest.split_once('/')?;
+    let hash: ContentHash = hex.parse().ok()?;
+    (hex.starts_with(fan) && fan.len() == 2).then_some(hash)
+}
+
+/// `kg-<start>-<end>`: names a backend's private directory and pin.
+pub(crate) fn backend_tag(range: KeyGroupRange) -> String {
+    format!("kg-{:05}-{:05}", range.start(), range.end())
+}
+
+/// `pins/<job>/<chk|sp>-<id:020>-<tag>` — the pin of one backend's in-flight snapshot.
+pub(crate) fn snapshot_pin_path(job_id: &str, kind: SnapshotKind, id: u64, tag: &str) -> String {
+    format!("pins/{job_id}/{}-{id:020}-{tag}", kind.dir_prefix())
+}
+
+/// The prefix of every pin of one in-flight checkpoint.
+pub(crate) fn snapshot_pin_prefix(job_id: &str, kind: SnapshotKind, id: u64) -> String {
+    format!("pins/{job_id}/{}-{id:020}-", kind.dir_prefix())
+}
+
+#[derive(Clone, Copy)]
+enum LocalKind {
+    Sst,
+    Log,
+    Private,
+}
+
+/// Local names become file names inside the restore directory: they must be plain RocksDB names.
+fn check_local_name(name: &str, kind: LocalKind) -> Result<()> {
+    let digits = |s: &str| s.len() >= 6 && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = match kind {
+        LocalKind::Sst => name.strip_suffix(".sst").is_some_and(digits),
+        LocalKind::Log => {
+            name.strip_suffix(".log").is_some_and(digits) || name.strip_prefix("MANIFEST-").is_some_and(digits)
+        }
+        LocalKind::Private => name.strip_prefix("OPTIONS-").is_some_and(digits),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::corruption(format!("`{name}` is not a RocksDB file name the engine ships")))
+    }
+}
+
+fn check_size(name: &str, size: u64) -> Result<()> {
+    if size > MAX_FILE_BYTES {
+        return Err(Error::corruption(format!("`{name}` claims {size} bytes (more than 1 TiB)")));
+    }
+    Ok(())
+}

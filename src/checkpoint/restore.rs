@@ -1,0 +1,481 @@
+//! Restore from a checkpoint's path (R1–R7 of `docs/protocols.md`).
+//!
+//! Safety: metadata is verified (envelope, checksum, validation) before anything is written, and
+//! every local name it holds is a plain RocksDB file name, so nothing lands outside the temporary
+//! directory (G5). Every byte is hashed as it streams in; a missing, short, long or altered file
+//! fails the restore with an error naming it, and the temporary directory is removed: a restore
+//! yields the checkpoint's exact state or nothing (G2).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use super::coordinator::CheckpointCoordinator;
+use super::metadata::{
+    self, BackendHandle, CheckpointMetadata, PinRecord, SnapshotKind, checkpoint_dir, parse_checkpoint_path, shared_path,
+};
+use crate::backend::{DB_DIR, KeyedStateBackend};
+use crate::error::{Error, ErrorDetail, ErrorKind, Result};
+use crate::keygroup::KeyGroupRange;
+use crate::settings::BackendSettings;
+use crate::store::{ContentHash, Store, WriteMode};
+
+/// Where to restore from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestoreSource {
+    /// The object path of a metadata record (`jobs/<job>/chk-<id>/_metadata`).
+    Metadata(String),
+    /// The object path of a checkpoint directory (`jobs/<job>/chk-<id>`).
+    Directory(String),
+    /// The newest committed checkpoint of a job.
+    Latest(String),
+}
+
+impl RestoreSource {
+    /// Parses `latest:<job>`, a metadata path, or a checkpoint directory path (relative to the root).
+    pub fn parse(text: &str) -> Result<Self> {
+        if let Some(job) = text.strip_prefix("latest:") {
+            metadata::validate_job_id(job)?;
+            return Ok(RestoreSource::Latest(job.to_owned()));
+        }
+        let trimmed = text.trim_matches('/');
+        if trimmed.ends_with("/_metadata") {
+            Ok(RestoreSource::Metadata(trimmed.to_owned()))
+        } else {
+            Ok(RestoreSource::Directory(trimmed.to_owned()))
+        }
+    }
+}
+
+/// Whether a restored job takes ownership of the checkpoint it starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimMode {
+    /// The source stays with its job; the restored job pins its files until its own first
+    /// checkpoint, which uploads only what is new.
+    NoClaim,
+    /// The restored job adopts the checkpoint (re-committed under its own id) and discards it when
+    /// it is subsumed.
+    Claim,
+}
+
+/// One backend to restore: its directory (must not exist), key groups and settings.
+#[derive(Clone, Debug)]
+pub struct RestoreTarget {
+    /// The backend directory to create.
+    pub dir: PathBuf,
+    /// The key groups it owns; a backend of the checkpoint must have exactly this range.
+    pub key_groups: KeyGroupRange,
+    /// Its settings.
+    pub settings: BackendSettings,
+}
+
+/// Figures of one backend's download.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DownloadReport {
+    /// Files written.
+    pub files: u64,
+    /// Bytes downloaded and verified.
+    pub bytes: u64,
+}
+
+/// A callback told how many more bytes arrived (for progress bars).
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// R1–R2: resolves `source` and reads its verified metadata. Returns the metadata path too.
+pub async fn read_metadata(store: &dyn Store, source: &RestoreSource) -> Result<(String, CheckpointMetadata)> {
+    let path = match source {
+        RestoreSource::Metadata(path) => path.clone(),
+        RestoreSource::Directory(dir) => format!("{}/_metadata", dir.trim_end_matches('/')),
+        RestoreSource::Latest(job) => latest_checkpoint(store, job)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("job `{job}` has no committed checkpoint in {}", store.describe())))?,
+    };
+    if parse_checkpoint_path(&path).is_none_or(|(_, _, _, rest)| rest != "_metadata") {
+        return Err(Error::invalid(format!(
+            "`{path}` is not a checkpoint metadata path (jobs/<job>/chk-<id>/_metadata)"
+        )));
+    }
+    let bytes = match store.get(&path).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(Error::not_found(format!("no checkpoint metadata at `{path}` in {}", store.describe())));
+        }
+        Err(e) => return Err(e),
+    };
+    let metadata = metadata::decode_metadata(&bytes, &path)?;
+    Ok((path, metadata))
+}
+
+/// The metadata path of a job's newest committed checkpoint.
+pub async fn latest_checkpoint(store: &dyn Store, job: &str) -> Result<Option<String>> {
+    metadata::validate_job_id(job)?;
+    let mut best: Option<(u64, String)> = None;
+    for object in store.list(&format!("jobs/{job}/")).await? {
+        if let Some((_, SnapshotKind::Checkpoint, id, rest)) = parse_checkpoint_path(&object.path)
+            && rest == "_metadata"
+            && best.as_ref().is_none_or(|(b, _)| id > *b)
+        {
+            best = Some((id, object.path));
+        }
+    }
+    Ok(best.map(|(_, path)| path))
+}
+
+/// The handle of `metadata` whose key-group range is exactly `key_groups`.
+pub fn backend_for(metadata: &CheckpointMetadata, key_groups: KeyGroupRange) -> Result<&BackendHandle> {
+    metadata.backends.iter().find(|b| b.key_groups == key_groups).ok_or_else(|| {
+        let ranges: Vec<String> = metadata.backends.iter().map(|b| b.key_groups.to_string()).collect();
+        Error::invalid(format!(
+            "checkpoint {} of job `{}` has no backend for key groups {key_groups}; it has {}",
+            metadata.checkpoint_id,
+            metadata.job_id,
+            ranges.join(", ")
+        ))
+    })
+}
+
+/// R5–R6: downloads one backend into the new directory `target` (its RocksDB files land in
+/// `target/db`), verifying every file. `target` must not exist or be empty.
+pub async fn download_backend(
+    store: &dyn Store,
+    handle: &BackendHandle,
+    target: &Path,
+    parallelism: usize,
+    progress: Option<Progress>,
+) -> Result<DownloadReport> {
+    let target = absolute(target)?;
+    let occupied = std::fs::read_dir(&target).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if occupied {
+        return Err(Error::invalid(format!(
+            "restore target {} exists and is not empty; restore into a new directory",
+            target.display()
+        )));
+    }
+    let parent = target
+        .parent()
+        .ok_or_else(|| Error::invalid(format!("restore target {} has no parent", target.display())))?
+        .to_path_buf();
+    let name = target
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("restore target {} has no name", target.display())))?
+        .to_string_lossy()
+        .into_owned();
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io("creating", &parent, e))?;
+    // Leftovers of interrupted restores into this target.
+    let stale_prefix = format!(".{name}.restore-");
+    if let Ok(entries) = std::fs::read_dir(&parent) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&stale_prefix) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let temp = parent.join(format!("{stale_prefix}{}", crate::util::nonce()));
+    let db = temp.join(DB_DIR);
+    std::fs::create_dir_all(&db).map_err(|e| Error::io("creating", &db, e))?;
+    let result = fill(store, handle, &db, parallelism, progress).await;
+    let result = match result {
+        Ok(report) => publish(&temp, &target, &parent).map(|()| report),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    result
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        Ok(path.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()
+            .map_err(|e| Error::io("resolving the current directory for", path, e))?
+            .join(path))
+    }
+}
+
+/// A local file to assemble from verified parts.
+struct Assembly {
+    local_name: String,
+    parts: Vec<(String, ContentHash, u64)>,
+}
+
+async fn fill(
+    store: &dyn Store,
+    handle: &BackendHandle,
+    db: &Path,
+    parallelism: usize,
+    progress: Option<Progress>,
+) -> Result<DownloadReport> {
+    let mut work = Vec::new();
+    for file in &handle.shared_files {
+        work.push(Assembly {
+            local_name: file.local_name.clone(),
+            parts: vec![(shared_path(&file.hash), file.hash, file.size)],
+        });
+    }
+    for log in &handle.log_files {
+        work.push(Assembly {
+            local_name: log.local_name.clone(),
+            parts: log.segments.iter().map(|s| (shared_path(&s.hash), s.hash, s.size)).collect(),
+        });
+    }
+    for file in &handle.private_files {
+        work.push(Assembly {
+            local_name: file.local_name.clone(),
+            parts: vec![(file.path.clone(), file.hash, file.size)],
+        });
+    }
+    let bytes = AtomicU64::new(0);
+    let files = work.len() as u64;
+    stream::iter(work.into_iter().map(|assembly| {
+        let progress = progress.clone();
+        let bytes = &bytes;
+        async move {
+            let written = assemble(store, db, &assembly, progress).await?;
+            bytes.fetch_add(written, Ordering::Relaxed);
+            Ok::<_, Error>(())
+        }
+    }))
+    .buffer_unordered(parallelism.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
+    let current = db.join("CURRENT");
+    write_synced(&current, format!("{}\n", handle.manifest_name).as_bytes())?;
+    sync_dir(db)?;
+    Ok(DownloadReport {
+        files,
+        bytes: bytes.into_inner(),
+    })
+}
+
+/// Streams the parts of one file into `db/<local name>`, verifying each part's size and hash.
+async fn assemble(store: &dyn Store, db: &Path, assembly: &Assembly, progress: Option<Progress>) -> Result<u64> {
+    // Local names were validated as plain RocksDB names: the join stays inside `db`.
+    let path = db.join(&assembly.local_name);
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| Error::io("creating", &path, e))?;
+    let mut total = 0u64;
+    for (object, expected, expected_size) in &assembly.parts {
+        let (size, mut chunks) = match store.get_stream(object).await {
+            Ok(found) => found,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::corruption(format!(
+                    "`{object}` ({} in the checkpoint) is missing from the store",
+                    assembly.local_name
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let mismatch = |actual: String, actual_size: u64| -> Error {
+            ErrorDetail::HashMismatch {
+                file: format!("{object} ({})", assembly.local_name),
+                expected: expected.to_hex(),
+                expected_size: *expected_size,
+                actual,
+                actual_size,
+            }
+            .into()
+        };
+        if size != *expected_size {
+            return Err(mismatch("(not read)".into(), size));
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut received = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk: Bytes = chunk?;
+            received += chunk.len() as u64;
+            if received > *expected_size {
+                return Err(mismatch("(longer than expected)".into(), received));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(|e| Error::io("writing", &path, e))?;
+            if let Some(progress) = &progress {
+                progress(chunk.len() as u64);
+            }
+        }
+        let actual = ContentHash::from(hasher.finalize());
+        if actual != *expected || received != *expected_size {
+            return Err(mismatch(actual.to_hex(), received));
+        }
+        total += received;
+    }
+    file.sync_all().await.map_err(|e| Error::io("syncing", &path, e))?;
+    Ok(total)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).map_err(|e| Error::io("creating", path, e))?;
+    file.write_all(bytes).map_err(|e| Error::io("writing", path, e))?;
+    file.sync_all().map_err(|e| Error::io("syncing", path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing directory", dir, e))
+}
+
+fn publish(temp: &Path, target: &Path, parent: &Path) -> Result<()> {
+    sync_dir(temp)?;
+    if target.exists() {
+        // An empty directory was allowed; rename needs it gone.
+        std::fs::remove_dir(target).map_err(|e| Error::io("replacing empty directory", target, e))?;
+    }
+    std::fs::rename(temp, target).map_err(|e| Error::io("moving restored backend into place at", target, e))?;
+    sync_dir(parent)
+}
+
+/// Downloads the backend of `source` owning `key_groups` into `target` and opens it, outside any
+/// job (the `rockpoint restore` command). Nothing is pinned: do not run a job's GC meanwhile.
+pub async fn restore_backend(
+    store: &dyn Store,
+    source: &RestoreSource,
+    target: &RestoreTarget,
+    parallelism: usize,
+    progress: Option<Progress>,
+) -> Result<KeyedStateBackend> {
+    let (_, metadata) = read_metadata(store, source).await?;
+    let handle = backend_for(&metadata, target.key_groups)?;
+    download_backend(store, handle, &target.dir, parallelism, progress).await?;
+    open_restored(handle, target)
+}
+
+/// Opens a downloaded backend and checks it holds the states the checkpoint recorded.
+fn open_restored(handle: &BackendHandle, target: &RestoreTarget) -> Result<KeyedStateBackend> {
+    let backend = KeyedStateBackend::open(&target.dir, handle.max_parallelism, handle.key_groups, target.settings.clone())?;
+    let mut recorded = handle.states.clone();
+    recorded.sort_by(|a, b| a.name.cmp(&b.name));
+    if backend.states() != recorded {
+        return Err(Error::corruption(format!(
+            "restored backend {} holds states {:?}, the checkpoint recorded {:?}",
+            handle.key_groups,
+            backend.states().iter().map(|s| &s.name).collect::<Vec<_>>(),
+            recorded.iter().map(|s| &s.name).collect::<Vec<_>>()
+        )));
+    }
+    backend.seed_hash_cache(handle.shared_files.iter().map(|f| (f.local_name.clone(), f.size, f.hash)));
+    Ok(backend)
+}
+
+impl CheckpointCoordinator {
+    /// Restores this job's backends from `source` (R1–R7). Without claim, the source's files are
+    /// pinned until this job's first checkpoint, which reuses them instead of uploading them again.
+    /// With claim, the checkpoint becomes this job's own.
+    pub async fn restore(
+        &self,
+        source: &RestoreSource,
+        targets: &[RestoreTarget],
+        mode: ClaimMode,
+    ) -> Result<Vec<KeyedStateBackend>> {
+        let store = &**self.store();
+        // R1, R2
+        let (source_path, metadata) = read_metadata(store, source).await?;
+        // R3
+        let handles: Vec<&BackendHandle> = targets
+            .iter()
+            .map(|t| backend_for(&metadata, t.key_groups))
+            .collect::<Result<_>>()?;
+        let hashes: Vec<ContentHash> = {
+            let mut all: Vec<ContentHash> = handles.iter().flat_map(|h| h.shared_hashes()).collect();
+            all.sort();
+            all.dedup();
+            all
+        };
+        // R4 (without claim): pin, then check the source still exists.
+        if mode == ClaimMode::NoClaim {
+            let pin_path = format!("pins/{}/restore-{}", self.job_id(), crate::util::nonce());
+            let pin = PinRecord {
+                job_id: self.job_id().to_owned(),
+                checkpoint_id: None,
+                created_at_ms: crate::util::now_ms(),
+                hashes: hashes.clone(),
+            };
+            store
+                .put(&pin_path, Bytes::from(metadata::encode_pin(&pin)?), WriteMode::CreateOnly)
+                .await?;
+            if store.head(&source_path).await?.is_none() {
+                store.delete(&pin_path).await?;
+                return Err(Error::not_found(format!(
+                    "checkpoint `{source_path}` was discarded while it was being restored"
+                )));
+            }
+            self.add_restore_pin(pin_path, hashes.iter().copied());
+        }
+        // R5, R6
+        let parallelism = self.inner.settings.transfer_parallelism;
+        for (handle, target) in handles.iter().zip(targets) {
+            download_backend(store, handle, &target.dir, parallelism, None).await?;
+        }
+        // R4 (with claim): re-commit under this job, then drop the old record.
+        if mode == ClaimMode::Claim {
+            self.claim(&source_path, &metadata, targets).await?;
+        }
+        // R7
+        handles
+            .iter()
+            .zip(targets)
+            .map(|(handle, target)| open_restored(handle, target))
+            .collect()
+    }
+
+    async fn claim(&self, source_path: &str, metadata: &CheckpointMetadata, targets: &[RestoreTarget]) -> Result<()> {
+        let store = &**self.store();
+        let id = self.allocate_id();
+        let mut adopted = metadata.clone();
+        adopted.job_id = self.job_id().to_owned();
+        adopted.checkpoint_id = id;
+        // Private files move with the record: the old job's directory will be cleaned up.
+        for backend in &mut adopted.backends {
+            let tag = backend.tag();
+            let local_dir = targets
+                .iter()
+                .find(|t| t.key_groups == backend.key_groups)
+                .map(|t| t.dir.join(DB_DIR));
+            for private in &mut backend.private_files {
+                let path = format!("{}/{tag}/{}", checkpoint_dir(self.job_id(), SnapshotKind::Checkpoint, id), private.local_name);
+                match &local_dir {
+                    Some(dir) => {
+                        store
+                            .put_file(&path, &dir.join(&private.local_name), 0, private.size, private.hash)
+                            .await?
+                    }
+                    None => {
+                        let bytes = store.get(&private.path).await?;
+                        store.put(&path, bytes, WriteMode::Replace).await?;
+                    }
+                }
+                private.path = path;
+            }
+        }
+        let encoded = metadata::encode_metadata(&adopted)?;
+        store
+            .put(&adopted.metadata_path(), Bytes::from(encoded), WriteMode::CreateOnly)
+            .await?;
+        store.delete(source_path).await?;
+        for backend in &metadata.backends {
+            for private in &backend.private_files {
+                store.delete(&private.path).await?;
+            }
+        }
+        self.adopt(Arc::new(adopted)).await
+    }
+}
+
+impl KeyedStateBackend {
+    /// Seeds the SST hash cache (restored files need no rehashing on the first checkpoint).
+    pub(crate) fn seed_hash_cache(&self, files: impl Iterator<Item = (String, u64, ContentHash)>) {
+        let mut cache = self.inner.hash_cache();
+        for (name, size, hash) in files {
+            cache.insert(name, (size, hash));
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The default store: a directory on a local filesystem.
+//!
+//! Every write is published with the durability recipes of `fs` (temporary file → fsync →
+//! hard-link or rename → fsync directory), so an object that exists is complete and durable; every
+//! delete is followed by a directory fsync, so a deleted commit record stays deleted after a crash.
+//! A failed fsync poisons the store (G6): every later call fails with `Poisoned`.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+
+use super::{ContentHash, ObjectInfo, SMALL_OBJECT_LIMIT_BYTES, Store, SweepMode, WriteMode, validate_object_path};
+use crate::error::{Error, Result};
+use crate::fs::{self, DurableError, Fs, FsEntry, Publish, StdFs};
+
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// A store rooted at a local directory.
+#[derive(Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+    fs: Arc<dyn Fs>,
+    poison: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore").field("root", &self.root).finish()
+    }
+}
+
+impl LocalStore {
+    /// A store rooted at `root` (created if missing) on the real filesystem.
+    pub fn new(root: impl AsRef<Path>) -> Result<Self> {
+        LocalStore::with_fs(root, Arc::new(StdFs))
+    }
+
+    /// A store rooted at `root` performing its filesystem operations through `fs` (the testing seam).
+    pub fn with_fs(root: impl AsRef<Path>, fs: Arc<dyn Fs>) -> Result<Self> {
+        let root = root.as_ref();
+        let root = if root.is_absolute() {
+            root.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| Error::io("resolving the current directory for", root, e))?
+                .join(root)
+        };
+        let store = LocalStore {
+            root,
+            fs,
+            poison: Arc::new(Mutex::new(None)),
+        };
+        fs::create_dir_all_durable(&*store.fs, &store.root).map_err(|e| store.durable_error(e))?;
+        Ok(store)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &*self.poison.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reason) => Err(Error::poisoned(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn durable_error(&self, error: DurableError) -> Error {
+        match error {
+            DurableError::Io { context, path, source } => Error::io(context, path, source),
+            DurableError::Sync { path, source } => {
+                let reason = format!("fsync of {} failed: {source}", path.display());
+                let mut poison = self.poison.lock().unwrap_or_else(|p| p.into_inner());
+                poison.get_or_insert(reason.clone());
+                Error::poisoned(reason)
+            }
+        }
+    }
+
+    fn path_of(&self, path: &str) -> Result<PathBuf> {
+        validate_object_path(path)?;
+        Ok(self.root.join(path))
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(LocalStore) -> Result<T> + Send + 'static) -> Result<T> {
+        self.check_poison()?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(this))
+            .await
+            .map_err(|e| Error::invalid(format!("storage task failed: {e}")))?
+    }
+
+    /// Walks `dir` recursively, calling `visit` with each entry's path relative to the root.
+    fn walk(&self, dir: &Path, visit: &mut dyn FnMut(&Path, &FsEntry) -> Result<()>) -> Result<()> {
+        let entries = match self.fs.read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("listing", dir, e)),
+        };
+        for entry in entries {
+            let path = dir.join(&entry.name);
+            if entry.is_dir {
+                self.walk(&path, visit)?;
+            }
+            visit(&path, &entry)?;
+        }
+        Ok(())
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    async fn put(&self, path: &str, data: Bytes, mode: WriteMode) -> Result<()> {
+        let target = self.path_of(path)?;
+        let object = path.to_owned();
+        self.blocking(move |this| {
+            let publish = match mode {
+                WriteMode::CreateOnly => Publish::CreateOnly,
+                WriteMode::Replace => Publish::Replace,
+            };
+            fs::publish_file(&*this.fs, &target, publish, &mut |out| out.write_all(&data)).map_err(|e| {
+                if e.is_already_exists() {
+                    Error::conflict(format!("object `{object}` already exists"))
+                } else {
+                    this.durable_error(e)
+                }
+            })
+        })
+        .await
+    }
+
+    async fn put_file(&self, path: &str, file: &Path, offset: u64, len: u64, expected: ContentHash) -> Result<()> {
+        let target = self.path_of(path)?;
+        let source = file.to_path_buf();
+        self.blocking(move |this| {
+            let mut input = std::fs::File::open(&source).map_err(|e| Error::io("opening for upload", &source, e))?;
+            input
+                .seek(SeekFrom::Start(offset))
+                .map_err(|e| Error::io("seeking for upload", &source, e))?;
+            let mut mismatch = None;
+            let result = fs::publish_file(&*this.fs, &target, Publish::Replace, &mut |out| {
+                let actual = copy_hashing(&mut input, out, len)?;
+                if actual != (expected, len) {
+                    mismatch = Some(actual);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "content hash mismatch"));
+                }
+                Ok(())
+            });
+            if let Some((actual, actual_size)) = mismatch {
+                return Err(crate::error::ErrorDetail::HashMismatch {
+                    file: format!("{} (bytes {offset}..{})", source.display(), offset + len),
+                    expected: expected.to_hex(),
+                    expected_size: len,
+                    actual: actual.to_hex(),
+                    actual_size,
+                }
+                .into());
+            }
+            result.map_err(|e| this.durable_error(e))
+        })
+        .await
+    }
+
+    async fn get(&self, path: &str) -> Result<Bytes> {
+        let target = self.path_of(path)?;
+        self.blocking(move |this| {
+            let meta = this.fs.metadata(&target).map_err(|e| Error::io("reading", &target, e))?;
+            if meta.len > SMALL_OBJECT_LIMIT_BYTES {
+                return Err(Error::corruption(format!(
+                    "`{}` is {} bytes, more than the {} bytes a metadata object may have",
+                    target.display(),
+                    meta.len,
+                    SMALL_OBJECT_LIMIT_BYTES
+                )));
+            }
+            let mut data = Vec::with_capacity(meta.len as usize);
+            this.fs
+                .open(&target)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .map_err(|e| Error::io("reading", &target, e))?;
+            Ok(Bytes::from(data))
+        })
+        .await
+    }
+
+    async fn get_stream(&self, path: &str) -> Result<(u64, BoxStream<'static, Result<Bytes>>)> {
+        let target = self.path_of(path)?;
+        let (size, reader) = self
+            .blocking({
+                let target = target.clone();
+                move |this| {
+                    let meta = this.fs.metadata(&target).map_err(|e| Error::io("reading", &target, e))?;
+                    let reader = this.fs.open(&target).map_err(|e| Error::io("reading", &target, e))?;
+                    Ok((meta.len, reader))
+                }
+            })
+            .await?;
+        let chunks = stream::try_unfold((reader, target), |(mut reader, target)| async move {
+            let (chunk, reader, target) = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; CHUNK_BYTES];
+                let result = read_chunk(&mut *reader, &mut buf);
+                (result.map(|n| Bytes::from(buf).slice(..n)), reader, target)
+            })
+            .await
+            .map_err(|e| Error::invalid(format!("storage task failed: {e}")))?;
+            let chunk = chunk.map_err(|e| Error::io("reading", &target, e))?;
+            Ok(if chunk.is_empty() {
+                None
+            } else {
+                Some((chunk, (reader, target)))
+            })
+        });
+        Ok((size, chunks.boxed()))
+    }
+
+    async fn head(&self, path: &str) -> Result<Option<ObjectInfo>> {
+        let target = self.path_of(path)?;
+        let object = path.to_owned();
+        self.blocking(move |this| match this.fs.metadata(&target) {
+            Ok(meta) if !meta.is_dir => Ok(Some(ObjectInfo {
+                path: object,
+                size: meta.len,
+                modified: meta.modified,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("inspecting", &target, e)),
+        })
+        .await
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
+        let target = self.path_of(path)?;
+        self.blocking(move |this| fs::remove_file_durable(&*this.fs, &target).map_err(|e| this.durable_error(e)))
+            .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |this| {
+            let base = match prefix.rfind('/') {
+                Some(i) => this.root.join(&prefix[..i]),
+                None => this.root.clone(),
+            };
+            let mut out = Vec::new();
+            this.walk(&base, &mut |path, entry| {
+                if entry.is_dir || fs::is_temporary_name(&entry.name) {
+                    return Ok(());
+                }
+                let relative = this.relative(path);
+                if relative.starts_with(&prefix) {
+                    out.push(ObjectInfo {
+                        path: relative,
+                        size: entry.len,
+                        modified: entry.modified,
+                    });
+                }
+                Ok(())
+            })?;
+            out.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn sweep_incomplete(&self, older_than: Duration, mode: SweepMode) -> Result<Vec<String>> {
+        self.blocking(move |this| {
+            let cutoff = SystemTime::now().checked_sub(older_than).unwrap_or(SystemTime::UNIX_EPOCH);
+            let mut swept = Vec::new();
+            let root = this.root.clone();
+            this.walk(&root, &mut |path, entry| {
+                if entry.modified > cutoff {
+                    return Ok(());
+                }
+                if entry.is_dir {
+                    // Directories are visited after their contents. Empty ones are housekeeping of
+                    // this store (object stores have no directories): removed, not reported.
+                    let empty = this.fs.read_dir(path).map(|e| e.is_empty()).unwrap_or(false);
+                    if empty && mode == SweepMode::Delete {
+                        fs::remove_dir_if_empty_durable(&*this.fs, path).map_err(|e| this.durable_error(e))?;
+                    }
+                } else if fs::is_temporary_name(&entry.name) {
+                    swept.push(format!("temporary file {}", this.relative(path)));
+                    if mode == SweepMode::Delete {
+                        fs::remove_file_durable(&*this.fs, path).map_err(|e| this.durable_error(e))?;
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(swept)
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+}
+
+/// Copies exactly `len` bytes, returning their hash and the number of bytes actually copied.
+fn copy_hashing(input: &mut dyn Read, out: &mut dyn Write, len: u64) -> io::Result<(ContentHash, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut copied = 0u64;
+    while copied < len {
+        let want = (len - copied).min(buf.len() as u64) as usize;
+        let n = input.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        copied += n as u64;
+    }
+    Ok((hasher.finalize().into(), copied))
+}
+
+fn read_chunk(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}

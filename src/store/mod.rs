@@ -1,0 +1,180 @@
+//! The storage seam: every byte the engine persists goes through [`Store`].
+//!
+//! Two implementations: [`LocalStore`] (the default; a directory, with every write published by the
+//! durability recipes of `fs`) and [`ObjectStoreStore`] (any `object_store` backend: S3, GCS, Azure,
+//! memory). The engine uses nothing local-only, so moving a root to S3 is configuration. Tests wrap
+//! a store to inject crashes, errors, ambiguous outcomes and bit flips.
+//!
+//! Contract, which both implementations honour and the engine relies on:
+//! * a successful `put`/`put_file` is durable; an object is never visible partially written;
+//! * `put` with [`WriteMode::CreateOnly`] fails with [`ErrorKind::Conflict`](crate::ErrorKind)
+//!   if the object exists (commit records are created exactly once);
+//! * `put_file` checks the streamed bytes against the expected content hash and publishes nothing
+//!   on a mismatch (a file that changed after it was hashed never lands under the wrong name);
+//! * a successful `delete` is durable; deleting a missing object succeeds;
+//! * `list` is strongly consistent with completed writes and deletes.
+
+mod local;
+mod object;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub use local::LocalStore;
+pub use object::ObjectStoreStore;
+
+/// The BLAKE3 hash of a file's bytes: the name of a shared file.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentHash(pub [u8; 32]);
+
+impl ContentHash {
+    /// The hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        ContentHash(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// Lower-case hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from(self.0).to_hex().to_string()
+    }
+}
+
+impl From<blake3::Hash> for ContentHash {
+    fn from(hash: blake3::Hash) -> Self {
+        ContentHash(*hash.as_bytes())
+    }
+}
+
+impl fmt::Display for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContentHash({})", &self.to_hex()[..16])
+    }
+}
+
+impl FromStr for ContentHash {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let valid = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !valid {
+            return Err(Error::corruption(format!("`{s}` is not a lower-case hex BLAKE3 hash")));
+        }
+        blake3::Hash::from_hex(s)
+            .map(ContentHash::from)
+            .map_err(|e| Error::corruption(format!("`{s}` is not a BLAKE3 hash: {e}")))
+    }
+}
+
+impl Serialize for ContentHash {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ContentHash {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How `put` treats an existing object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Fail with `Conflict` if the object exists.
+    CreateOnly,
+    /// Replace any existing object (only for content-addressed objects, whose bytes never differ).
+    Replace,
+}
+
+/// What a listing or `head` reports about an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Path relative to the store root, `/`-separated.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time (used for GC grace periods).
+    pub modified: SystemTime,
+}
+
+/// Whether a sweep only reports or also deletes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SweepMode {
+    /// Report what would be removed; change nothing.
+    DryRun,
+    /// Remove it.
+    Delete,
+}
+
+/// A store of immutable objects under one root. See the module docs for the contract.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Durably stores `data` at `path`.
+    async fn put(&self, path: &str, data: Bytes, mode: WriteMode) -> Result<()>;
+
+    /// Durably stores `len` bytes of the local file `file` starting at `offset` at `path`, streaming
+    /// them (never the whole file in memory), replacing any existing object. Fails with
+    /// `Corruption` and publishes nothing if the bytes do not hash to `expected`.
+    async fn put_file(&self, path: &str, file: &Path, offset: u64, len: u64, expected: ContentHash) -> Result<()>;
+
+    /// The whole object (for small objects: metadata, pins).
+    async fn get(&self, path: &str) -> Result<Bytes>;
+
+    /// The object as a stream of chunks, with its size.
+    async fn get_stream(&self, path: &str) -> Result<(u64, BoxStream<'static, Result<Bytes>>)>;
+
+    /// The object's size and age, or `None` if it does not exist.
+    async fn head(&self, path: &str) -> Result<Option<ObjectInfo>>;
+
+    /// Durably deletes the object; a missing object is not an error.
+    async fn delete(&self, path: &str) -> Result<()>;
+
+    /// Every object whose path starts with `prefix` (a directory prefix ending in `/`, or empty).
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Leftovers of interrupted writes (temporary files, unfinished uploads) older than `older_than`:
+    /// reported, and removed with [`SweepMode::Delete`]. Returns their descriptions.
+    async fn sweep_incomplete(&self, older_than: Duration, mode: SweepMode) -> Result<Vec<String>>;
+
+    /// A human-readable description of the root (for messages).
+    fn describe(&self) -> String;
+}
+
+/// Checks that `path` is a relative object path the engine could have written: `/`-separated
+/// segments of `[A-Za-z0-9._-]`, none empty, none starting with `.` (so no `..` and no temporary
+/// names). Paths read from metadata pass through here before any use (G5).
+pub(crate) fn validate_object_path(path: &str) -> Result<()> {
+    let ok = !path.is_empty()
+        && path.len() <= 1024
+        && path.split('/').all(|segment| {
+            !segment.is_empty()
+                && !segment.starts_with('.')
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("`{path}` is not a valid object path")))
+    }
+}
+
+/// The largest object the engine reads whole into memory (metadata and pins).
+pub(crate) const SMALL_OBJECT_LIMIT_BYTES: u64 = 256 << 20;

@@ -1,0 +1,240 @@
+//! Concurrent checkpoints, aborts and subsumption, with the regression tests named after the bugs
+//! they would catch coming back (see BRIEF.md, "What went wrong before us").
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rockpoint::{
+    CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, SnapshotKind, Store, SweepMode,
+    collect_garbage,
+};
+
+fn settings(retained: usize, max_concurrent: usize) -> CheckpointSettings {
+    CheckpointSettings {
+        retained,
+        max_concurrent,
+        ..CheckpointSettings::default()
+    }
+}
+
+fn gc_now() -> GcOptions {
+    GcOptions {
+        grace_period: Duration::ZERO,
+        mode: SweepMode::Delete,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_in_flight_while_a_third_is_subsumed_keep_what_they_reuse() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = local_store(&dir.path().join("root"))?;
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 3)).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 1, 2_000)?;
+    job.write(4_000)?;
+    c.checkpoint(&job.refs()).await?; // checkpoint 1, retained
+
+    // Tickets 2 and 3 are in flight; 3 snapshots first (it reuses checkpoint 1's files), then the
+    // state is rewritten and compacted so that 2's snapshot no longer holds them.
+    let t2 = c.trigger(SnapshotKind::Checkpoint)?;
+    let t3 = c.trigger(SnapshotKind::Checkpoint)?;
+    let p3 = job.backends[0].snapshot(&t3)?;
+    let expected_3 = job.scan()?;
+    let h3 = p3.upload(&*store).await?;
+    job.write(20_000)?;
+    let p2 = job.backends[0].snapshot(&t2)?;
+    let h2 = p2.upload(&*store).await?;
+    let reused_by_3: Vec<_> = h3.shared_files.iter().map(|f| f.hash).collect();
+    assert!(
+        reused_by_3.iter().any(|h| !h2.shared_files.iter().any(|f| f.hash == *h)),
+        "the workload must make 3 reuse files that 2 does not reference"
+    );
+
+    // 2 completes: checkpoint 1 is subsumed and discarded while 3 is still in flight.
+    c.complete(&t2, vec![h2]).await?;
+    let done_3 = c.complete(&t3, vec![h3]).await?;
+    assert_eq!(restore_scan(&*store, &done_3.path(), dir.path()).await?, expected_3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flink_23949_abort_cleanup_keeps_files_a_later_checkpoint_reused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = local_store(&dir.path().join("root"))?;
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 2)).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 1, 2_000)?;
+    job.write(4_000)?;
+    // 2 and 3 snapshot the same files; 2 uploads them first and then fails; 3 finds them present.
+    let t2 = c.trigger(SnapshotKind::Checkpoint)?;
+    let t3 = c.trigger(SnapshotKind::Checkpoint)?;
+    let p2 = job.backends[0].snapshot(&t2)?;
+    let p3 = job.backends[0].snapshot(&t3)?;
+    let expected = job.scan()?;
+    let h2 = p2.upload(&*store).await?;
+    let h3 = p3.upload(&*store).await?;
+    assert!(h2.uploaded_bytes > 0 && h3.reused_bytes > 0, "3 reuses what 2 uploaded");
+    c.abort(&t2).await?;
+    let err = c.complete(&t2, vec![h2]).await.err().expect("an aborted checkpoint never commits");
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+    let done = c.complete(&t3, vec![h3]).await?;
+    assert_eq!(restore_scan(&*store, &done.path(), dir.path()).await?, expected);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flink_25395_savepoint_neither_resets_the_base_nor_loses_files() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = local_store(&dir.path().join("root"))?;
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 2, 2_000)?;
+    job.write(6_000)?;
+    let first = c.checkpoint(&job.refs()).await?;
+    let savepoint = c.savepoint(&job.refs()).await?;
+    let savepoint_state = job.scan()?;
+    assert_eq!(savepoint.uploaded_bytes(), new_bytes(&savepoint.metadata, &[&first.metadata]));
+    job.write(100)?;
+    let after = c.checkpoint(&job.refs()).await?;
+    assert_eq!(
+        after.uploaded_bytes(),
+        new_bytes(&after.metadata, &[&savepoint.metadata, &first.metadata]),
+        "the checkpoint after a savepoint is incremental"
+    );
+    assert!(after.uploaded_bytes() < after.metadata.full_size_bytes / 2);
+    for _ in 0..3 {
+        job.write(6_000)?;
+        c.checkpoint(&job.refs()).await?;
+    }
+    c.shutdown(JobEnd::Finished).await?;
+    assert_eq!(restore_scan(&*store, &savepoint.path(), dir.path()).await?, savepoint_state);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flink_29913_same_local_name_different_content_never_collide() -> TestResult {
+    // Four fresh backends name their SSTs alike (000009.sst, …) with different contents; a restored
+    // backend reuses names of files it already had. Keyed by content, nothing collides.
+    let dir = tempfile::tempdir()?;
+    let store = local_store(&dir.path().join("root"))?;
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings(2, 1)).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 4, 4_000)?;
+    job.write(8_000)?;
+    let done = c.checkpoint(&job.refs()).await?;
+    let names: Vec<Vec<&str>> = done
+        .metadata
+        .backends
+        .iter()
+        .map(|b| b.shared_files.iter().map(|f| f.local_name.as_str()).collect())
+        .collect();
+    let shared_name = names[0].iter().find(|n| names[1..].iter().any(|other| other.contains(n)));
+    assert!(shared_name.is_some(), "backends share SST names: {names:?}");
+    let expected = job.scan()?;
+    for _ in 0..3 {
+        job.write(4_000)?;
+        c.checkpoint(&job.refs()).await?;
+    }
+    // The first checkpoint was subsumed; the latest two restore exactly.
+    for m in c.retained() {
+        let restored = restore_scan(&*store, &m.metadata_path(), dir.path()).await?;
+        assert_eq!(restored.len(), job.scan()?.len().max(restored.len()));
+    }
+    assert_ne!(expected, job.scan()?);
+    assert_eq!(restore_scan(&*store, &c.latest().unwrap().metadata_path(), dir.path()).await?, job.scan()?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_mid_upload_leaves_no_orphans_and_gc_twice_deletes_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let test_store = TestStore::new(local_store(&dir.path().join("root"))?);
+    let store: Arc<dyn Store> = test_store.clone();
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 2, 2_000)?;
+    job.write(4_000)?;
+    let first = c.checkpoint(&job.refs()).await?;
+    let before = objects(&*store).await?;
+    job.write(4_000)?;
+
+    test_store.close_gate();
+    let started = test_store.uploads_started.load(std::sync::atomic::Ordering::SeqCst);
+    let running = {
+        let c = c.clone();
+        let backends = job.backends.clone();
+        tokio::spawn(async move {
+            let refs: Vec<_> = backends.iter().collect();
+            c.checkpoint(&refs).await
+        })
+    };
+    test_store.wait_for_uploads(started + 2).await;
+    let cancel = {
+        let c = c.clone();
+        tokio::spawn(async move { c.shutdown(JobEnd::Cancelled).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    test_store.open_gate();
+    let outcome = running.await?;
+    assert_eq!(outcome.err().map(|e| e.kind()), Some(ErrorKind::Cancelled));
+    cancel.await??;
+
+    let after = objects(&*store).await?;
+    assert_eq!(after, before, "the aborted checkpoint left nothing behind");
+    let gc = collect_garbage(&*store, &gc_now()).await?;
+    assert!(gc.is_empty(), "nothing for GC after a clean abort: {gc:?}");
+    assert_eq!(restore_scan(&*store, &first.path(), dir.path()).await?.len() > 0, true);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flink_30461_interrupted_upload_is_cleaned_by_recovery_and_gc() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let test_store = TestStore::new(local_store(&dir.path().join("root"))?);
+    let store: Arc<dyn Store> = test_store.clone();
+    let mut job = TestJob::open(&dir.path().join("job"), 2, 2_000)?;
+    job.write(4_000)?;
+    {
+        let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
+        c.checkpoint(&job.refs()).await?;
+        job.write(4_000)?;
+        // The process "dies" mid-upload: the upload future is dropped after some files landed.
+        test_store.close_gate();
+        let started = test_store.uploads_started.load(std::sync::atomic::Ordering::SeqCst);
+        let ticket = c.trigger(SnapshotKind::Checkpoint)?;
+        let pending = job.backends[0].snapshot(&ticket)?;
+        let partial = pending.upload(&*store);
+        tokio::pin!(partial);
+        test_store.open_gate();
+        test_store.fail_uploads_after.store(started + 1, std::sync::atomic::Ordering::SeqCst);
+        assert!(partial.as_mut().await.is_err(), "the upload was interrupted");
+        // No abort, no shutdown: the coordinator is simply dropped.
+    }
+    test_store.fail_uploads_after.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    let leftovers = objects(&*store).await?;
+    assert!(leftovers.iter().any(|p| p.starts_with("pins/")), "the crash left a pin: {leftovers:?}");
+
+    // Startup recovery of the job aborts the interrupted checkpoint.
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
+    let (referenced, present) = shared_sets(&*store).await?;
+    assert_eq!(referenced, present, "recovery removed the interrupted checkpoint's uploads");
+    assert!(objects(&*store).await?.iter().all(|p| !p.starts_with("pins/")));
+    let gc = collect_garbage(&*store, &gc_now()).await?;
+    assert!(gc.is_empty(), "{gc:?}");
+    let next = c.checkpoint(&job.refs()).await?;
+    assert_eq!(next.id(), 3, "ids continue after the interrupted checkpoint 2");
+    assert_eq!(restore_scan(&*store, &next.path(), dir.path()).await?, job.scan()?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_commit_is_treated_as_committed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let test_store = TestStore::new(local_store(&dir.path().join("root"))?);
+    let store: Arc<dyn Store> = test_store.clone();
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
+    job.write(2_000)?;
+    test_store.ambiguous_metadata.store(true, std::sync::atomic::Ordering::SeqCst);
+    let done = c.checkpoint(&job.refs()).await?;
+    assert_eq!(restore_scan(&*store, &done.path(), dir.path()).await?, job.scan()?);
+    Ok(())
+}

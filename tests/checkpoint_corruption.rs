@@ -1,0 +1,189 @@
+//! Damaged and hostile inputs: a bit flip, truncation or deletion of any stored file, corrupt
+//! metadata, and metadata whose paths try to escape. Each gets its documented error, and a failed
+//! restore writes nothing: the target is not created and its parent holds exactly what it held.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use rockpoint::{
+    CheckpointCoordinator, CheckpointSettings, ErrorKind, RestoreSource, RestoreTarget, Store,
+};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    store: std::sync::Arc<dyn Store>,
+    path: String,
+    restores: std::path::PathBuf,
+}
+
+async fn fixture() -> TestResult<Fixture> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("root");
+    let store = local_store(&root)?;
+    let c = CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
+    job.write(3_000)?;
+    let done = c.checkpoint(&job.refs()).await?;
+    let restores = dir.path().join("restores");
+    std::fs::create_dir_all(&restores)?;
+    Ok(Fixture {
+        root,
+        store,
+        path: done.path(),
+        restores,
+        _dir: dir,
+    })
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn restore_into(f: &Fixture, name: &str) -> rockpoint::Result<rockpoint::KeyedStateBackend> {
+    let target = RestoreTarget {
+        dir: f.restores.join(name),
+        key_groups: rockpoint::KeyGroupRange::all(MAX_PARALLELISM)?,
+        settings: settings(),
+    };
+    rockpoint::restore_backend(&*f.store, &RestoreSource::Metadata(f.path.clone()), &target, 4, None).await
+}
+
+/// Every object the checkpoint references: shared files, segments and private files.
+async fn referenced_objects(f: &Fixture) -> TestResult<Vec<String>> {
+    let (_, metadata) = rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata(f.path.clone())).await?;
+    let mut out = std::collections::BTreeSet::new();
+    for b in &metadata.backends {
+        for hash in b.shared_hashes() {
+            let hex = hash.to_hex();
+            out.insert(format!("shared/{}/{hex}", &hex[..2]));
+        }
+        out.extend(b.private_files.iter().map(|p| p.path.clone()));
+    }
+    Ok(out.into_iter().collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_damaged_file_is_detected_and_nothing_is_written() -> TestResult {
+    let f = fixture().await?;
+    let objects = referenced_objects(&f).await?;
+    assert!(objects.len() >= 4, "SSTs, MANIFEST, WAL and OPTIONS: {objects:?}");
+    let mut cases = 0;
+    for (i, object) in objects.iter().enumerate() {
+        let file = f.root.join(object);
+        let original = std::fs::read(&file)?;
+        let damages: Vec<(&str, Vec<u8>)> = vec![
+            ("bit flip", {
+                let mut b = original.clone();
+                let at = (i * 7919) % b.len();
+                b[at] ^= 0x10;
+                b
+            }),
+            ("truncation", original[..original.len() - 1].to_vec()),
+            ("extension", [original.as_slice(), b"x"].concat()),
+        ];
+        for (damage, bytes) in damages {
+            std::fs::write(&file, &bytes)?;
+            let before = listing(&f.restores);
+            let err = restore_into(&f, &format!("r{cases}")).await.err().expect("damage is detected");
+            assert_eq!(err.kind(), ErrorKind::Corruption, "{damage} of {object}: {err}");
+            assert!(err.to_string().contains(object.as_str()), "{damage}: the error names {object}: {err}");
+            assert_eq!(listing(&f.restores), before, "{damage} of {object}: nothing written");
+            cases += 1;
+        }
+        std::fs::remove_file(&file)?;
+        let err = restore_into(&f, &format!("r{cases}")).await.err().expect("missing file is detected");
+        assert_eq!(err.kind(), ErrorKind::Corruption, "missing {object}: {err}");
+        assert!(err.to_string().contains(object.as_str()), "{err}");
+        cases += 1;
+        std::fs::write(&file, &original)?;
+    }
+    println!("{cases} damaged-file cases, all detected");
+    // Undamaged again, it restores.
+    restore_into(&f, "clean").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_or_missing_metadata_gets_a_clear_error() -> TestResult {
+    let f = fixture().await?;
+    let file = f.root.join(&f.path);
+    let original = std::fs::read(&file)?;
+    for (what, bytes) in [
+        ("flipped body byte", {
+            let mut b = original.clone();
+            let at = b.len() - 10;
+            b[at] ^= 1;
+            b
+        }),
+        ("flipped magic", {
+            let mut b = original.clone();
+            b[0] ^= 1;
+            b
+        }),
+        ("truncated", original[..original.len() / 2].to_vec()),
+        ("empty", Vec::new()),
+    ] {
+        std::fs::write(&file, &bytes)?;
+        let err = restore_into(&f, "never").await.err().expect("refused");
+        assert_eq!(err.kind(), ErrorKind::Corruption, "{what}: {err}");
+        assert!(err.to_string().contains("_metadata"), "{what}: {err}");
+        assert!(!f.restores.join("never").exists());
+    }
+    std::fs::write(&file, &original)?;
+    let missing = rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata("jobs/job/chk-00000000000000000042/_metadata".into())).await;
+    assert_eq!(missing.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    let nonsense = rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata("../../etc/passwd".into())).await;
+    assert_eq!(nonsense.err().map(|e| e.kind()), Some(ErrorKind::Invalid));
+    let latest = rockpoint::read_metadata(&*f.store, &RestoreSource::Latest("nobody".into())).await;
+    assert_eq!(latest.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    Ok(())
+}
+
+/// Re-seals a MessagePack body in the documented envelope (magic, version, length, BLAKE3).
+fn seal(body: &[u8]) -> Vec<u8> {
+    let mut out = b"RKPTMETA".to_vec();
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(blake3::hash(body).as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_metadata_is_rejected_before_any_write() -> TestResult {
+    let f = fixture().await?;
+    let file = f.root.join(&f.path);
+    let (_, metadata) = rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata(f.path.clone())).await?;
+    type Edit = Box<dyn Fn(&mut rockpoint::CheckpointMetadata)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        ("sst name with ../", Box::new(|m| m.backends[0].shared_files[0].local_name = "../../escaped.sst".into())),
+        ("absolute sst name", Box::new(|m| m.backends[0].shared_files[0].local_name = "/tmp/escaped.sst".into())),
+        ("log name with ../", Box::new(|m| m.backends[0].log_files[1].local_name = "../000001.log".into())),
+        ("private path with ..", Box::new(|m| m.backends[0].private_files[0].path = "jobs/../../x".into())),
+        ("private local name", Box::new(|m| m.backends[0].private_files[0].local_name = "../OPTIONS-000001".into())),
+        ("manifest name", Box::new(|m| m.backends[0].manifest_name = "../MANIFEST-000001".into())),
+        ("absurd size", Box::new(|m| m.backends[0].shared_files[0].size = 1 << 50)),
+        ("key groups beyond max", Box::new(|m| m.max_parallelism = 64)),
+        ("another job's id", Box::new(|m| m.job_id = "other".into())),
+    ];
+    for (what, edit) in edits {
+        let mut hostile = metadata.clone();
+        edit(&mut hostile);
+        std::fs::write(&file, seal(&rmp_serde::to_vec_named(&hostile)?))?;
+        let parent_before = listing(&f.restores);
+        let root_parent_before = listing(f.root.parent().unwrap());
+        let err = restore_into(&f, "hostile").await.err().expect("hostile metadata is refused");
+        assert_eq!(err.kind(), ErrorKind::Corruption, "{what}: {err}");
+        assert_eq!(listing(&f.restores), parent_before, "{what}: nothing written");
+        assert_eq!(listing(f.root.parent().unwrap()), root_parent_before, "{what}: nothing escaped");
+    }
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! Helpers shared by the checkpoint tests: a job of several backends with a deterministic workload,
+//! whole-state scans (the oracle), and restores.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rockpoint::{
+    BackendSettings, CheckpointCoordinator, CheckpointMetadata, ClaimMode, KeyGroupRange, KeyedStateBackend,
+    LocalStore, RestoreSource, RestoreTarget, Store,
+};
+
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+pub const MAX_PARALLELISM: u32 = 128;
+
+/// Every row of every state of every backend, by (state, row key).
+pub type Scan = BTreeMap<(String, Vec<u8>), Vec<u8>>;
+
+/// Small memtables so that a few thousand writes produce SSTs, flushes and compactions.
+pub fn settings() -> BackendSettings {
+    BackendSettings {
+        write_buffer_size_bytes: 256 << 10,
+        target_file_size_bytes: 256 << 10,
+        ..BackendSettings::default()
+    }
+}
+
+pub fn ranges(parallelism: u32) -> Vec<KeyGroupRange> {
+    (0..parallelism)
+        .map(|i| KeyGroupRange::for_operator(MAX_PARALLELISM, parallelism, i).unwrap())
+        .collect()
+}
+
+pub fn local_store(dir: &Path) -> TestResult<Arc<dyn Store>> {
+    Ok(Arc::new(LocalStore::new(dir)?))
+}
+
+/// A job: backends with a value, a list and a map state, and a deterministic key/value generator.
+pub struct TestJob {
+    pub backends: Vec<KeyedStateBackend>,
+    pub dirs: Vec<PathBuf>,
+    rng: u64,
+    pub keys: u64,
+}
+
+impl TestJob {
+    pub fn open(base: &Path, parallelism: u32, keys: u64) -> TestResult<Self> {
+        let mut backends = Vec::new();
+        let mut dirs = Vec::new();
+        for (i, range) in ranges(parallelism).into_iter().enumerate() {
+            let dir = base.join(format!("backend-{i}"));
+            backends.push(KeyedStateBackend::open(&dir, MAX_PARALLELISM, range, settings())?);
+            dirs.push(dir);
+        }
+        Ok(TestJob::from_backends(backends, dirs, keys))
+    }
+
+    pub fn from_backends(backends: Vec<KeyedStateBackend>, dirs: Vec<PathBuf>, keys: u64) -> Self {
+        TestJob {
+            backends,
+            dirs,
+            rng: 0x1234_5678_9abc_def1,
+            keys,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn backend_for(&self, key: u64) -> usize {
+        let group = rockpoint::key_group_of(&rmp_serde::to_vec(&key).unwrap(), MAX_PARALLELISM);
+        self.backends.iter().position(|b| b.key_groups().contains(group)).unwrap()
+    }
+
+    /// Writes `count` updates to random keys of `0..keys` across all three states.
+    pub fn write(&mut self, count: u64) -> TestResult {
+        for _ in 0..count {
+            let r = self.next();
+            let key = r % self.keys;
+            let backend = &self.backends[self.backend_for(key)];
+            let value = vec![(r >> 8) as u8; 64 + (r % 64) as usize];
+            match (r >> 20) % 4 {
+                0 | 1 => backend.value_state::<u64, Vec<u8>>("values")?.put(&key, &value)?,
+                2 => backend.list_state::<u64, u32>("lists")?.add(&key, &((r >> 32) as u32))?,
+                _ => backend
+                    .map_state::<u64, u16, Vec<u8>>("maps")?
+                    .put(&key, &((r >> 40) as u16 % 8), &value)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes about `count` random keys' values.
+    pub fn delete(&mut self, count: u64) -> TestResult {
+        for _ in 0..count {
+            let key = self.next() % self.keys;
+            let backend = &self.backends[self.backend_for(key)];
+            backend.value_state::<u64, Vec<u8>>("values")?.delete(&key)?;
+        }
+        Ok(())
+    }
+
+    pub fn refs(&self) -> Vec<&KeyedStateBackend> {
+        self.backends.iter().collect()
+    }
+
+    pub fn scan(&self) -> TestResult<Scan> {
+        scan_backends(&self.backends)
+    }
+}
+
+pub fn scan_backends(backends: &[KeyedStateBackend]) -> TestResult<Scan> {
+    let mut all = Scan::new();
+    for backend in backends {
+        for (state, rows) in backend.scan_raw()? {
+            for (key, value) in rows {
+                assert!(all.insert((state.clone(), key), value).is_none(), "a row lives in two backends");
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Restores every backend of the checkpoint at `path` (outside any job) and scans them.
+pub async fn restore_scan(store: &dyn Store, path: &str, base: &Path) -> TestResult<Scan> {
+    let (_, metadata) = rockpoint::read_metadata(store, &RestoreSource::Metadata(path.to_owned())).await?;
+    let mut backends = Vec::new();
+    for (i, handle) in metadata.backends.iter().enumerate() {
+        let target = RestoreTarget {
+            dir: base.join(format!("restore-{}-{i}", rockpoint_test_nonce())),
+            key_groups: handle.key_groups,
+            settings: settings(),
+        };
+        backends.push(rockpoint::restore_backend(store, &RestoreSource::Metadata(path.to_owned()), &target, 4, None).await?);
+    }
+    scan_backends(&backends)
+}
+
+/// Restores all backends of `source` into a job coordinated by `coordinator`.
+pub async fn restore_job(
+    coordinator: &CheckpointCoordinator,
+    source: &RestoreSource,
+    base: &Path,
+    parallelism: u32,
+    keys: u64,
+    mode: ClaimMode,
+) -> TestResult<TestJob> {
+    let targets: Vec<RestoreTarget> = ranges(parallelism)
+        .into_iter()
+        .enumerate()
+        .map(|(i, key_groups)| RestoreTarget {
+            dir: base.join(format!("backend-{i}")),
+            key_groups,
+            settings: settings(),
+        })
+        .collect();
+    let backends = coordinator.restore(source, &targets, mode).await?;
+    let dirs = targets.into_iter().map(|t| t.dir).collect();
+    Ok(TestJob::from_backends(backends, dirs, keys))
+}
+
+pub fn rockpoint_test_nonce() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Bytes a checkpoint had to upload given its predecessor: shared files and segments whose hash the
+/// predecessor (or any of `known`) did not reference, plus its private files.
+pub fn new_bytes(metadata: &CheckpointMetadata, known: &[&CheckpointMetadata]) -> u64 {
+    use std::collections::HashSet;
+    let seen: HashSet<_> = known.iter().flat_map(|m| m.shared_hashes()).collect();
+    let mut counted = HashSet::new();
+    let mut total = 0;
+    for backend in &metadata.backends {
+        for file in &backend.shared_files {
+            if !seen.contains(&file.hash) && counted.insert(file.hash) {
+                total += file.size;
+            }
+        }
+        for log in &backend.log_files {
+            for segment in &log.segments {
+                if !seen.contains(&segment.hash) && counted.insert(segment.hash) {
+                    total += segment.size;
+                }
+            }
+        }
+        total += backend.private_files.iter().map(|f| f.size).sum::<u64>();
+    }
+    total
+}
+
+/// Every object path in the store.
+pub async fn objects(store: &dyn Store) -> TestResult<Vec<String>> {
+    Ok(store.list("").await?.into_iter().map(|o| o.path).collect())
+}
+
+/// The shared files every committed metadata in the store references, and every shared file present.
+pub async fn shared_sets(store: &dyn Store) -> TestResult<(std::collections::BTreeSet<String>, std::collections::BTreeSet<String>)> {
+    let mut referenced = std::collections::BTreeSet::new();
+    for object in store.list("jobs/").await? {
+        if object.path.ends_with("/_metadata") {
+            let (_, metadata) = rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path.clone())).await?;
+            for hash in metadata.shared_hashes() {
+                let hex = hash.to_hex();
+                referenced.insert(format!("shared/{}/{hex}", &hex[..2]));
+            }
+        }
+    }
+    let present = store.list("shared/").await?.into_iter().map(|o| o.path).collect();
+    Ok((referenced, present))
+}
+
+/// A store wrapper for scripting races and failures: uploads can be held at a gate, fail after a
+/// number of successful uploads, and the commit record's write can be made ambiguous.
+pub struct TestStore {
+    pub inner: Arc<dyn Store>,
+    gate: tokio::sync::watch::Sender<bool>,
+    pub uploads_started: std::sync::atomic::AtomicU64,
+    pub fail_uploads_after: std::sync::atomic::AtomicU64,
+    pub ambiguous_metadata: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for TestStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TestStore({:?})", self.inner)
+    }
+}
+
+impl TestStore {
+    pub fn new(inner: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(TestStore {
+            inner,
+            gate: tokio::sync::watch::channel(true).0,
+            uploads_started: 0.into(),
+            fail_uploads_after: u64::MAX.into(),
+            ambiguous_metadata: false.into(),
+        })
+    }
+
+    /// Holds every upload that starts from now on until `open_gate`.
+    pub fn close_gate(&self) {
+        self.gate.send_replace(false);
+    }
+
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    pub async fn wait_for_uploads(&self, n: u64) {
+        while self.uploads_started.load(std::sync::atomic::Ordering::SeqCst) < n {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for TestStore {
+    async fn put(&self, path: &str, data: bytes::Bytes, mode: rockpoint::WriteMode) -> rockpoint::Result<()> {
+        self.inner.put(path, data, mode).await?;
+        if path.ends_with("/_metadata") && self.ambiguous_metadata.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "ambiguous: written, reported failed").into());
+        }
+        Ok(())
+    }
+    async fn put_file(
+        &self,
+        path: &str,
+        file: &Path,
+        offset: u64,
+        len: u64,
+        expected: rockpoint::ContentHash,
+    ) -> rockpoint::Result<()> {
+        use std::sync::atomic::Ordering;
+        let n = self.uploads_started.fetch_add(1, Ordering::SeqCst);
+        let mut gate = self.gate.subscribe();
+        while !*gate.borrow_and_update() {
+            if gate.changed().await.is_err() {
+                break;
+            }
+        }
+        if n >= self.fail_uploads_after.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected upload failure").into());
+        }
+        self.inner.put_file(path, file, offset, len, expected).await
+    }
+    async fn get(&self, path: &str) -> rockpoint::Result<bytes::Bytes> {
+        self.inner.get(path).await
+    }
+    async fn get_stream(
+        &self,
+        path: &str,
+    ) -> rockpoint::Result<(u64, futures::stream::BoxStream<'static, rockpoint::Result<bytes::Bytes>>)> {
+        self.inner.get_stream(path).await
+    }
+    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::ObjectInfo>> {
+        self.inner.head(path).await
+    }
+    async fn delete(&self, path: &str) -> rockpoint::Result<()> {
+        self.inner.delete(path).await
+    }
+    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::ObjectInfo>> {
+        self.inner.list(prefix).await
+    }
+    async fn sweep_incomplete(
+        &self,
+        older_than: std::time::Duration,
+        mode: rockpoint::SweepMode,
+    ) -> rockpoint::Result<Vec<String>> {
+        self.inner.sweep_incomplete(older_than, mode).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+pub mod checking;
+pub mod simfs;

@@ -1,0 +1,379 @@
+//! Crash-point enumeration (ALICE / CrashMonkey style) over the store's filesystem seam.
+//!
+//! Each workload runs once against a simulated filesystem that records every mutating operation
+//! (create, write, fsync, link, rename, unlink, mkdir, rmdir, directory fsync). For every k, the
+//! filesystem a crash before operation k leaves is rebuilt by replaying the first k operations —
+//! once keeping unsynced data (process crash), once dropping it (power loss). Then recovery runs (each
+//! job's coordinator opens: startup recovery; then GC with no grace period), and the test checks:
+//!
+//! * every committed checkpoint restores to a full scan equal to the oracle taken at its snapshot,
+//!   and every checkpoint acknowledged before the crash is still there unless a newer one of its job
+//!   (or a shutdown that discards) was already under way;
+//! * no delete ever removed a shared file that a metadata record or a pin listed at that moment —
+//!   in the original run and in every recovery;
+//! * after recovery and GC exactly the referenced shared files remain, and a second GC deletes nothing;
+//! * recovery is idempotent: a crash in the middle of recovery, then recovery again, passes the same
+//!   checks.
+//!
+//! The default run explores every crash point of every workload. `ROCKPOINT_CRASH_STRIDE=N` explores
+//! every N-th only (for quick local iterations).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::checking::{CheckingStore, shared};
+use common::simfs::{Loss, SimFs, TraceOp};
+use common::*;
+use rockpoint::{
+    BackendHandle, CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, ContentHash, GcOptions,
+    JobEnd, LocalStore, RestoreSource, SnapshotKind, Store, SweepMode, WriteMode,
+    collect_garbage,
+};
+
+const ROOT: &str = "/sim/root";
+
+/// What a workload run recorded.
+#[derive(Default)]
+struct Record {
+    /// Oracle scan per metadata path, taken at the snapshot (before the commit).
+    oracles: BTreeMap<String, Scan>,
+    /// Checkpoints acknowledged as complete, with the number of operations done by then.
+    acknowledged: Vec<(String, u64)>,
+    /// Operation index at which a job began discarding all its checkpoints (shutdown with delete).
+    discards_all_from: HashMap<String, u64>,
+}
+
+struct Ctx {
+    sim: SimFs,
+    store: Arc<dyn Store>,
+    checker: Arc<CheckingStore>,
+    local: PathBuf,
+    record: Record,
+}
+
+impl Ctx {
+    fn new(local: &Path) -> TestResult<Self> {
+        let sim = SimFs::new();
+        let inner: Arc<dyn Store> = Arc::new(LocalStore::with_fs(ROOT, Arc::new(sim.clone()))?);
+        let checker = CheckingStore::new(inner);
+        Ok(Ctx {
+            sim,
+            store: checker.clone(),
+            checker,
+            local: local.to_path_buf(),
+            record: Record::default(),
+        })
+    }
+
+    fn job(&self, name: &str, parallelism: u32) -> TestResult<TestJob> {
+        let mut job = TestJob::open(&self.local.join(name), parallelism, 400)?;
+        job.write(600)?;
+        Ok(job)
+    }
+
+    /// A checkpoint through the split API, recording the oracle at the snapshot.
+    async fn checkpoint(&mut self, c: &CheckpointCoordinator, job: &TestJob, kind: SnapshotKind) -> TestResult<String> {
+        let ticket = c.trigger(kind)?;
+        let prefix = if kind == SnapshotKind::Checkpoint { "chk" } else { "sp" };
+        let path = format!("jobs/{}/{prefix}-{:020}/_metadata", c.job_id(), ticket.checkpoint_id());
+        let mut pending = Vec::new();
+        for backend in &job.backends {
+            pending.push(backend.snapshot(&ticket)?);
+        }
+        self.record.oracles.insert(path.clone(), job.scan()?);
+        let mut handles: Vec<BackendHandle> = Vec::new();
+        for p in pending {
+            handles.push(p.upload(&*self.store).await?);
+        }
+        c.complete(&ticket, handles).await?;
+        self.record.acknowledged.push((path.clone(), self.sim.ops()));
+        Ok(path)
+    }
+
+    /// Changes state and flushes, so the next checkpoint has new SSTs and reuses old ones.
+    fn change(job: &mut TestJob) -> TestResult {
+        job.write(150)?;
+        for b in &job.backends {
+            b.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn settings(retained: usize, cancellation: CancellationPolicy) -> CheckpointSettings {
+    CheckpointSettings {
+        retained,
+        max_concurrent: 2,
+        cancellation,
+        transfer_parallelism: 1,
+    }
+}
+
+type Jobs = Vec<(&'static str, CheckpointSettings)>;
+
+/// The workloads: each returns the jobs whose coordinators recovery must open.
+async fn workload(name: &str, ctx: &mut Ctx) -> TestResult<Jobs> {
+    let retain = CancellationPolicy::RetainOnCancellation;
+    match name {
+        "first_checkpoint" => {
+            let s = settings(1, retain);
+            let c = CheckpointCoordinator::open(ctx.store.clone(), "a", s.clone()).await?;
+            let job = ctx.job("a", 1)?;
+            ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
+            Ok(vec![("a", s)])
+        }
+        "incremental_dedup" => {
+            let s = settings(2, retain);
+            let c = CheckpointCoordinator::open(ctx.store.clone(), "a", s.clone()).await?;
+            let mut job = ctx.job("a", 2)?;
+            for b in &job.backends {
+                b.flush()?;
+            }
+            ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
+            Ctx::change(&mut job)?;
+            ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
+            Ok(vec![("a", s)])
+        }
+        "subsume" => {
+            let s = settings(1, retain);
+            let c = CheckpointCoordinator::open(ctx.store.clone(), "a", s.clone()).await?;
+            let mut job = ctx.job("a", 1)?;
+            for _ in 0..3 {
+                Ctx::change(&mut job)?;
+                ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
+            }
+            Ok(vec![("a", s)])
+        }
+        "abort" => {
+            let s = settings(1, retain);
+            let c = CheckpointCoordinator::open(ctx.store.clone(), "a", s.clone()).await?;
+            let mut job = ctx.job("a", 1)?;
+            ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
+            Ctx::change(&mut job)?;
+            let ticket = c.trigger(SnapshotKind::Checkpoint)?;
+            let handle = job.backends[0].snapshot(&ticket)?.upload(&*ctx.store).await?;
+            drop(handle);
+            c.abort(&ticket).await?;
+            Ok(vec![("a", s)])
+        }
+        "cancel_retain" | "cancel_delete" => {
+            let policy = if name == "cancel_retain" { retain } else { CancellationPolicy::DeleteOnCancellation };
+            let s = settings(2, policy);
+            let c = CheckpointCoordinator::open(ctx.store.clone(), "a", s.clone()).await?;
+            let mut job = ctx.job("a", 1)?;
+            ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
+            ctx.checkpoint(&c, &job, SnapshotKind::Savepoint).await?;
+            Ctx::change(&mut job)?;
+            ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
+            if policy == CancellationPolicy::DeleteOnCancellation {
+                ctx.record.discards_all_from.insert("a".into(), ctx.sim.ops());
+            }
+            c.shutdown(JobEnd::Cancelled).await?;
+            Ok(vec![("a", s)])
+        }
+        "restore" => {
+            let s = settings(1, retain);
+            let a = CheckpointCoordinator::open(ctx.store.clone(), "a", s.clone()).await?;
+            let mut job = ctx.job("a", 1)?;
+            Ctx::change(&mut job)?;
+            let source = ctx.checkpoint(&a, &job, SnapshotKind::Checkpoint).await?;
+            let sb = settings(1, CancellationPolicy::DeleteOnCancellation);
+            let b = CheckpointCoordinator::open(ctx.store.clone(), "b", sb.clone()).await?;
+            let dir = ctx.local.join("b");
+            let mut restored = restore_job(&b, &RestoreSource::Metadata(source), &dir, 1, 400, ClaimMode::NoClaim).await?;
+            Ctx::change(&mut restored)?;
+            ctx.checkpoint(&b, &restored, SnapshotKind::Checkpoint).await?;
+            ctx.record.discards_all_from.insert("b".into(), ctx.sim.ops());
+            b.shutdown(JobEnd::Finished).await?;
+            Ok(vec![("a", s), ("b", sb)])
+        }
+        "gc" => {
+            let s = settings(1, retain);
+            let c = CheckpointCoordinator::open(ctx.store.clone(), "a", s.clone()).await?;
+            let job = ctx.job("a", 1)?;
+            ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
+            let orphan = Bytes::from_static(b"orphaned upload");
+            ctx.store.put(&shared(&ContentHash::of(&orphan)), orphan, WriteMode::Replace).await?;
+            ctx.store
+                .put("jobs/a/chk-00000000000000000077/kg-00000-00128/OPTIONS-000001", Bytes::from_static(b"o"), WriteMode::CreateOnly)
+                .await?;
+            collect_garbage(&*ctx.store, &gc_now()).await?;
+            Ok(vec![("a", s)])
+        }
+        other => panic!("unknown workload {other}"),
+    }
+}
+
+fn gc_now() -> GcOptions {
+    GcOptions {
+        grace_period: Duration::ZERO,
+        mode: SweepMode::Delete,
+    }
+}
+
+/// Opens a store over `fs` with the G3 checker.
+fn store_over(fs: &SimFs) -> TestResult<(Arc<dyn Store>, Arc<CheckingStore>)> {
+    let inner: Arc<dyn Store> = Arc::new(LocalStore::with_fs(ROOT, Arc::new(fs.clone()))?);
+    let checker = CheckingStore::new(inner);
+    Ok((checker.clone(), checker))
+}
+
+/// Startup recovery of every job, then GC.
+async fn recover(store: &Arc<dyn Store>, jobs: &Jobs) -> TestResult {
+    for (job, settings) in jobs {
+        CheckpointCoordinator::open(store.clone(), job, settings.clone()).await?;
+    }
+    collect_garbage(&**store, &gc_now()).await?;
+    Ok(())
+}
+
+/// Restored scans of committed checkpoints, by path (a restore is a function of verified bytes).
+type ScanCache = HashMap<String, Scan>;
+
+/// All checks on a recovered root. Returns the number of committed checkpoints checked.
+async fn check_recovered(
+    store: &Arc<dyn Store>,
+    record: &Record,
+    crash_op: u64,
+    local: &Path,
+    cache: &mut ScanCache,
+) -> TestResult<usize> {
+    let mut committed = BTreeSet::new();
+    for object in store.list("jobs/").await? {
+        if object.path.ends_with("/_metadata") {
+            committed.insert(object.path);
+        }
+    }
+    // Every committed checkpoint is whole and restores to its oracle.
+    for path in &committed {
+        let oracle = record
+            .oracles
+            .get(path)
+            .ok_or_else(|| format!("committed {path} was never snapshotted"))?;
+        let (_, metadata) = rockpoint::read_metadata(&**store, &RestoreSource::Metadata(path.clone())).await?;
+        for hash in metadata.shared_hashes() {
+            let bytes = read_all(&**store, &shared(&hash)).await.map_err(|e| format!("{path}: {e}"))?;
+            if ContentHash::of(&bytes) != hash {
+                return Err(format!("{path}: shared file {hash} is corrupt").into());
+            }
+        }
+        if !cache.contains_key(path) {
+            cache.insert(path.clone(), restore_scan(&**store, path, local).await?);
+        }
+        if &cache[path] != oracle {
+            return Err(format!("{path} restores to a state other than its oracle").into());
+        }
+    }
+    // Acknowledged checkpoints survive unless a newer one of the job, or a discarding shutdown, began.
+    for (path, acked_at) in &record.acknowledged {
+        if *acked_at > crash_op || committed.contains(path) {
+            continue;
+        }
+        let job = path.split('/').nth(1).unwrap_or_default();
+        let newer = committed.iter().any(|p| p.split('/').nth(1) == Some(job) && p.contains("/chk-") && p > path);
+        let discarding = record.discards_all_from.get(job).is_some_and(|from| *from <= crash_op);
+        let savepoint = path.contains("/sp-");
+        if savepoint || !(newer || discarding) {
+            return Err(format!("acknowledged {path} is gone after a crash at op {crash_op}").into());
+        }
+    }
+    // Exactly the referenced shared files remain; a second GC deletes nothing.
+    let referenced = CheckingStore::referenced_now(&**store).await?;
+    let present: BTreeSet<String> = store.list("shared/").await?.into_iter().map(|o| o.path).collect();
+    if referenced != present {
+        return Err(format!("after recovery and GC: referenced {referenced:?} but present {present:?}").into());
+    }
+    let again = collect_garbage(&**store, &gc_now()).await?;
+    if !again.is_empty() {
+        return Err(format!("a second GC deleted something: {again:?}").into());
+    }
+    Ok(committed.len())
+}
+
+async fn read_all(store: &dyn Store, path: &str) -> rockpoint::Result<Vec<u8>> {
+    use futures::StreamExt;
+    let (_, mut stream) = store.get_stream(path).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+/// Recovery ops needed on `fs` (measured on a copy), to pick a crash point inside recovery.
+async fn recovery_ops(fs: &SimFs, jobs: &Jobs) -> TestResult<u64> {
+    let copy = fs.crash_state(Loss::Nothing);
+    let (store, _) = store_over(&copy)?;
+    recover(&store, jobs).await?;
+    Ok(copy.ops())
+}
+
+async fn explore(name: &str) -> TestResult<(usize, usize)> {
+    let dir = tempfile::tempdir()?;
+    let mut ctx = Ctx::new(&dir.path().join("run"))?;
+    let jobs = workload(name, &mut ctx).await?;
+    let trace: Vec<TraceOp> = ctx.sim.trace();
+    let violations = ctx.checker.violations();
+    assert!(violations.is_empty(), "{name}: G3 violated during the run: {violations:?}");
+    let stride: usize = std::env::var("ROCKPOINT_CRASH_STRIDE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let mut cache = ScanCache::new();
+    let mut explored = 0;
+    for k in (0..=trace.len()).step_by(stride.max(1)) {
+        let before = SimFs::replay(&trace[..k]);
+        for loss in [Loss::Nothing, Loss::Unsynced] {
+            let fs = before.crash_state(loss);
+            let context = format!("{name}: crash before op {k} of {} ({loss:?})", trace.len());
+            // A crash in the middle of recovery first, then a full recovery.
+            let total = recovery_ops(&fs, &jobs).await.map_err(|e| format!("{context}: recovery failed: {e}"))?;
+            if total > 0 {
+                let interrupted = fs.crash_state(Loss::Nothing);
+                interrupted.crash_before((k as u64 * 7919) % total);
+                let (store, checker) = store_over(&interrupted)?;
+                let _ = recover(&store, &jobs).await;
+                assert!(checker.violations().is_empty(), "{context}: G3 in interrupted recovery: {:?}", checker.violations());
+                let fs_after = interrupted.crash_state(loss);
+                let (store, checker) = store_over(&fs_after)?;
+                recover(&store, &jobs).await.map_err(|e| format!("{context}: recovery after an interrupted recovery: {e}"))?;
+                check_recovered(&store, &ctx.record, k as u64, dir.path(), &mut cache)
+                    .await
+                    .map_err(|e| format!("{context}, recovery interrupted then rerun: {e}"))?;
+                assert!(checker.violations().is_empty(), "{context}: {:?}", checker.violations());
+            }
+            let (store, checker) = store_over(&fs)?;
+            recover(&store, &jobs).await.map_err(|e| format!("{context}: recovery failed: {e}"))?;
+            check_recovered(&store, &ctx.record, k as u64, dir.path(), &mut cache)
+                .await
+                .map_err(|e| format!("{context}: {e}"))?;
+            assert!(checker.violations().is_empty(), "{context}: {:?}", checker.violations());
+            explored += 1;
+        }
+    }
+    Ok((trace.len(), explored))
+}
+
+macro_rules! crash_points {
+    ($($test:ident => $name:literal),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() -> TestResult {
+            let (ops, explored) = explore($name).await?;
+            println!("crash points: workload {} has {ops} operations; explored {explored} crash states, 0 violations", $name);
+            Ok(())
+        }
+    )*};
+}
+
+crash_points! {
+    crash_points_first_checkpoint => "first_checkpoint",
+    crash_points_incremental_dedup => "incremental_dedup",
+    crash_points_subsume => "subsume",
+    crash_points_abort => "abort",
+    crash_points_cancel_retain => "cancel_retain",
+    crash_points_cancel_delete => "cancel_delete",
+    crash_points_restore => "restore",
+    crash_points_gc => "gc",
+}

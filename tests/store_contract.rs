@@ -1,0 +1,127 @@
+//! Both store implementations honour the contract the engine relies on (see `src/store/mod.rs`),
+//! and a store that silently ignores conditional writes is refused.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use rockpoint::{ContentHash, ErrorKind, LocalStore, ObjectStoreStore, Store, WriteMode};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn contract(store: &dyn Store, scratch: &std::path::Path) -> TestResult {
+    // Create-only writes happen once.
+    store.put("jobs/a/x", Bytes::from_static(b"one"), WriteMode::CreateOnly).await?;
+    let second = store.put("jobs/a/x", Bytes::from_static(b"two"), WriteMode::CreateOnly).await;
+    assert_eq!(second.err().map(|e| e.kind()), Some(ErrorKind::Conflict));
+    assert_eq!(store.get("jobs/a/x").await?, Bytes::from_static(b"one"));
+    store.put("jobs/a/x", Bytes::from_static(b"two"), WriteMode::Replace).await?;
+    assert_eq!(store.get("jobs/a/x").await?, Bytes::from_static(b"two"));
+
+    // put_file streams a range and refuses bytes that do not match the expected hash.
+    let source = scratch.join("source");
+    let content: Vec<u8> = (0..20_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&source, &content)?;
+    let range = 1_000..19_000_000usize;
+    let hash = ContentHash::of(&content[range.clone()]);
+    store.put_file("shared/ab/big", &source, range.start as u64, range.len() as u64, hash).await?;
+    let (size, mut stream) = store.get_stream("shared/ab/big").await?;
+    assert_eq!(size, range.len() as u64);
+    let mut hasher = blake3::Hasher::new();
+    while let Some(chunk) = stream.next().await {
+        hasher.update(&chunk?);
+    }
+    assert_eq!(ContentHash::from(hasher.finalize()), hash);
+    let wrong = store.put_file("shared/ab/wrong", &source, 0, 10, hash).await;
+    assert_eq!(wrong.err().map(|e| e.kind()), Some(ErrorKind::Corruption));
+    assert!(store.head("shared/ab/wrong").await?.is_none(), "a mismatch publishes nothing");
+    let small_wrong = store.put_file("shared/ab/wrong", &source, 0, 10, ContentHash::of(b"nope")).await;
+    assert_eq!(small_wrong.err().map(|e| e.kind()), Some(ErrorKind::Corruption));
+
+    // Listing is by prefix and sees completed writes and deletes.
+    store.put("jobs/b/y", Bytes::from_static(b"y"), WriteMode::CreateOnly).await?;
+    let listed: Vec<String> = store.list("jobs/").await?.into_iter().map(|o| o.path).collect();
+    assert_eq!(listed, vec!["jobs/a/x".to_owned(), "jobs/b/y".to_owned()]);
+    let listed: Vec<String> = store.list("jobs/a").await?.into_iter().map(|o| o.path).collect();
+    assert_eq!(listed, vec!["jobs/a/x".to_owned()]);
+    assert_eq!(store.head("jobs/b/y").await?.map(|i| i.size), Some(1));
+    store.delete("jobs/b/y").await?;
+    store.delete("jobs/b/y").await?; // deleting a missing object succeeds
+    assert!(store.head("jobs/b/y").await?.is_none());
+    assert_eq!(store.get("jobs/b/y").await.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+
+    // Paths the engine could not have written are refused.
+    for bad in ["../x", "/abs", "a//b", "a/../b", "jobs/.hidden", ""] {
+        let err = store.put(bad, Bytes::new(), WriteMode::Replace).await.err();
+        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::Invalid), "{bad:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_store_honours_the_contract() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = LocalStore::new(dir.path().join("root"))?;
+    contract(&store, dir.path()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_store_adapter_honours_the_contract() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = ObjectStoreStore::new(Arc::new(InMemory::new()), "some/prefix").await?;
+    contract(&store, dir.path()).await
+}
+
+/// An S3-compatible server that ignores `If-None-Match`: every create is an overwrite.
+#[derive(Debug)]
+struct IgnoresConditions(InMemory);
+
+impl std::fmt::Display for IgnoresConditions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IgnoresConditions")
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for IgnoresConditions {
+    async fn put_opts(&self, location: &ObjectPath, payload: PutPayload, mut opts: PutOptions) -> object_store::Result<PutResult> {
+        opts.mode = PutMode::Overwrite;
+        self.0.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(&self, location: &ObjectPath, opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.0.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(&self, location: &ObjectPath, options: GetOptions) -> object_store::Result<GetResult> {
+        self.0.get_opts(location, options).await
+    }
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.0.delete_stream(locations)
+    }
+    fn list(&self, prefix: Option<&ObjectPath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.0.list(prefix)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&ObjectPath>) -> object_store::Result<ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(&self, from: &ObjectPath, to: &ObjectPath, options: CopyOptions) -> object_store::Result<()> {
+        self.0.copy_opts(from, to, options).await
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_ignores_conditional_writes_is_refused() {
+    let err = ObjectStoreStore::new(Arc::new(IgnoresConditions(InMemory::new())), "").await.err();
+    let err = err.expect("refused");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    assert!(err.to_string().contains("ignores conditional writes"), "{err}");
+}
