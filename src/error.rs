@@ -145,10 +145,6 @@ impl Error {
         }
     }
 
-    pub(crate) fn detail(&self) -> &ErrorDetail {
-        &self.detail
-    }
-
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         ErrorDetail::Invalid(msg.into()).into()
     }

@@ -41,7 +41,7 @@ pub use checkpoint::metadata::{
 };
 pub use checkpoint::restore::{
     ClaimMode, DownloadReport, Progress, RestoreSource, RestoreTarget, backend_for, download_backend,
-    latest_checkpoint, read_metadata, restore_backend,
+    latest_checkpoint, read_metadata, restore_backend, verify_checkpoint, VerifyReport,
 };
 pub use checkpoint::snapshot::PendingSnapshot;
 pub use error::{Error, ErrorKind, Result};

@@ -180,6 +180,42 @@ impl StateCore {
         Ok(iter.map(move |row| row.map_err(|e| self.rocks("iterating", e))))
     }
 
+    /// The single value stored under `key` (value and reducing state).
+    fn get_value<K: Serialize, V: DeserializeOwned>(&self, key: &K) -> Result<Option<V>> {
+        let row_key = self.key(key)?;
+        match self.get_raw(&row_key)? {
+            Some(bytes) => codec::decode(&self.name, "value", &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_value<K: Serialize, V: Serialize>(&self, key: &K, value: &V) -> Result<()> {
+        let row_key = self.key(key)?;
+        let bytes = codec::encode(&self.name, "value", value)?;
+        self.put_raw(&row_key, &bytes)
+    }
+
+    fn delete_key<K: Serialize>(&self, key: &K) -> Result<()> {
+        let row_key = self.key(key)?;
+        self.delete_raw(&row_key)
+    }
+
+    /// Every `(key, value)` of a state with one value per key.
+    fn value_entries<K: DeserializeOwned, V: DeserializeOwned>(
+        &self,
+        range: Option<KeyGroupRange>,
+    ) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
+        let name = &self.name;
+        Ok(self.raw_rows(range)?.map(move |row| {
+            let (row_key, value) = row?;
+            let (key, rest) = codec::decode_row_key(name, &row_key)?;
+            if !rest.is_empty() {
+                return Err(codec::decode_error(name, "row key", "trailing bytes after the key".into()));
+            }
+            Ok((key, codec::decode(name, "value", &value)?))
+        }))
+    }
+
     /// Distinct keys of the state (map state has several rows per key, which are adjacent).
     fn keys<K: DeserializeOwned>(
         &self,
@@ -280,37 +316,22 @@ impl<K, V> Clone for ValueState<K, V> {
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> ValueState<K, V> {
     /// The value of `key`, if any.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        let row_key = self.core.key(key)?;
-        match self.core.get_raw(&row_key)? {
-            Some(bytes) => codec::decode(&self.core.name, "value", &bytes).map(Some),
-            None => Ok(None),
-        }
+        self.core.get_value(key)
     }
 
     /// Sets the value of `key`.
     pub fn put(&self, key: &K, value: &V) -> Result<()> {
-        let row_key = self.core.key(key)?;
-        let bytes = codec::encode(&self.core.name, "value", value)?;
-        self.core.put_raw(&row_key, &bytes)
+        self.core.put_value(key, value)
     }
 
     /// Removes the value of `key` (a no-op if there is none).
     pub fn delete(&self, key: &K) -> Result<()> {
-        let row_key = self.core.key(key)?;
-        self.core.delete_raw(&row_key)
+        self.core.delete_key(key)
     }
 
     /// Every `(key, value)`, in row-key order, optionally of one key-group range only.
     pub fn entries(&self, range: Option<KeyGroupRange>) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
-        let name = &self.core.name;
-        Ok(self.core.raw_rows(range)?.map(move |row| {
-            let (row_key, value) = row?;
-            let (key, rest) = codec::decode_row_key(name, &row_key)?;
-            if !rest.is_empty() {
-                return Err(codec::decode_error(name, "row key", "trailing bytes after the key".into()));
-            }
-            Ok((key, codec::decode(name, "value", &value)?))
-        }))
+        self.core.value_entries(range)
     }
 
     /// Every key, optionally of one key-group range only.
@@ -562,41 +583,26 @@ impl<K, V> Clone for ReducingState<K, V> {
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> ReducingState<K, V> {
     /// The folded value of `key`, if any.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        let row_key = self.core.key(key)?;
-        match self.core.get_raw(&row_key)? {
-            Some(bytes) => codec::decode(&self.core.name, "value", &bytes).map(Some),
-            None => Ok(None),
-        }
+        self.core.get_value(key)
     }
 
     /// Folds `value` into `key`'s value (or stores it if there is none).
     pub fn add(&self, key: &K, value: V) -> Result<()> {
-        let row_key = self.core.key(key)?;
-        let folded = match self.core.get_raw(&row_key)? {
-            Some(bytes) => {
-                let stored: V = codec::decode(&self.core.name, "value", &bytes)?;
-                (self.reduce)(stored, value)
-            }
+        let folded = match self.core.get_value::<K, V>(key)? {
+            Some(stored) => (self.reduce)(stored, value),
             None => value,
         };
-        let bytes = codec::encode(&self.core.name, "value", &folded)?;
-        self.core.put_raw(&row_key, &bytes)
+        self.core.put_value(key, &folded)
     }
 
     /// Removes `key`'s value.
     pub fn clear(&self, key: &K) -> Result<()> {
-        let row_key = self.core.key(key)?;
-        self.core.delete_raw(&row_key)
+        self.core.delete_key(key)
     }
 
     /// Every `(key, value)`, optionally of one key-group range only.
     pub fn entries(&self, range: Option<KeyGroupRange>) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
-        let name = &self.core.name;
-        Ok(self.core.raw_rows(range)?.map(move |row| {
-            let (row_key, value) = row?;
-            let (key, _) = codec::decode_row_key(name, &row_key)?;
-            Ok((key, codec::decode(name, "value", &value)?))
-        }))
+        self.core.value_entries(range)
     }
 
     /// Every key, optionally of one key-group range only.

@@ -26,7 +26,10 @@ async fn fixture() -> TestResult<Fixture> {
     let c = CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
     job.write(3_000)?;
+    job.backends[0].flush()?;
+    job.write(300)?;
     let done = c.checkpoint(&job.refs()).await?;
+    assert!(!done.metadata.backends[0].shared_files.is_empty(), "the fixture has SSTs and a WAL");
     let restores = dir.path().join("restores");
     std::fs::create_dir_all(&restores)?;
     Ok(Fixture {

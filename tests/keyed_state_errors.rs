@@ -63,14 +63,15 @@ fn corrupt_bytes_give_a_corruption_error_naming_the_state() -> TestResult {
         let db_dir = dir.path().join("db");
         let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &db_dir)?;
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &db_dir, cfs)?;
-        for name in ["pairs", "lists", "maps"] {
+        // Row keys per the documented layout: key group (u16 BE) ‖ MessagePack(key) [‖ user key].
+        let encoded = rmp_serde::to_vec(&key)?;
+        let mut row = (rockpoint::key_group_of(&encoded, 128) as u16).to_be_bytes().to_vec();
+        row.extend_from_slice(&encoded);
+        let mut map_row = row.clone();
+        map_row.extend_from_slice(&rmp_serde::to_vec(&1u32)?);
+        for (name, row) in [("pairs", &row), ("lists", &row), ("maps", &map_row)] {
             let cf = db.cf_handle(name).expect("column family exists");
-            let rows: Vec<Box<[u8]>> = db
-                .iterator_cf(cf, rocksdb::IteratorMode::Start)
-                .map(|row| row.map(|(k, _)| k))
-                .collect::<Result<_, _>>()?;
-            assert_eq!(rows.len(), 1);
-            db.put_cf(cf, &rows[0], [0xc1, 0xff, 0x00])?;
+            db.put_cf(&cf, row, [0xc1, 0xff, 0x00])?;
         }
     }
     let backend = open_all(dir.path())?;

@@ -81,7 +81,7 @@ proptest! {
                 }
             }
             for k in model.keys().take(3) {
-                prop_assert_eq!(state.get(k).unwrap().as_ref(), model.get(k));
+                prop_assert_eq!(state.get(k).unwrap(), model.get(k).cloned());
             }
         }
         let scanned: BTreeMap<String, Vec<u8>> = state.entries(None).unwrap().map(Result::unwrap).collect();
@@ -219,7 +219,7 @@ proptest! {
             prop_assert_eq!(values.len(), expected.len());
             for uk in 0..30u16 {
                 prop_assert_eq!(state.contains(&k, &uk).unwrap(), expected.contains_key(&uk));
-                prop_assert_eq!(state.get(&k, &uk).unwrap().as_ref(), expected.get(&uk));
+                prop_assert_eq!(state.get(&k, &uk).unwrap(), expected.get(&uk).cloned());
             }
         }
         let mut scanned: BTreeMap<String, BTreeMap<u16, String>> = BTreeMap::new();

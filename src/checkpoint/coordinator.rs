@@ -458,9 +458,7 @@ impl CheckpointCoordinator {
         }
         crate::failpoint!(self.inner.faults, "commit::after_metadata");
         let metadata = Arc::new(metadata);
-        // C4
-        self.delete_pins(&snapshot_pin_prefix(&self.inner.job_id, ticket.kind, id)).await?;
-        // C5, C6
+        // C5, C6 (in memory first: from here on the checkpoint is complete whatever fails next).
         let (subsumed_pending, discard, restore_pins) = {
             let mut state = self.lock();
             let mut subsumed = Vec::new();
@@ -485,15 +483,28 @@ impl CheckpointCoordinator {
             }
             (subsumed, discard, restore_pins)
         };
+        // C4: the metadata now holds the references. A pin left behind by a failure here only delays
+        // deletions until startup recovery or GC removes it.
+        if let Err(e) = self.delete_pins(&snapshot_pin_prefix(&self.inner.job_id, ticket.kind, id)).await {
+            tracing::warn!(checkpoint = id, error = %e, "removing pins of a committed checkpoint failed");
+        }
         for pin in restore_pins {
-            self.st().delete(&pin).await?;
+            if let Err(e) = self.st().delete(&pin).await {
+                tracing::warn!(pin, error = %e, "removing a restore pin failed");
+            }
         }
         for pending_id in subsumed_pending {
             tracing::info!(checkpoint = pending_id, by = id, "pending checkpoint subsumed");
         }
         for old in discard {
             crate::failpoint!(self.inner.faults, "subsume::before_discard");
-            self.discard(&old).await?;
+            // A failed discard leaves orphans for GC, never a dangling reference (D1 goes first).
+            if let Err(e) = self.discard(&old).await {
+                tracing::warn!(checkpoint = old.checkpoint_id, error = %e, "discarding a subsumed checkpoint failed");
+                if e.kind() == crate::ErrorKind::Poisoned {
+                    return Err(e);
+                }
+            }
         }
         let done = CompletedCheckpoint {
             sync_pause: Duration::from_micros(metadata.backends.iter().map(|b| b.sync_pause_us).max().unwrap_or(0)),

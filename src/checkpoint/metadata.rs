@@ -27,7 +27,7 @@ const MAX_FILES_PER_BACKEND: usize = 1_000_000;
 const MAX_BACKENDS: usize = 32_768;
 
 /// Whether a snapshot is a checkpoint (owned by the engine) or a savepoint (owned by the user).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotKind {
     /// Retained and discarded by the engine according to the retention settings.

@@ -1,0 +1,338 @@
+//! The checkpoint comparison shared by the criterion benches and `tools/benchreport.rs`.
+//!
+//! One backend holds `state_bytes` of incompressible 1 KiB values. A *cycle* first changes a fraction
+//! of the keys, then measures on the same DB, one after the other:
+//!
+//! 1. rockpoint's checkpoint with the changes still in the memtable: the sync pause and end-to-end
+//!    time (it ships the WAL written since the last checkpoint instead of flushing);
+//! 2. a Flink-style synchronous phase: flush + RocksDB `Checkpoint` into a directory (the pause);
+//! 3. with the memtable now flushed, the same delta three ways: rockpoint end-to-end, RocksDB's
+//!    BackupEngine incremental backup, and the floor — `cp` of exactly the SSTs new since the
+//!    previous cycle, then `sync`.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rockpoint::{
+    BackendSettings, CheckpointCoordinator, CheckpointSettings, KeyGroupRange, KeyedStateBackend, LocalStore, Store,
+    ValueState,
+};
+use rocksdb::backup::{BackupEngine, BackupEngineOptions};
+
+pub const VALUE_BYTES: usize = 1024;
+
+/// What one cycle measured.
+#[derive(Clone, Debug, Default)]
+pub struct Cycle {
+    /// rockpoint's synchronous pause with a full memtable.
+    pub pause: Duration,
+    /// rockpoint end-to-end with a full memtable (ships the WAL suffix).
+    pub e2e_unflushed: Duration,
+    /// Bytes that checkpoint uploaded.
+    pub uploaded_unflushed: u64,
+    /// Flink-style synchronous phase: flush + Checkpoint.
+    pub flink_pause: Duration,
+    /// rockpoint end-to-end on the flushed delta.
+    pub e2e: Duration,
+    /// Bytes it uploaded.
+    pub uploaded: u64,
+    /// BackupEngine incremental backup of the same delta.
+    pub backup: Duration,
+    /// cp + sync of the new SSTs.
+    pub floor: Duration,
+    /// Bytes of SSTs new since the previous cycle.
+    pub new_sst_bytes: u64,
+    /// WAL bytes written since the previous cycle (what the unflushed checkpoint had to ship).
+    pub wal_bytes: u64,
+}
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub backend: KeyedStateBackend,
+    pub values: ValueState<u64, Vec<u8>>,
+    pub coordinator: CheckpointCoordinator,
+    pub store: Arc<dyn Store>,
+    pub keys: u64,
+    backup: BackupEngine,
+    floor_dir: PathBuf,
+    floor_seen: HashSet<String>,
+    rng: u64,
+}
+
+pub fn settings() -> BackendSettings {
+    BackendSettings::default()
+}
+
+impl Fixture {
+    /// A backend with `state_bytes` of state, checkpointed, backed up and copied once (untimed).
+    pub async fn new(state_bytes: u64) -> Fixture {
+        let dir = tempfile::tempdir_in(bench_dir()).expect("bench directory");
+        let backend = KeyedStateBackend::open(dir.path().join("backend"), 128, KeyGroupRange::all(128).unwrap(), settings())
+            .expect("backend opens");
+        let values = backend.value_state::<u64, Vec<u8>>("values").expect("state registers");
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().join("root")).expect("store"));
+        let coordinator = CheckpointCoordinator::open(store.clone(), "bench", CheckpointSettings::default())
+            .await
+            .expect("coordinator");
+        let backup_dir = dir.path().join("backup");
+        let backup = BackupEngine::open(
+            &BackupEngineOptions::new(&backup_dir).expect("backup options"),
+            &rocksdb::Env::new().expect("env"),
+        )
+        .expect("backup engine");
+        let floor_dir = dir.path().join("floor");
+        std::fs::create_dir_all(&floor_dir).expect("floor directory");
+        let keys = (state_bytes / VALUE_BYTES as u64).max(1);
+        let mut fixture = Fixture {
+            dir,
+            backend,
+            values,
+            coordinator,
+            store,
+            keys,
+            backup,
+            floor_dir,
+            floor_seen: HashSet::new(),
+            rng: 0x5EED_1234_ABCD_0001,
+        };
+        for key in 0..keys {
+            let value = fixture.value();
+            fixture.values.put(&key, &value).expect("write");
+        }
+        fixture.backend.flush().expect("flush");
+        fixture.coordinator.checkpoint(&[&fixture.backend]).await.expect("first checkpoint");
+        fixture.backup.create_new_backup_flush(fixture.backend.rocksdb(), true).expect("first backup");
+        fixture.copy_new_ssts();
+        fixture
+    }
+
+    fn next(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn value(&mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(VALUE_BYTES);
+        while out.len() < VALUE_BYTES {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out
+    }
+
+    /// Overwrites `rate` of the keys (chosen at random) with new values.
+    pub fn change(&mut self, rate: f64) {
+        let count = ((self.keys as f64) * rate).ceil() as u64;
+        for _ in 0..count {
+            let key = self.next() % self.keys;
+            let value = self.value();
+            self.values.put(&key, &value).expect("write");
+        }
+    }
+
+    fn db_dir(&self) -> PathBuf {
+        self.backend.dir().join("db")
+    }
+
+    fn wal_bytes(&self) -> u64 {
+        std::fs::read_dir(self.db_dir())
+            .expect("db dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// One timed BackupEngine incremental backup (old backups purged untimed).
+    pub fn backup_once(&mut self) -> Duration {
+        let start = Instant::now();
+        self.backup
+            .create_new_backup_flush(self.backend.rocksdb(), false)
+            .expect("backup");
+        let elapsed = start.elapsed();
+        self.backup.purge_old_backups(1).expect("purge old backups");
+        elapsed
+    }
+
+    /// One timed floor copy of the SSTs new since the last one.
+    pub fn floor_once(&mut self) -> Duration {
+        self.copy_new_ssts().0
+    }
+
+    /// The floor: cp + sync of the SSTs not copied before. Returns (time, bytes).
+    fn copy_new_ssts(&mut self) -> (Duration, u64) {
+        let mut new = Vec::new();
+        let mut bytes = 0;
+        for entry in std::fs::read_dir(self.db_dir()).expect("db dir").flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".sst") && !self.floor_seen.contains(&name) {
+                bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                new.push(entry.path());
+                self.floor_seen.insert(name);
+            }
+        }
+        let start = Instant::now();
+        if !new.is_empty() {
+            let status = std::process::Command::new("cp").args(&new).arg(&self.floor_dir).status().expect("cp runs");
+            assert!(status.success(), "cp failed");
+        }
+        let status = std::process::Command::new("sync").status().expect("sync runs");
+        assert!(status.success(), "sync failed");
+        let elapsed = start.elapsed();
+        // Keep the floor's copies to the live set, like the other two keep theirs.
+        let live: HashSet<String> = std::fs::read_dir(self.db_dir())
+            .expect("db dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        for entry in std::fs::read_dir(&self.floor_dir).expect("floor dir").flatten() {
+            if !live.contains(&*entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        (elapsed, bytes)
+    }
+
+    /// One measured cycle after changing `rate` of the keys (see the module docs).
+    pub async fn cycle(&mut self, rate: f64) -> Cycle {
+        let wal_before = self.wal_bytes();
+        self.change(rate);
+        let mut cycle = Cycle {
+            wal_bytes: self.wal_bytes().saturating_sub(wal_before),
+            ..Cycle::default()
+        };
+        // 1. rockpoint with the changes in the memtable.
+        let done = self.coordinator.checkpoint(&[&self.backend]).await.expect("checkpoint");
+        cycle.pause = done.sync_pause;
+        cycle.e2e_unflushed = done.duration;
+        cycle.uploaded_unflushed = done.uploaded_bytes();
+        // 2. Flink-style synchronous phase.
+        let flink_dir = self.dir.path().join("flink-checkpoint");
+        let start = Instant::now();
+        self.backend.flush().expect("flush");
+        rocksdb::checkpoint::Checkpoint::new(self.backend.rocksdb())
+            .expect("checkpoint object")
+            .create_checkpoint(&flink_dir)
+            .expect("RocksDB checkpoint");
+        cycle.flink_pause = start.elapsed();
+        std::fs::remove_dir_all(&flink_dir).expect("remove Flink-style checkpoint");
+        // 3. The flushed delta three ways.
+        let done = self.coordinator.checkpoint(&[&self.backend]).await.expect("checkpoint");
+        cycle.e2e = done.duration;
+        cycle.uploaded = done.uploaded_bytes();
+        cycle.backup = self.backup_once();
+        let (floor, bytes) = self.copy_new_ssts();
+        cycle.floor = floor;
+        cycle.new_sst_bytes = bytes;
+        cycle
+    }
+
+    /// Restores the latest checkpoint into a fresh directory: (restore time, cp -r + sync time of the
+    /// same files from the live directory, bytes).
+    pub async fn restore_vs_floor(&mut self) -> (Duration, Duration, u64) {
+        let latest = self.coordinator.latest().expect("a checkpoint");
+        let target = self.dir.path().join(format!("restore-{}", latest.checkpoint_id));
+        let handle = latest.backends[0].clone();
+        let start = Instant::now();
+        let restored = rockpoint::restore_backend(
+            &*self.store,
+            &rockpoint::RestoreSource::Metadata(latest.metadata_path()),
+            &rockpoint::RestoreTarget {
+                dir: target.clone(),
+                key_groups: handle.key_groups,
+                settings: settings(),
+            },
+            8,
+            None,
+        )
+        .await
+        .expect("restore");
+        let restore_time = start.elapsed();
+        drop(restored);
+        std::fs::remove_dir_all(&target).expect("remove restore");
+        // The floor: copy the same SSTs (from the floor copies, same bytes) and sync.
+        let copy_dir = self.dir.path().join("floor-restore");
+        std::fs::create_dir_all(&copy_dir).expect("dir");
+        let sources: Vec<PathBuf> = handle
+            .shared_files
+            .iter()
+            .map(|f| self.floor_dir.join(&f.local_name))
+            .filter(|p| p.exists())
+            .collect();
+        let bytes = handle.full_size_bytes();
+        drop_caches_hint(&sources);
+        let start = Instant::now();
+        let status = std::process::Command::new("cp").args(&sources).arg(&copy_dir).status().expect("cp");
+        assert!(status.success());
+        std::process::Command::new("sync").status().expect("sync");
+        let floor = start.elapsed();
+        std::fs::remove_dir_all(&copy_dir).expect("remove copy");
+        (restore_time, floor, bytes)
+    }
+}
+
+/// Nothing portable drops the page cache without root; both sides read warm files.
+fn drop_caches_hint(_files: &[PathBuf]) {}
+
+/// Where bench state lives: `ROCKPOINT_BENCH_DIR` or the system temp directory.
+pub fn bench_dir() -> PathBuf {
+    std::env::var_os("ROCKPOINT_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Peak resident memory of this process so far (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    read_status_kib("VmHWM:") * 1024
+}
+
+/// Current resident memory (VmRSS), in bytes.
+pub fn rss_bytes() -> u64 {
+    read_status_kib("VmRSS:") * 1024
+}
+
+fn read_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Parses sizes like `100MiB`, `1GiB`.
+pub fn parse_size(text: &str) -> u64 {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
+    let n: f64 = number.parse().unwrap_or_else(|_| panic!("bad size {text}"));
+    let scale = match unit {
+        "" | "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unknown unit {other}"),
+    };
+    (n * scale) as u64
+}
+
+pub fn human(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+pub fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}

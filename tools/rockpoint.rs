@@ -1,0 +1,283 @@
+//! `rockpoint`: inspect and maintain a checkpoint root.
+//!
+//! Inspect commands print JSON with `--json`; `gc` is a dry run unless `--confirm`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rockpoint::{
+    BackendSettings, CheckpointMetadata, GcOptions, KeyGroupRange, LocalStore, RestoreSource, RestoreTarget, Store,
+    SweepMode,
+};
+use serde::Serialize;
+
+/// Inspect and maintain a rockpoint checkpoint root.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// The storage root (a local directory).
+    #[arg(long, env = "ROCKPOINT_ROOT")]
+    root: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the checkpoints and savepoints of every job (or one job).
+    List {
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Show a checkpoint's metadata (always JSON).
+    Show {
+        /// A metadata path, a checkpoint directory, or `latest:<job>`.
+        checkpoint: String,
+    },
+    /// Read every file a checkpoint references and check its size and BLAKE3 hash.
+    Verify {
+        /// A metadata path, a checkpoint directory, or `latest:<job>`.
+        checkpoint: String,
+    },
+    /// Restore one backend of a checkpoint into a new directory.
+    Restore {
+        /// A metadata path, a checkpoint directory, or `latest:<job>`.
+        checkpoint: String,
+        /// The backend's key groups, `START..END` (end exclusive).
+        #[arg(long)]
+        key_groups: String,
+        /// The directory to create.
+        #[arg(long)]
+        target: PathBuf,
+    },
+    /// Find (and with --confirm delete) unreferenced shared files, leftovers of failed checkpoints,
+    /// stale pins and temporary files older than the grace period.
+    Gc {
+        /// Keep unreferenced objects younger than this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        grace_secs: u64,
+        /// Delete. Without it, only report.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Checkpointed (new) and full size of every checkpoint, and the root's stored bytes.
+    Du,
+}
+
+#[derive(Serialize)]
+struct ListedCheckpoint {
+    path: String,
+    job: String,
+    id: u64,
+    kind: String,
+    created_at_ms: u64,
+    backends: usize,
+    checkpointed_bytes: u64,
+    full_bytes: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn committed(store: &dyn Store, job: Option<&str>) -> rockpoint::Result<Vec<CheckpointMetadata>> {
+    let prefix = match job {
+        Some(job) => format!("jobs/{job}/"),
+        None => "jobs/".to_owned(),
+    };
+    let mut out = Vec::new();
+    for object in store.list(&prefix).await? {
+        if object.path.ends_with("/_metadata") {
+            let (_, metadata) = rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path)).await?;
+            out.push(metadata);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_range(text: &str) -> rockpoint::Result<KeyGroupRange> {
+    let (start, end) = text
+        .split_once("..")
+        .ok_or_else(|| rockpoint::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, "use START..END")))?;
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|e| rockpoint::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())))
+    };
+    KeyGroupRange::new(parse(start)?, parse(end)?)
+}
+
+fn bar(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(&cli.root)?);
+    let json = cli.json;
+    match cli.command {
+        Command::List { job } => {
+            let listed: Vec<ListedCheckpoint> = committed(&*store, job.as_deref())
+                .await?
+                .into_iter()
+                .map(|m| ListedCheckpoint {
+                    path: m.metadata_path(),
+                    job: m.job_id.clone(),
+                    id: m.checkpoint_id,
+                    kind: format!("{:?}", m.kind).to_lowercase(),
+                    created_at_ms: m.created_at_ms,
+                    backends: m.backends.len(),
+                    checkpointed_bytes: m.checkpointed_size_bytes,
+                    full_bytes: m.full_size_bytes,
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listed).expect("serializable"));
+            } else {
+                for c in listed {
+                    println!(
+                        "{:<60} {:<10} {:>3} backends {:>14} new {:>14} full",
+                        c.path, c.kind, c.backends, c.checkpointed_bytes, c.full_bytes
+                    );
+                }
+            }
+        }
+        Command::Show { checkpoint } => {
+            let (_, metadata) = rockpoint::read_metadata(&*store, &RestoreSource::parse(&checkpoint)?).await?;
+            println!("{}", serde_json::to_string_pretty(&metadata).expect("serializable"));
+        }
+        Command::Verify { checkpoint } => {
+            let report = rockpoint::verify_checkpoint(&*store, &RestoreSource::parse(&checkpoint)?, 8).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
+            } else {
+                println!("{}: {} objects, {} bytes checked", report.path, report.objects, report.bytes);
+                for problem in &report.problems {
+                    println!("PROBLEM: {problem}");
+                }
+                if report.problems.is_empty() {
+                    println!("OK: every file matches its hash");
+                }
+            }
+            if !report.problems.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Restore {
+            checkpoint,
+            key_groups,
+            target,
+        } => {
+            let source = RestoreSource::parse(&checkpoint)?;
+            let (_, metadata) = rockpoint::read_metadata(&*store, &source).await?;
+            let range = parse_range(&key_groups)?;
+            let handle = rockpoint::backend_for(&metadata, range)?;
+            let progress = bar(handle.full_size_bytes(), "restoring");
+            let callback = {
+                let progress = progress.clone();
+                Arc::new(move |n: u64| progress.inc(n)) as rockpoint::Progress
+            };
+            let target = RestoreTarget {
+                dir: target,
+                key_groups: range,
+                settings: BackendSettings::default(),
+            };
+            let backend = rockpoint::restore_backend(&*store, &source, &target, 8, Some(callback)).await?;
+            progress.finish();
+            let states: Vec<String> = backend.states().into_iter().map(|s| s.name).collect();
+            println!("restored {} into {} with states {states:?}", metadata.metadata_path(), target.dir.display());
+        }
+        Command::Gc { grace_secs, confirm } => {
+            let options = GcOptions {
+                grace_period: Duration::from_secs(grace_secs),
+                mode: if confirm { SweepMode::Delete } else { SweepMode::DryRun },
+            };
+            let report = rockpoint::collect_garbage(&*store, &options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
+            } else {
+                let verb = if confirm { "deleted" } else { "would delete (dry run; --confirm deletes)" };
+                println!(
+                    "{} metadata records reference {} shared files",
+                    report.metadata_records, report.referenced_shared_files
+                );
+                println!(
+                    "{verb}: {} shared files, {} private files, {} stale pins, {} temporary files; {} bytes",
+                    report.shared_files.len(),
+                    report.private_files.len(),
+                    report.pins.len(),
+                    report.incomplete.len(),
+                    report.reclaimed_bytes
+                );
+            }
+        }
+        Command::Du => {
+            let all = committed(&*store, None).await?;
+            let stored: u64 = store.list("").await?.iter().map(|o| o.size).sum();
+            let mut unique = HashSet::new();
+            let mut referenced_bytes = 0u64;
+            for m in &all {
+                for b in &m.backends {
+                    for f in &b.shared_files {
+                        if unique.insert(f.hash) {
+                            referenced_bytes += f.size;
+                        }
+                    }
+                    for l in &b.log_files {
+                        for s in &l.segments {
+                            if unique.insert(s.hash) {
+                                referenced_bytes += s.size;
+                            }
+                        }
+                    }
+                }
+            }
+            let per: BTreeMap<String, (u64, u64)> = all
+                .iter()
+                .map(|m| (m.metadata_path(), (m.checkpointed_size_bytes, m.full_size_bytes)))
+                .collect();
+            let full_sum: u64 = per.values().map(|(_, full)| full).sum();
+            if json {
+                let value = serde_json::json!({
+                    "checkpoints": per.iter().map(|(p, (new, full))| serde_json::json!({"path": p, "checkpointed_bytes": new, "full_bytes": full})).collect::<Vec<_>>(),
+                    "stored_bytes": stored,
+                    "unique_shared_bytes": referenced_bytes,
+                    "sum_of_full_sizes": full_sum,
+                });
+                println!("{}", serde_json::to_string_pretty(&value).expect("serializable"));
+            } else {
+                for (path, (new, full)) in &per {
+                    println!("{path:<60} {new:>14} checkpointed {full:>14} full");
+                }
+                println!(
+                    "root stores {stored} bytes; retained checkpoints add up to {full_sum} bytes of state, \
+                     {referenced_bytes} bytes of distinct shared files"
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
