@@ -171,8 +171,9 @@ async fn subsumption_while_a_paused_checkpoint_reuses_the_same_files() -> TestRe
     for b in &job.backends {
         b.flush()?;
     }
-    c.checkpoint(&job.refs()).await?; // 1: its SSTs are reused by 2 and 3
-    // Checkpoint 2 pauses after pinning the files it reuses.
+    c.checkpoint(&job.refs()).await?; // 1: its SSTs are reused by 2
+    // Checkpoint 2 (a new WAL segment to upload) pauses after pinning the files it reuses.
+    job.write(50)?;
     fail_parallel::cfg(registry.clone(), "snapshot::before_upload", "1*pause")?;
     let paused = {
         let c = c.clone();
@@ -180,8 +181,12 @@ async fn subsumption_while_a_paused_checkpoint_reuses_the_same_files() -> TestRe
         tokio::spawn(async move { c.checkpoint(&backends.iter().collect::<Vec<_>>()).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Checkpoint 3 completes and subsumes 1 (and the older pending 2).
-    job.write(50)?;
+    // Checkpoint 3, after the state was rewritten and compacted, completes and subsumes 1 (and the
+    // older pending 2): 1's files go, except while 2's pin lists them.
+    job.write(6_000)?;
+    for b in &job.backends {
+        b.flush()?;
+    }
     let third = c.checkpoint(&job.refs()).await?;
     let expected = job.scan()?;
     fail_parallel::cfg(registry.clone(), "snapshot::before_upload", "off")?;
