@@ -32,7 +32,11 @@ fn sizes() -> Vec<(String, u64)> {
 }
 
 fn rates() -> Vec<f64> {
-    if bench_mode() { vec![0.01, 0.1, 1.0] } else { vec![0.1] }
+    if bench_mode() {
+        vec![0.01, 0.1, 1.0]
+    } else {
+        vec![0.1]
+    }
 }
 
 fn checkpoint_benches(c: &mut Criterion) {
@@ -42,17 +46,25 @@ fn checkpoint_benches(c: &mut Criterion) {
         for rate in rates() {
             let rate_label = format!("{}%", rate * 100.0);
             let mut group = c.benchmark_group(format!("sync_pause/{label}/{rate_label}"));
-            group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(5));
+            group
+                .sample_size(10)
+                .warm_up_time(Duration::from_millis(500))
+                .measurement_time(Duration::from_secs(5));
             group.bench_function("rockpoint", |b| {
                 b.iter_custom(|iters| {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         fixture.change(rate);
-                        let ticket = fixture.coordinator.trigger(rockpoint::SnapshotKind::Checkpoint).unwrap();
+                        let ticket = fixture
+                            .coordinator
+                            .trigger(rockpoint::SnapshotKind::Checkpoint)
+                            .unwrap();
                         let pending = fixture.backend.snapshot(&ticket).unwrap();
                         total += pending.sync_pause();
                         let handle = runtime.block_on(pending.upload(&*fixture.store)).unwrap();
-                        runtime.block_on(fixture.coordinator.complete(&ticket, vec![handle])).unwrap();
+                        runtime
+                            .block_on(fixture.coordinator.complete(&ticket, vec![handle]))
+                            .unwrap();
                     }
                     total
                 })
@@ -78,7 +90,10 @@ fn checkpoint_benches(c: &mut Criterion) {
             group.finish();
 
             let mut group = c.benchmark_group(format!("checkpoint/{label}/{rate_label}"));
-            group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(10));
+            group
+                .sample_size(10)
+                .warm_up_time(Duration::from_millis(500))
+                .measurement_time(Duration::from_secs(10));
             group.bench_function("rockpoint", |b| {
                 b.iter_custom(|iters| {
                     let mut total = Duration::ZERO;
@@ -86,7 +101,9 @@ fn checkpoint_benches(c: &mut Criterion) {
                         fixture.change(rate);
                         fixture.backend.flush().unwrap();
                         let start = Instant::now();
-                        runtime.block_on(fixture.coordinator.checkpoint(&[&fixture.backend])).unwrap();
+                        runtime
+                            .block_on(fixture.coordinator.checkpoint(&[&fixture.backend]))
+                            .unwrap();
                         total += start.elapsed();
                     }
                     total

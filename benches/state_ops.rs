@@ -42,9 +42,13 @@ fn state_ops(c: &mut Criterion) {
     let raw = raw_db(raw_dir.path());
     let write = WriteOptions::default();
     let typed_dir = tempfile::tempdir().unwrap();
-    let backend =
-        KeyedStateBackend::open(typed_dir.path(), 128, KeyGroupRange::all(128).unwrap(), BackendSettings::default())
-            .unwrap();
+    let backend = KeyedStateBackend::open(
+        typed_dir.path(),
+        128,
+        KeyGroupRange::all(128).unwrap(),
+        BackendSettings::default(),
+    )
+    .unwrap();
     let values = backend.value_state::<u64, Vec<u8>>("values").unwrap();
     let lists = backend.list_state::<u64, Vec<u8>>("lists").unwrap();
     let maps = backend.map_state::<u64, u32, Vec<u8>>("maps").unwrap();

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, MergeOperands,
-    Options, ReadOptions, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode,
+    MergeOperands, Options, ReadOptions, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -90,11 +90,13 @@ impl KeyedStateBackend {
         settings.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let db_dir = dir.join(DB_DIR);
-        std::fs::create_dir_all(&db_dir).map_err(|e| Error::io("creating backend directory", &db_dir, e))?;
+        std::fs::create_dir_all(&db_dir)
+            .map_err(|e| Error::io("creating backend directory", &db_dir, e))?;
 
         let (db_options, cf_options) = rocksdb_options(&settings);
         let existing = if db_dir.join("CURRENT").exists() {
-            DB::list_cf(&db_options, &db_dir).map_err(|e| Error::rocksdb("listing column families", e))?
+            DB::list_cf(&db_options, &db_dir)
+                .map_err(|e| Error::rocksdb("listing column families", e))?
         } else {
             vec![rocksdb::DEFAULT_COLUMN_FAMILY_NAME.to_owned()]
         };
@@ -112,7 +114,10 @@ impl KeyedStateBackend {
             max_parallelism,
             key_groups,
         };
-        match db.get(BACKEND_INFO_KEY).map_err(|e| Error::rocksdb("reading backend info", e))? {
+        match db
+            .get(BACKEND_INFO_KEY)
+            .map_err(|e| Error::rocksdb("reading backend info", e))?
+        {
             Some(bytes) => {
                 let stored: BackendInfo = codec::decode("<backend>", "backend info", &bytes)?;
                 if stored != info {
@@ -263,13 +268,20 @@ impl KeyedStateBackend {
             self.inner
                 .db
                 .put_opt(key, bytes, &self.inner.write_opts)
-                .map_err(|e| Error::rocksdb(format!("registering state `{}`", descriptor.name), e))?;
+                .map_err(|e| {
+                    Error::rocksdb(format!("registering state `{}`", descriptor.name), e)
+                })?;
         }
         if self.inner.db.cf_handle(&descriptor.name).is_none() {
             self.inner
                 .db
                 .create_cf(&descriptor.name, &self.inner.cf_options)
-                .map_err(|e| Error::rocksdb(format!("creating column family for state `{}`", descriptor.name), e))?;
+                .map_err(|e| {
+                    Error::rocksdb(
+                        format!("creating column family for state `{}`", descriptor.name),
+                        e,
+                    )
+                })?;
         }
         let name = descriptor.name.clone();
         states.insert(name.clone(), descriptor);
@@ -278,8 +290,12 @@ impl KeyedStateBackend {
 }
 
 impl BackendInner {
-    pub(crate) fn states_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, StateDescriptor>> {
-        self.states.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub(crate) fn states_read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, StateDescriptor>> {
+        self.states
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn db_dir(&self) -> PathBuf {

@@ -57,14 +57,22 @@ pub(crate) fn encode_into<V: Serialize + ?Sized>(
 }
 
 /// The MessagePack encoding of `value`.
-pub(crate) fn encode<V: Serialize + ?Sized>(state: &str, what: &'static str, value: &V) -> Result<Vec<u8>> {
+pub(crate) fn encode<V: Serialize + ?Sized>(
+    state: &str,
+    what: &'static str,
+    value: &V,
+) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(32);
     encode_into(state, what, value, &mut buf)?;
     Ok(buf)
 }
 
 /// Decodes exactly one value from `bytes`; trailing bytes are corruption.
-pub(crate) fn decode<V: DeserializeOwned>(state: &str, what: &'static str, bytes: &[u8]) -> Result<V> {
+pub(crate) fn decode<V: DeserializeOwned>(
+    state: &str,
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<V> {
     let mut rest = bytes;
     let value = decode_next(state, what, &mut rest)?;
     if !rest.is_empty() {
@@ -87,7 +95,11 @@ pub(crate) fn decode_next<V: DeserializeOwned>(
 }
 
 /// Decodes a sequence of concatenated values (the encoding of list state).
-pub(crate) fn decode_all<V: DeserializeOwned>(state: &str, what: &'static str, bytes: &[u8]) -> Result<Vec<V>> {
+pub(crate) fn decode_all<V: DeserializeOwned>(
+    state: &str,
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<Vec<V>> {
     let mut rest = bytes;
     let mut out = Vec::new();
     while !rest.is_empty() {
@@ -99,14 +111,21 @@ pub(crate) fn decode_all<V: DeserializeOwned>(state: &str, what: &'static str, b
 /// Splits a row key into its key group and the bytes after it, checking the prefix is present.
 pub(crate) fn split_key_group<'a>(state: &str, row_key: &'a [u8]) -> Result<(u32, &'a [u8])> {
     if row_key.len() < KEY_GROUP_PREFIX_LEN {
-        return Err(decode_error(state, "row key", "shorter than its key-group prefix".into()));
+        return Err(decode_error(
+            state,
+            "row key",
+            "shorter than its key-group prefix".into(),
+        ));
     }
     let key_group = u32::from(u16::from_be_bytes([row_key[0], row_key[1]]));
     Ok((key_group, &row_key[KEY_GROUP_PREFIX_LEN..]))
 }
 
 /// Decodes the key of a row key; returns the key and the bytes after it (the user key of map state).
-pub(crate) fn decode_row_key<'a, K: DeserializeOwned>(state: &str, row_key: &'a [u8]) -> Result<(K, &'a [u8])> {
+pub(crate) fn decode_row_key<'a, K: DeserializeOwned>(
+    state: &str,
+    row_key: &'a [u8],
+) -> Result<(K, &'a [u8])> {
     let (_, mut rest) = split_key_group(state, row_key)?;
     let key = decode_next(state, "key", &mut rest)?;
     Ok((key, rest))

@@ -67,7 +67,9 @@ pub(crate) enum ErrorDetail {
     },
     #[error("corruption: {0}")]
     Corruption(String),
-    #[error("file `{file}` is corrupt: expected blake3 {expected} and {expected_size} bytes, found {actual} and {actual_size} bytes")]
+    #[error(
+        "file `{file}` is corrupt: expected blake3 {expected} and {expected_size} bytes, found {actual} and {actual_size} bytes"
+    )]
     HashMismatch {
         file: String,
         expected: String,
@@ -95,7 +97,9 @@ pub(crate) enum ErrorDetail {
         #[source]
         source: object_store::Error,
     },
-    #[error("engine poisoned by an earlier durability failure ({0}); reopen and recover from the last complete checkpoint")]
+    #[error(
+        "engine poisoned by an earlier durability failure ({0}); reopen and recover from the last complete checkpoint"
+    )]
     Poisoned(String),
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -131,12 +135,10 @@ impl Error {
             },
             ErrorDetail::Store { source, .. } => match source {
                 object_store::Error::NotFound { .. } => ErrorKind::NotFound,
-                object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-                    ErrorKind::Conflict
-                }
-                object_store::Error::InvalidPath { .. } | object_store::Error::NotImplemented { .. } => {
-                    ErrorKind::Invalid
-                }
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. } => ErrorKind::Conflict,
+                object_store::Error::InvalidPath { .. }
+                | object_store::Error::NotImplemented { .. } => ErrorKind::Invalid,
                 _ => ErrorKind::Unavailable,
             },
             ErrorDetail::Poisoned(_) => ErrorKind::Poisoned,
@@ -197,7 +199,11 @@ impl Error {
         .into()
     }
 
-    pub(crate) fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         ErrorDetail::Io {
             context,
             path: path.into(),
@@ -206,7 +212,11 @@ impl Error {
         .into()
     }
 
-    pub(crate) fn store(context: &'static str, path: impl fmt::Display, source: object_store::Error) -> Self {
+    pub(crate) fn store(
+        context: &'static str,
+        path: impl fmt::Display,
+        source: object_store::Error,
+    ) -> Self {
         ErrorDetail::Store {
             context,
             path: path.to_string(),

@@ -22,7 +22,11 @@ impl FaultRegistry {
 
 impl std::fmt::Debug for FaultRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "FaultRegistry(active)" } else { "FaultRegistry(none)" })
+        f.write_str(if self.0.is_some() {
+            "FaultRegistry(active)"
+        } else {
+            "FaultRegistry(none)"
+        })
     }
 }
 
@@ -33,7 +37,8 @@ macro_rules! failpoint {
     ($faults:expr, $name:literal) => {
         #[cfg(feature = "failpoints")]
         if let Some(registry) = $faults.0.as_ref() {
-            if let Some(arg) = ::fail_parallel::eval_async(registry.clone(), $name, |arg| arg).await {
+            if let Some(arg) = ::fail_parallel::eval_async(registry.clone(), $name, |arg| arg).await
+            {
                 return Err($crate::error::Error::injected($name, arg));
             }
         }

@@ -96,7 +96,10 @@ fn entry_of(name: String, meta: &std::fs::Metadata) -> FsEntry {
 
 impl Fs for StdFs {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsWrite>> {
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
         Ok(Box::new(StdFile(file)))
     }
 
@@ -138,14 +141,20 @@ impl Fs for StdFs {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            out.push(entry_of(entry.file_name().to_string_lossy().into_owned(), &meta));
+            out.push(entry_of(
+                entry.file_name().to_string_lossy().into_owned(),
+                &meta,
+            ));
         }
         Ok(out)
     }
 
     fn metadata(&self, path: &Path) -> io::Result<FsEntry> {
         let meta = std::fs::metadata(path)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Ok(entry_of(name, &meta))
     }
 }
@@ -208,12 +217,18 @@ pub(crate) fn create_dir_all_durable(fs: &dyn Fs, dir: &Path) -> Result<(), Dura
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(DurableError::io("inspecting directory", dir, e)),
     }
-    let parent = dir
-        .parent()
-        .ok_or_else(|| DurableError::io("creating directory", dir, io::Error::from(io::ErrorKind::NotFound)))?;
+    let parent = dir.parent().ok_or_else(|| {
+        DurableError::io(
+            "creating directory",
+            dir,
+            io::Error::from(io::ErrorKind::NotFound),
+        )
+    })?;
     create_dir_all_durable(fs, parent)?;
     match fs.create_dir(dir) {
-        Ok(()) => fs.sync_dir(parent).map_err(|e| DurableError::sync(parent, e)),
+        Ok(()) => fs
+            .sync_dir(parent)
+            .map_err(|e| DurableError::sync(parent, e)),
         // Another writer created it concurrently; its creator syncs the parent.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(DurableError::io("creating directory", dir, e)),
@@ -222,7 +237,10 @@ pub(crate) fn create_dir_all_durable(fs: &dyn Fs, dir: &Path) -> Result<(), Dura
 
 /// The name of a temporary file beside `target`; `is_temporary_name` recognises it.
 pub(crate) fn temporary_path(target: &Path) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     target.with_file_name(format!(".{name}.tmp-{}", crate::util::nonce()))
 }
 
@@ -239,9 +257,13 @@ pub(crate) fn publish_file(
     mode: Publish,
     write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
 ) -> Result<(), DurableError> {
-    let dir = target
-        .parent()
-        .ok_or_else(|| DurableError::io("publishing", target, io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let dir = target.parent().ok_or_else(|| {
+        DurableError::io(
+            "publishing",
+            target,
+            io::Error::from(io::ErrorKind::InvalidInput),
+        )
+    })?;
     create_dir_all_durable(fs, dir)?;
     let temp = temporary_path(target);
     let result = publish_via(fs, &temp, target, dir, mode, write);
@@ -264,7 +286,8 @@ fn publish_via(
         .create_new(temp)
         .map_err(|e| DurableError::io("creating temporary file", temp, e))?;
     write(&mut file).map_err(|e| DurableError::io("writing temporary file", temp, e))?;
-    file.flush().map_err(|e| DurableError::io("writing temporary file", temp, e))?;
+    file.flush()
+        .map_err(|e| DurableError::io("writing temporary file", temp, e))?;
     file.sync_all().map_err(|e| DurableError::sync(temp, e))?;
     drop(file);
     match mode {
@@ -298,11 +321,20 @@ pub(crate) fn remove_file_durable(fs: &dyn Fs, path: &Path) -> Result<(), Durabl
 pub(crate) fn remove_dir_if_empty_durable(fs: &dyn Fs, dir: &Path) -> Result<(), DurableError> {
     match fs.remove_dir(dir) {
         Ok(()) => {}
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty) => return Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+            ) =>
+        {
+            return Ok(());
+        }
         Err(e) => return Err(DurableError::io("removing directory", dir, e)),
     }
     match dir.parent() {
-        Some(parent) => fs.sync_dir(parent).map_err(|e| DurableError::sync(parent, e)),
+        Some(parent) => fs
+            .sync_dir(parent)
+            .map_err(|e| DurableError::sync(parent, e)),
         None => Ok(()),
     }
 }

@@ -32,22 +32,25 @@ mod util;
 pub use backend::KeyedStateBackend;
 pub use checkpoint::CheckpointTicket;
 pub use checkpoint::coordinator::{
-    CancellationPolicy, CheckpointCoordinator, CheckpointMetrics, CheckpointSettings, CompletedCheckpoint,
-    CoordinatorBuilder, JobEnd,
+    CancellationPolicy, CheckpointCoordinator, CheckpointMetrics, CheckpointSettings,
+    CompletedCheckpoint, CoordinatorBuilder, JobEnd,
 };
 pub use checkpoint::gc::{GcOptions, GcReport, collect_garbage};
 pub use checkpoint::metadata::{
-    BackendHandle, CheckpointMetadata, LogFile, METADATA_FORMAT_VERSION, PrivateFile, Segment, SharedFile, SnapshotKind,
+    BackendHandle, CheckpointMetadata, LogFile, METADATA_FORMAT_VERSION, PrivateFile, Segment,
+    SharedFile, SnapshotKind,
 };
 pub use checkpoint::restore::{
-    ClaimMode, DownloadReport, Progress, RestoreSource, RestoreTarget, backend_for, download_backend,
-    latest_checkpoint, read_metadata, restore_backend, verify_checkpoint, VerifyReport,
+    ClaimMode, DownloadReport, Progress, RestoreSource, RestoreTarget, VerifyReport, backend_for,
+    download_backend, latest_checkpoint, read_metadata, restore_backend, verify_checkpoint,
 };
 pub use checkpoint::snapshot::PendingSnapshot;
 pub use error::{Error, ErrorKind, Result};
 pub use faults::{FailPointRegistry, FaultRegistry};
+pub use fs::{Fs, FsEntry, FsRead, FsWrite, StdFs};
 pub use keygroup::{KeyGroupRange, MAX_PARALLELISM_LIMIT, key_group_of};
 pub use settings::{BackendSettings, Compression, WalMode};
-pub use fs::{Fs, FsEntry, FsRead, FsWrite, StdFs};
 pub use state::{ListState, MapState, ReducingState, StateDescriptor, StateKind, ValueState};
-pub use store::{ContentHash, LocalStore, ObjectInfo, ObjectStoreStore, Store, SweepMode, WriteMode};
+pub use store::{
+    ContentHash, LocalStore, ObjectInfo, ObjectStoreStore, Store, SweepMode, WriteMode,
+};

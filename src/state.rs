@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use rocksdb::{BoundColumnFamily, DBIteratorWithThreadMode, DB, IteratorMode, ReadOptions};
+use rocksdb::{BoundColumnFamily, DB, DBIteratorWithThreadMode, IteratorMode, ReadOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -50,7 +50,11 @@ pub struct StateDescriptor {
 }
 
 impl StateDescriptor {
-    fn new<K: ?Sized, V: ?Sized>(name: &str, kind: StateKind, user_key_type: Option<String>) -> Self {
+    fn new<K: ?Sized, V: ?Sized>(
+        name: &str,
+        kind: StateKind,
+        user_key_type: Option<String>,
+    ) -> Self {
         StateDescriptor {
             name: name.to_owned(),
             kind,
@@ -66,7 +70,10 @@ impl StateDescriptor {
                 "{:?} state of {} -> {{{} -> {}}}",
                 self.kind, self.key_type, user_key, self.value_type
             ),
-            None => format!("{:?} state of {} -> {}", self.kind, self.key_type, self.value_type),
+            None => format!(
+                "{:?} state of {} -> {}",
+                self.kind, self.key_type, self.value_type
+            ),
         }
     }
 }
@@ -96,7 +103,12 @@ impl StateCore {
     }
 
     fn key<K: Serialize + ?Sized>(&self, key: &K) -> Result<Vec<u8>> {
-        codec::encode_key(&self.name, key, self.inner.max_parallelism, self.inner.key_groups)
+        codec::encode_key(
+            &self.name,
+            key,
+            self.inner.max_parallelism,
+            self.inner.key_groups,
+        )
     }
 
     fn get_raw(&self, row_key: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
@@ -151,7 +163,10 @@ impl StateCore {
         if let Some(upper) = upper {
             opts.set_iterate_upper_bound(upper);
         }
-        Ok(self.inner.db.iterator_cf_opt(&cf, opts, IteratorMode::Start))
+        Ok(self
+            .inner
+            .db
+            .iterator_cf_opt(&cf, opts, IteratorMode::Start))
     }
 
     /// Raw rows of the state, optionally limited to a key-group range.
@@ -210,7 +225,11 @@ impl StateCore {
             let (row_key, value) = row?;
             let (key, rest) = codec::decode_row_key(name, &row_key)?;
             if !rest.is_empty() {
-                return Err(codec::decode_error(name, "row key", "trailing bytes after the key".into()));
+                return Err(codec::decode_error(
+                    name,
+                    "row key",
+                    "trailing bytes after the key".into(),
+                ));
             }
             Ok((key, codec::decode(name, "value", &value)?))
         }))
@@ -274,7 +293,11 @@ impl KeyedStateBackend {
         UV: Serialize + DeserializeOwned,
     {
         let user_key_type = Some(std::any::type_name::<UK>().to_owned());
-        let core = self.register(StateDescriptor::new::<K, UV>(name, StateKind::Map, user_key_type))?;
+        let core = self.register(StateDescriptor::new::<K, UV>(
+            name,
+            StateKind::Map,
+            user_key_type,
+        ))?;
         Ok(MapState {
             core,
             _types: PhantomData,
@@ -289,7 +312,11 @@ impl KeyedStateBackend {
         V: Serialize + DeserializeOwned,
         F: Fn(V, V) -> V + Send + Sync + 'static,
     {
-        let core = self.register(StateDescriptor::new::<K, V>(name, StateKind::Reducing, None))?;
+        let core = self.register(StateDescriptor::new::<K, V>(
+            name,
+            StateKind::Reducing,
+            None,
+        ))?;
         Ok(ReducingState {
             core,
             reduce: Arc::new(reduce),
@@ -330,12 +357,18 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> ValueStat
     }
 
     /// Every `(key, value)`, in row-key order, optionally of one key-group range only.
-    pub fn entries(&self, range: Option<KeyGroupRange>) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
+    pub fn entries(
+        &self,
+        range: Option<KeyGroupRange>,
+    ) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
         self.core.value_entries(range)
     }
 
     /// Every key, optionally of one key-group range only.
-    pub fn keys(&self, range: Option<KeyGroupRange>) -> Result<impl Iterator<Item = Result<K>> + '_> {
+    pub fn keys(
+        &self,
+        range: Option<KeyGroupRange>,
+    ) -> Result<impl Iterator<Item = Result<K>> + '_> {
         self.core.keys(range)
     }
 }
@@ -406,7 +439,10 @@ impl<K: Serialize + DeserializeOwned, T: Serialize + DeserializeOwned> ListState
     }
 
     /// Every `(key, list)`, optionally of one key-group range only.
-    pub fn entries(&self, range: Option<KeyGroupRange>) -> Result<impl Iterator<Item = Result<(K, Vec<T>)>> + '_> {
+    pub fn entries(
+        &self,
+        range: Option<KeyGroupRange>,
+    ) -> Result<impl Iterator<Item = Result<(K, Vec<T>)>> + '_> {
         let name = &self.core.name;
         Ok(self.core.raw_rows(range)?.map(move |row| {
             let (row_key, value) = row?;
@@ -416,7 +452,10 @@ impl<K: Serialize + DeserializeOwned, T: Serialize + DeserializeOwned> ListState
     }
 
     /// Every key, optionally of one key-group range only.
-    pub fn keys(&self, range: Option<KeyGroupRange>) -> Result<impl Iterator<Item = Result<K>> + '_> {
+    pub fn keys(
+        &self,
+        range: Option<KeyGroupRange>,
+    ) -> Result<impl Iterator<Item = Result<K>> + '_> {
         self.core.keys(range)
     }
 
@@ -497,7 +536,12 @@ where
     /// Whether `key`'s map has no entries.
     pub fn is_empty(&self, key: &K) -> Result<bool> {
         let prefix = self.core.key(key)?;
-        Ok(self.core.rows_with_prefix(prefix)?.next().transpose()?.is_none())
+        Ok(self
+            .core
+            .rows_with_prefix(prefix)?
+            .next()
+            .transpose()?
+            .is_none())
     }
 
     /// The entries of `key`'s map, ordered by the encoded user key.
@@ -514,7 +558,9 @@ where
 
     /// The user keys of `key`'s map.
     pub fn user_keys(&self, key: &K) -> Result<impl Iterator<Item = Result<UK>> + '_> {
-        Ok(self.entries_raw(key)?.map(|row| row.map(|(user_key, _)| user_key)))
+        Ok(self
+            .entries_raw(key)?
+            .map(|row| row.map(|(user_key, _)| user_key)))
     }
 
     /// The values of `key`'s map.
@@ -528,7 +574,10 @@ where
     }
 
     /// Every key that has at least one entry, optionally of one key-group range only.
-    pub fn keys(&self, range: Option<KeyGroupRange>) -> Result<impl Iterator<Item = Result<K>> + '_> {
+    pub fn keys(
+        &self,
+        range: Option<KeyGroupRange>,
+    ) -> Result<impl Iterator<Item = Result<K>> + '_> {
         self.core.keys(range)
     }
 
@@ -553,7 +602,10 @@ where
         let name = &self.core.name;
         Ok(self.core.rows_with_prefix(prefix)?.map(move |row| {
             let (row_key, value) = row?;
-            Ok((codec::decode(name, "user key", &row_key[prefix_len..])?, value))
+            Ok((
+                codec::decode(name, "user key", &row_key[prefix_len..])?,
+                value,
+            ))
         }))
     }
 }
@@ -601,12 +653,18 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> ReducingS
     }
 
     /// Every `(key, value)`, optionally of one key-group range only.
-    pub fn entries(&self, range: Option<KeyGroupRange>) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
+    pub fn entries(
+        &self,
+        range: Option<KeyGroupRange>,
+    ) -> Result<impl Iterator<Item = Result<(K, V)>> + '_> {
         self.core.value_entries(range)
     }
 
     /// Every key, optionally of one key-group range only.
-    pub fn keys(&self, range: Option<KeyGroupRange>) -> Result<impl Iterator<Item = Result<K>> + '_> {
+    pub fn keys(
+        &self,
+        range: Option<KeyGroupRange>,
+    ) -> Result<impl Iterator<Item = Result<K>> + '_> {
         self.core.keys(range)
     }
 }

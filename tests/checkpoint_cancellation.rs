@@ -21,14 +21,32 @@ fn settings(retained: usize, cancellation: CancellationPolicy) -> CheckpointSett
 async fn shared_file_survives_delete_on_cancel_of_the_job_it_was_restored_from() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = local_store(&dir.path().join("root"))?;
-    let a = CheckpointCoordinator::open(store.clone(), "job-a", settings(2, CancellationPolicy::DeleteOnCancellation)).await?;
+    let a = CheckpointCoordinator::open(
+        store.clone(),
+        "job-a",
+        settings(2, CancellationPolicy::DeleteOnCancellation),
+    )
+    .await?;
     let mut job_a = TestJob::open(&dir.path().join("a"), 2, 2_000)?;
     job_a.write(4_000)?;
     let chk_a = a.checkpoint(&job_a.refs()).await?;
 
     // Job B restores A's checkpoint without claiming it and checkpoints on top of it.
-    let b = CheckpointCoordinator::open(store.clone(), "job-b", settings(1, CancellationPolicy::RetainOnCancellation)).await?;
-    let mut job_b = restore_job(&b, &RestoreSource::Metadata(chk_a.path()), &dir.path().join("b"), 2, 2_000, ClaimMode::NoClaim).await?;
+    let b = CheckpointCoordinator::open(
+        store.clone(),
+        "job-b",
+        settings(1, CancellationPolicy::RetainOnCancellation),
+    )
+    .await?;
+    let mut job_b = restore_job(
+        &b,
+        &RestoreSource::Metadata(chk_a.path()),
+        &dir.path().join("b"),
+        2,
+        2_000,
+        ClaimMode::NoClaim,
+    )
+    .await?;
     job_b.write(200)?;
     let chk_b = b.checkpoint(&job_b.refs()).await?;
     let expected_b = job_b.scan()?;
@@ -37,8 +55,14 @@ async fn shared_file_survives_delete_on_cancel_of_the_job_it_was_restored_from()
     // A is cancelled with DeleteOnCancellation: its checkpoints go, B's files stay.
     a.shutdown(JobEnd::Cancelled).await?;
     let all = objects(&*store).await?;
-    assert!(!all.iter().any(|p| p.starts_with("jobs/job-a/")), "A's checkpoints are removed: {all:?}");
-    assert_eq!(restore_scan(&*store, &chk_b.path(), dir.path()).await?, expected_b);
+    assert!(
+        !all.iter().any(|p| p.starts_with("jobs/job-a/")),
+        "A's checkpoints are removed: {all:?}"
+    );
+    assert_eq!(
+        restore_scan(&*store, &chk_b.path(), dir.path()).await?,
+        expected_b
+    );
     let (referenced, present) = shared_sets(&*store).await?;
     assert_eq!(referenced, present, "only files B references remain");
 
@@ -46,16 +70,25 @@ async fn shared_file_survives_delete_on_cancel_of_the_job_it_was_restored_from()
     for _ in 0..3 {
         job_b.write(200)?;
         let next = b.checkpoint(&job_b.refs()).await?;
-        assert_eq!(restore_scan(&*store, &next.path(), dir.path()).await?, job_b.scan()?);
+        assert_eq!(
+            restore_scan(&*store, &next.path(), dir.path()).await?,
+            job_b.scan()?
+        );
     }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flink_26985_new_job_never_deletes_files_of_the_retained_checkpoint_it_restored() -> TestResult {
+async fn flink_26985_new_job_never_deletes_files_of_the_retained_checkpoint_it_restored()
+-> TestResult {
     let dir = tempfile::tempdir()?;
     let store = local_store(&dir.path().join("root"))?;
-    let a = CheckpointCoordinator::open(store.clone(), "job-a", settings(1, CancellationPolicy::RetainOnCancellation)).await?;
+    let a = CheckpointCoordinator::open(
+        store.clone(),
+        "job-a",
+        settings(1, CancellationPolicy::RetainOnCancellation),
+    )
+    .await?;
     let mut job_a = TestJob::open(&dir.path().join("a"), 2, 2_000)?;
     job_a.write(4_000)?;
     let chk_a = a.checkpoint(&job_a.refs()).await?;
@@ -65,8 +98,21 @@ async fn flink_26985_new_job_never_deletes_files_of_the_retained_checkpoint_it_r
 
     // B restores, then checkpoints many times with retained = 1 (subsuming its own checkpoints),
     // compacting away the restored SSTs, then finishes (discarding all of its checkpoints).
-    let b = CheckpointCoordinator::open(store.clone(), "job-b", settings(1, CancellationPolicy::DeleteOnCancellation)).await?;
-    let mut job_b = restore_job(&b, &RestoreSource::Metadata(chk_a.path()), &dir.path().join("b"), 2, 2_000, ClaimMode::NoClaim).await?;
+    let b = CheckpointCoordinator::open(
+        store.clone(),
+        "job-b",
+        settings(1, CancellationPolicy::DeleteOnCancellation),
+    )
+    .await?;
+    let mut job_b = restore_job(
+        &b,
+        &RestoreSource::Metadata(chk_a.path()),
+        &dir.path().join("b"),
+        2,
+        2_000,
+        ClaimMode::NoClaim,
+    )
+    .await?;
     for _ in 0..5 {
         job_b.write(3_000)?;
         b.checkpoint(&job_b.refs()).await?;
@@ -75,20 +121,46 @@ async fn flink_26985_new_job_never_deletes_files_of_the_retained_checkpoint_it_r
     assert!(b.retained().is_empty());
 
     // A's retained checkpoint is whole: it restores exactly.
-    assert_eq!(restore_scan(&*store, &chk_a.path(), dir.path()).await?, expected_a);
+    assert_eq!(
+        restore_scan(&*store, &chk_a.path(), dir.path()).await?,
+        expected_a
+    );
     let (referenced, present) = shared_sets(&*store).await?;
-    assert_eq!(referenced, present, "B left nothing behind and took nothing of A's");
+    assert_eq!(
+        referenced, present,
+        "B left nothing behind and took nothing of A's"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_states_keep_or_discard_as_documented() -> TestResult {
     for (end, policy, kept) in [
-        (JobEnd::Cancelled, CancellationPolicy::RetainOnCancellation, true),
-        (JobEnd::Cancelled, CancellationPolicy::DeleteOnCancellation, false),
-        (JobEnd::Finished, CancellationPolicy::RetainOnCancellation, false),
-        (JobEnd::Failed, CancellationPolicy::DeleteOnCancellation, true),
-        (JobEnd::Suspended, CancellationPolicy::DeleteOnCancellation, true),
+        (
+            JobEnd::Cancelled,
+            CancellationPolicy::RetainOnCancellation,
+            true,
+        ),
+        (
+            JobEnd::Cancelled,
+            CancellationPolicy::DeleteOnCancellation,
+            false,
+        ),
+        (
+            JobEnd::Finished,
+            CancellationPolicy::RetainOnCancellation,
+            false,
+        ),
+        (
+            JobEnd::Failed,
+            CancellationPolicy::DeleteOnCancellation,
+            true,
+        ),
+        (
+            JobEnd::Suspended,
+            CancellationPolicy::DeleteOnCancellation,
+            true,
+        ),
     ] {
         let dir = tempfile::tempdir()?;
         let store = local_store(&dir.path().join("root"))?;
@@ -104,19 +176,36 @@ async fn end_states_keep_or_discard_as_documented() -> TestResult {
         c.shutdown(end).await?;
 
         let all = objects(&*store).await?;
-        let checkpoints = all.iter().filter(|p| p.contains("/chk-") && p.ends_with("_metadata")).count();
-        assert_eq!(checkpoints, if kept { 2 } else { 0 }, "{end:?} with {policy:?}: {all:?}");
+        let checkpoints = all
+            .iter()
+            .filter(|p| p.contains("/chk-") && p.ends_with("_metadata"))
+            .count();
+        assert_eq!(
+            checkpoints,
+            if kept { 2 } else { 0 },
+            "{end:?} with {policy:?}: {all:?}"
+        );
         if kept {
-            assert_eq!(restore_scan(&*store, &last.path(), dir.path()).await?, expected);
+            assert_eq!(
+                restore_scan(&*store, &last.path(), dir.path()).await?,
+                expected
+            );
             // The job resumes: a new coordinator of the same job recovers its retained checkpoints.
-            let resumed = CheckpointCoordinator::open(store.clone(), "job", settings(2, policy)).await?;
+            let resumed =
+                CheckpointCoordinator::open(store.clone(), "job", settings(2, policy)).await?;
             assert_eq!(resumed.retained().len(), 2);
             assert_eq!(resumed.latest().map(|m| m.checkpoint_id), Some(last.id()));
         }
         // Savepoints are never deleted by the engine.
-        assert_eq!(restore_scan(&*store, &savepoint.path(), dir.path()).await?, savepoint_state);
+        assert_eq!(
+            restore_scan(&*store, &savepoint.path(), dir.path()).await?,
+            savepoint_state
+        );
         let (referenced, present) = shared_sets(&*store).await?;
-        assert_eq!(referenced, present, "{end:?}: exactly the referenced files remain");
+        assert_eq!(
+            referenced, present,
+            "{end:?}: exactly the referenced files remain"
+        );
     }
     Ok(())
 }
@@ -125,21 +214,48 @@ async fn end_states_keep_or_discard_as_documented() -> TestResult {
 async fn claim_mode_transfers_ownership() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = local_store(&dir.path().join("root"))?;
-    let a = CheckpointCoordinator::open(store.clone(), "job-a", settings(1, CancellationPolicy::RetainOnCancellation)).await?;
+    let a = CheckpointCoordinator::open(
+        store.clone(),
+        "job-a",
+        settings(1, CancellationPolicy::RetainOnCancellation),
+    )
+    .await?;
     let mut job_a = TestJob::open(&dir.path().join("a"), 1, 1_000)?;
     job_a.write(2_000)?;
     let chk_a = a.checkpoint(&job_a.refs()).await?;
     let expected = job_a.scan()?;
     a.shutdown(JobEnd::Cancelled).await?;
 
-    let b = CheckpointCoordinator::open(store.clone(), "job-b", settings(1, CancellationPolicy::DeleteOnCancellation)).await?;
-    let job_b = restore_job(&b, &RestoreSource::Metadata(chk_a.path()), &dir.path().join("b"), 1, 1_000, ClaimMode::Claim).await?;
+    let b = CheckpointCoordinator::open(
+        store.clone(),
+        "job-b",
+        settings(1, CancellationPolicy::DeleteOnCancellation),
+    )
+    .await?;
+    let job_b = restore_job(
+        &b,
+        &RestoreSource::Metadata(chk_a.path()),
+        &dir.path().join("b"),
+        1,
+        1_000,
+        ClaimMode::Claim,
+    )
+    .await?;
     assert_eq!(job_b.scan()?, expected);
-    assert!(store.head(&chk_a.path()).await?.is_none(), "the claimed record moved to job B");
+    assert!(
+        store.head(&chk_a.path()).await?.is_none(),
+        "the claimed record moved to job B"
+    );
     let adopted = b.latest().expect("B owns the claimed checkpoint");
-    assert_eq!(restore_scan(&*store, &adopted.metadata_path(), dir.path()).await?, expected);
+    assert_eq!(
+        restore_scan(&*store, &adopted.metadata_path(), dir.path()).await?,
+        expected
+    );
     b.shutdown(JobEnd::Cancelled).await?;
     let all = objects(&*store).await?;
-    assert!(all.iter().all(|p| !p.starts_with("shared/")), "B discarded what it claimed: {all:?}");
+    assert!(
+        all.iter().all(|p| !p.starts_with("shared/")),
+        "B discarded what it claimed: {all:?}"
+    );
     Ok(())
 }

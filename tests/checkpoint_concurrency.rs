@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, SnapshotKind, Store, SweepMode,
-    collect_garbage,
+    CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, SnapshotKind, Store,
+    SweepMode, collect_garbage,
 };
 
 fn settings(retained: usize, max_concurrent: usize) -> CheckpointSettings {
@@ -48,14 +48,19 @@ async fn two_in_flight_while_a_third_is_subsumed_keep_what_they_reuse() -> TestR
     let h2 = p2.upload(&*store).await?;
     let reused_by_3: Vec<_> = h3.shared_files.iter().map(|f| f.hash).collect();
     assert!(
-        reused_by_3.iter().any(|h| !h2.shared_files.iter().any(|f| f.hash == *h)),
+        reused_by_3
+            .iter()
+            .any(|h| !h2.shared_files.iter().any(|f| f.hash == *h)),
         "the workload must make 3 reuse files that 2 does not reference"
     );
 
     // 2 completes: checkpoint 1 is subsumed and discarded while 3 is still in flight.
     c.complete(&t2, vec![h2]).await?;
     let done_3 = c.complete(&t3, vec![h3]).await?;
-    assert_eq!(restore_scan(&*store, &done_3.path(), dir.path()).await?, expected_3);
+    assert_eq!(
+        restore_scan(&*store, &done_3.path(), dir.path()).await?,
+        expected_3
+    );
     Ok(())
 }
 
@@ -74,12 +79,22 @@ async fn flink_23949_abort_cleanup_keeps_files_a_later_checkpoint_reused() -> Te
     let expected = job.scan()?;
     let h2 = p2.upload(&*store).await?;
     let h3 = p3.upload(&*store).await?;
-    assert!(h2.uploaded_bytes > 0 && h3.reused_bytes > 0, "3 reuses what 2 uploaded");
+    assert!(
+        h2.uploaded_bytes > 0 && h3.reused_bytes > 0,
+        "3 reuses what 2 uploaded"
+    );
     c.abort(&t2).await?;
-    let err = c.complete(&t2, vec![h2]).await.err().expect("an aborted checkpoint never commits");
+    let err = c
+        .complete(&t2, vec![h2])
+        .await
+        .err()
+        .expect("an aborted checkpoint never commits");
     assert_eq!(err.kind(), ErrorKind::Cancelled);
     let done = c.complete(&t3, vec![h3]).await?;
-    assert_eq!(restore_scan(&*store, &done.path(), dir.path()).await?, expected);
+    assert_eq!(
+        restore_scan(&*store, &done.path(), dir.path()).await?,
+        expected
+    );
     Ok(())
 }
 
@@ -93,7 +108,10 @@ async fn flink_25395_savepoint_neither_resets_the_base_nor_loses_files() -> Test
     let first = c.checkpoint(&job.refs()).await?;
     let savepoint = c.savepoint(&job.refs()).await?;
     let savepoint_state = job.scan()?;
-    assert_eq!(savepoint.uploaded_bytes(), new_bytes(&savepoint.metadata, &[&first.metadata]));
+    assert_eq!(
+        savepoint.uploaded_bytes(),
+        new_bytes(&savepoint.metadata, &[&first.metadata])
+    );
     job.write(100)?;
     let after = c.checkpoint(&job.refs()).await?;
     assert_eq!(
@@ -107,7 +125,10 @@ async fn flink_25395_savepoint_neither_resets_the_base_nor_loses_files() -> Test
         c.checkpoint(&job.refs()).await?;
     }
     c.shutdown(JobEnd::Finished).await?;
-    assert_eq!(restore_scan(&*store, &savepoint.path(), dir.path()).await?, savepoint_state);
+    assert_eq!(
+        restore_scan(&*store, &savepoint.path(), dir.path()).await?,
+        savepoint_state
+    );
     Ok(())
 }
 
@@ -132,15 +153,26 @@ async fn flink_29913_same_local_name_different_content_never_collide() -> TestRe
             .metadata
             .backends
             .iter()
-            .map(|b| b.shared_files.iter().map(|f| f.local_name.as_str()).collect())
+            .map(|b| {
+                b.shared_files
+                    .iter()
+                    .map(|f| f.local_name.as_str())
+                    .collect()
+            })
             .collect();
-        shared_name_seen |= names[0].iter().any(|n| names[1..].iter().any(|other| other.contains(n)));
+        shared_name_seen |= names[0]
+            .iter()
+            .any(|n| names[1..].iter().any(|other| other.contains(n)));
         oracles.insert(done.path(), job.scan()?);
     }
     assert!(shared_name_seen, "the backends' SSTs share names");
     for m in c.retained() {
         let path = m.metadata_path();
-        assert_eq!(restore_scan(&*store, &path, dir.path()).await?, oracles[&path], "{path}");
+        assert_eq!(
+            restore_scan(&*store, &path, dir.path()).await?,
+            oracles[&path],
+            "{path}"
+        );
     }
     Ok(())
 }
@@ -158,7 +190,9 @@ async fn abort_mid_upload_leaves_no_orphans_and_gc_twice_deletes_nothing() -> Te
     job.write(4_000)?;
 
     test_store.close_gate();
-    let started = test_store.uploads_started.load(std::sync::atomic::Ordering::SeqCst);
+    let started = test_store
+        .uploads_started
+        .load(std::sync::atomic::Ordering::SeqCst);
     let running = {
         let c = c.clone();
         let backends = job.backends.clone();
@@ -182,7 +216,13 @@ async fn abort_mid_upload_leaves_no_orphans_and_gc_twice_deletes_nothing() -> Te
     assert_eq!(after, before, "the aborted checkpoint left nothing behind");
     let gc = collect_garbage(&*store, &gc_now()).await?;
     assert!(gc.is_empty(), "nothing for GC after a clean abort: {gc:?}");
-    assert_eq!(restore_scan(&*store, &first.path(), dir.path()).await?.len() > 0, true);
+    assert_eq!(
+        restore_scan(&*store, &first.path(), dir.path())
+            .await?
+            .len()
+            > 0,
+        true
+    );
     Ok(())
 }
 
@@ -199,30 +239,57 @@ async fn flink_30461_interrupted_upload_is_cleaned_by_recovery_and_gc() -> TestR
         job.write(4_000)?;
         // The process "dies" mid-upload: the upload future is dropped after some files landed.
         test_store.close_gate();
-        let started = test_store.uploads_started.load(std::sync::atomic::Ordering::SeqCst);
+        let started = test_store
+            .uploads_started
+            .load(std::sync::atomic::Ordering::SeqCst);
         let ticket = c.trigger(SnapshotKind::Checkpoint)?;
         let pending = job.backends[0].snapshot(&ticket)?;
         let partial = pending.upload(&*store);
         tokio::pin!(partial);
         test_store.open_gate();
-        test_store.fail_uploads_after.store(started + 1, std::sync::atomic::Ordering::SeqCst);
-        assert!(partial.as_mut().await.is_err(), "the upload was interrupted");
+        test_store
+            .fail_uploads_after
+            .store(started + 1, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            partial.as_mut().await.is_err(),
+            "the upload was interrupted"
+        );
         // No abort, no shutdown: the coordinator is simply dropped.
     }
-    test_store.fail_uploads_after.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    test_store
+        .fail_uploads_after
+        .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
     let leftovers = objects(&*store).await?;
-    assert!(leftovers.iter().any(|p| p.starts_with("pins/")), "the crash left a pin: {leftovers:?}");
+    assert!(
+        leftovers.iter().any(|p| p.starts_with("pins/")),
+        "the crash left a pin: {leftovers:?}"
+    );
 
     // Startup recovery of the job aborts the interrupted checkpoint.
     let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
     let (referenced, present) = shared_sets(&*store).await?;
-    assert_eq!(referenced, present, "recovery removed the interrupted checkpoint's uploads");
-    assert!(objects(&*store).await?.iter().all(|p| !p.starts_with("pins/")));
+    assert_eq!(
+        referenced, present,
+        "recovery removed the interrupted checkpoint's uploads"
+    );
+    assert!(
+        objects(&*store)
+            .await?
+            .iter()
+            .all(|p| !p.starts_with("pins/"))
+    );
     let gc = collect_garbage(&*store, &gc_now()).await?;
     assert!(gc.is_empty(), "{gc:?}");
     let next = c.checkpoint(&job.refs()).await?;
-    assert_eq!(next.id(), 3, "ids continue after the interrupted checkpoint 2");
-    assert_eq!(restore_scan(&*store, &next.path(), dir.path()).await?, job.scan()?);
+    assert_eq!(
+        next.id(),
+        3,
+        "ids continue after the interrupted checkpoint 2"
+    );
+    assert_eq!(
+        restore_scan(&*store, &next.path(), dir.path()).await?,
+        job.scan()?
+    );
     Ok(())
 }
 
@@ -234,8 +301,13 @@ async fn ambiguous_commit_is_treated_as_committed() -> TestResult {
     let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
     job.write(2_000)?;
-    test_store.ambiguous_metadata.store(true, std::sync::atomic::Ordering::SeqCst);
+    test_store
+        .ambiguous_metadata
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let done = c.checkpoint(&job.refs()).await?;
-    assert_eq!(restore_scan(&*store, &done.path(), dir.path()).await?, job.scan()?);
+    assert_eq!(
+        restore_scan(&*store, &done.path(), dir.path()).await?,
+        job.scan()?
+    );
     Ok(())
 }

@@ -23,13 +23,17 @@ async fn fixture() -> TestResult<Fixture> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("root");
     let store = local_store(&root)?;
-    let c = CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
+    let c =
+        CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
     job.write(3_000)?;
     job.backends[0].flush()?;
     job.write(300)?;
     let done = c.checkpoint(&job.refs()).await?;
-    assert!(!done.metadata.backends[0].shared_files.is_empty(), "the fixture has SSTs and a WAL");
+    assert!(
+        !done.metadata.backends[0].shared_files.is_empty(),
+        "the fixture has SSTs and a WAL"
+    );
     let restores = dir.path().join("restores");
     std::fs::create_dir_all(&restores)?;
     Ok(Fixture {
@@ -56,12 +60,20 @@ async fn restore_into(f: &Fixture, name: &str) -> rockpoint::Result<rockpoint::K
         key_groups: rockpoint::KeyGroupRange::all(MAX_PARALLELISM)?,
         settings: settings(),
     };
-    rockpoint::restore_backend(&*f.store, &RestoreSource::Metadata(f.path.clone()), &target, 4, None).await
+    rockpoint::restore_backend(
+        &*f.store,
+        &RestoreSource::Metadata(f.path.clone()),
+        &target,
+        4,
+        None,
+    )
+    .await
 }
 
 /// Every object the checkpoint references: shared files, segments and private files.
 async fn referenced_objects(f: &Fixture) -> TestResult<Vec<String>> {
-    let (_, metadata) = rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata(f.path.clone())).await?;
+    let (_, metadata) =
+        rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata(f.path.clone())).await?;
     let mut out = std::collections::BTreeSet::new();
     for b in &metadata.backends {
         for hash in b.shared_hashes() {
@@ -77,7 +89,10 @@ async fn referenced_objects(f: &Fixture) -> TestResult<Vec<String>> {
 async fn every_damaged_file_is_detected_and_nothing_is_written() -> TestResult {
     let f = fixture().await?;
     let objects = referenced_objects(&f).await?;
-    assert!(objects.len() >= 4, "SSTs, MANIFEST, WAL and OPTIONS: {objects:?}");
+    assert!(
+        objects.len() >= 4,
+        "SSTs, MANIFEST, WAL and OPTIONS: {objects:?}"
+    );
     let mut cases = 0;
     for (i, object) in objects.iter().enumerate() {
         let file = f.root.join(object);
@@ -95,14 +110,31 @@ async fn every_damaged_file_is_detected_and_nothing_is_written() -> TestResult {
         for (damage, bytes) in damages {
             std::fs::write(&file, &bytes)?;
             let before = listing(&f.restores);
-            let err = restore_into(&f, &format!("r{cases}")).await.err().expect("damage is detected");
-            assert_eq!(err.kind(), ErrorKind::Corruption, "{damage} of {object}: {err}");
-            assert!(err.to_string().contains(object.as_str()), "{damage}: the error names {object}: {err}");
-            assert_eq!(listing(&f.restores), before, "{damage} of {object}: nothing written");
+            let err = restore_into(&f, &format!("r{cases}"))
+                .await
+                .err()
+                .expect("damage is detected");
+            assert_eq!(
+                err.kind(),
+                ErrorKind::Corruption,
+                "{damage} of {object}: {err}"
+            );
+            assert!(
+                err.to_string().contains(object.as_str()),
+                "{damage}: the error names {object}: {err}"
+            );
+            assert_eq!(
+                listing(&f.restores),
+                before,
+                "{damage} of {object}: nothing written"
+            );
             cases += 1;
         }
         std::fs::remove_file(&file)?;
-        let err = restore_into(&f, &format!("r{cases}")).await.err().expect("missing file is detected");
+        let err = restore_into(&f, &format!("r{cases}"))
+            .await
+            .err()
+            .expect("missing file is detected");
         assert_eq!(err.kind(), ErrorKind::Corruption, "missing {object}: {err}");
         assert!(err.to_string().contains(object.as_str()), "{err}");
         cases += 1;
@@ -141,9 +173,17 @@ async fn corrupt_or_missing_metadata_gets_a_clear_error() -> TestResult {
         assert!(!f.restores.join("never").exists());
     }
     std::fs::write(&file, &original)?;
-    let missing = rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata("jobs/job/chk-00000000000000000042/_metadata".into())).await;
+    let missing = rockpoint::read_metadata(
+        &*f.store,
+        &RestoreSource::Metadata("jobs/job/chk-00000000000000000042/_metadata".into()),
+    )
+    .await;
     assert_eq!(missing.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
-    let nonsense = rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata("../../etc/passwd".into())).await;
+    let nonsense = rockpoint::read_metadata(
+        &*f.store,
+        &RestoreSource::Metadata("../../etc/passwd".into()),
+    )
+    .await;
     assert_eq!(nonsense.err().map(|e| e.kind()), Some(ErrorKind::Invalid));
     let latest = rockpoint::read_metadata(&*f.store, &RestoreSource::Latest("nobody".into())).await;
     assert_eq!(latest.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
@@ -164,17 +204,42 @@ fn seal(body: &[u8]) -> Vec<u8> {
 async fn hostile_metadata_is_rejected_before_any_write() -> TestResult {
     let f = fixture().await?;
     let file = f.root.join(&f.path);
-    let (_, metadata) = rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata(f.path.clone())).await?;
+    let (_, metadata) =
+        rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata(f.path.clone())).await?;
     type Edit = Box<dyn Fn(&mut rockpoint::CheckpointMetadata)>;
     let edits: Vec<(&str, Edit)> = vec![
-        ("sst name with ../", Box::new(|m| m.backends[0].shared_files[0].local_name = "../../escaped.sst".into())),
-        ("absolute sst name", Box::new(|m| m.backends[0].shared_files[0].local_name = "/tmp/escaped.sst".into())),
-        ("log name with ../", Box::new(|m| m.backends[0].log_files[1].local_name = "../000001.log".into())),
-        ("private path with ..", Box::new(|m| m.backends[0].private_files[0].path = "jobs/../../x".into())),
-        ("private local name", Box::new(|m| m.backends[0].private_files[0].local_name = "../OPTIONS-000001".into())),
-        ("manifest name", Box::new(|m| m.backends[0].manifest_name = "../MANIFEST-000001".into())),
-        ("absurd size", Box::new(|m| m.backends[0].shared_files[0].size = 1 << 50)),
-        ("key groups beyond max", Box::new(|m| m.max_parallelism = 64)),
+        (
+            "sst name with ../",
+            Box::new(|m| m.backends[0].shared_files[0].local_name = "../../escaped.sst".into()),
+        ),
+        (
+            "absolute sst name",
+            Box::new(|m| m.backends[0].shared_files[0].local_name = "/tmp/escaped.sst".into()),
+        ),
+        (
+            "log name with ../",
+            Box::new(|m| m.backends[0].log_files[1].local_name = "../000001.log".into()),
+        ),
+        (
+            "private path with ..",
+            Box::new(|m| m.backends[0].private_files[0].path = "jobs/../../x".into()),
+        ),
+        (
+            "private local name",
+            Box::new(|m| m.backends[0].private_files[0].local_name = "../OPTIONS-000001".into()),
+        ),
+        (
+            "manifest name",
+            Box::new(|m| m.backends[0].manifest_name = "../MANIFEST-000001".into()),
+        ),
+        (
+            "absurd size",
+            Box::new(|m| m.backends[0].shared_files[0].size = 1 << 50),
+        ),
+        (
+            "key groups beyond max",
+            Box::new(|m| m.max_parallelism = 64),
+        ),
         ("another job's id", Box::new(|m| m.job_id = "other".into())),
     ];
     for (what, edit) in edits {
@@ -183,10 +248,21 @@ async fn hostile_metadata_is_rejected_before_any_write() -> TestResult {
         std::fs::write(&file, seal(&rmp_serde::to_vec_named(&hostile)?))?;
         let parent_before = listing(&f.restores);
         let root_parent_before = listing(f.root.parent().unwrap());
-        let err = restore_into(&f, "hostile").await.err().expect("hostile metadata is refused");
+        let err = restore_into(&f, "hostile")
+            .await
+            .err()
+            .expect("hostile metadata is refused");
         assert_eq!(err.kind(), ErrorKind::Corruption, "{what}: {err}");
-        assert_eq!(listing(&f.restores), parent_before, "{what}: nothing written");
-        assert_eq!(listing(f.root.parent().unwrap()), root_parent_before, "{what}: nothing escaped");
+        assert_eq!(
+            listing(&f.restores),
+            parent_before,
+            "{what}: nothing written"
+        );
+        assert_eq!(
+            listing(f.root.parent().unwrap()),
+            root_parent_before,
+            "{what}: nothing escaped"
+        );
     }
     Ok(())
 }

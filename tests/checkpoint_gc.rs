@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ContentHash, GcOptions, SnapshotKind, SweepMode, WriteMode,
-    collect_garbage,
+    CheckpointCoordinator, CheckpointSettings, ContentHash, GcOptions, SnapshotKind, SweepMode,
+    WriteMode, collect_garbage,
 };
 
 fn shared_path(hash: &ContentHash) -> String {
@@ -22,7 +22,8 @@ async fn gc_removes_exactly_the_orphans_and_is_idempotent() -> TestResult {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("root");
     let store = local_store(&root)?;
-    let c = CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
+    let c =
+        CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 2, 1_000)?;
     job.write(3_000)?;
     let done = c.checkpoint(&job.refs()).await?;
@@ -32,32 +33,83 @@ async fn gc_removes_exactly_the_orphans_and_is_idempotent() -> TestResult {
     // stale pin, and a temporary file of an interrupted write.
     let orphan = Bytes::from_static(b"an orphaned upload");
     let orphan_hash = ContentHash::of(&orphan);
-    store.put(&shared_path(&orphan_hash), orphan.clone(), WriteMode::Replace).await?;
     store
-        .put("jobs/job/chk-00000000000000000099/kg-00000-00064/OPTIONS-000007", Bytes::from_static(b"x"), WriteMode::CreateOnly)
+        .put(
+            &shared_path(&orphan_hash),
+            orphan.clone(),
+            WriteMode::Replace,
+        )
+        .await?;
+    store
+        .put(
+            "jobs/job/chk-00000000000000000099/kg-00000-00064/OPTIONS-000007",
+            Bytes::from_static(b"x"),
+            WriteMode::CreateOnly,
+        )
         .await?;
     std::fs::write(root.join("shared").join(".leftover.tmp-123"), b"partial")?;
     let before = objects(&*store).await?;
 
     // Within the grace period nothing goes.
-    let young = collect_garbage(&*store, &GcOptions { grace_period: Duration::from_secs(3600), mode: SweepMode::Delete }).await?;
+    let young = collect_garbage(
+        &*store,
+        &GcOptions {
+            grace_period: Duration::from_secs(3600),
+            mode: SweepMode::Delete,
+        },
+    )
+    .await?;
     assert!(young.is_empty(), "{young:?}");
     // A dry run reports and deletes nothing.
-    let dry = collect_garbage(&*store, &GcOptions { grace_period: Duration::ZERO, mode: SweepMode::DryRun }).await?;
+    let dry = collect_garbage(
+        &*store,
+        &GcOptions {
+            grace_period: Duration::ZERO,
+            mode: SweepMode::DryRun,
+        },
+    )
+    .await?;
     assert_eq!(dry.shared_files, vec![shared_path(&orphan_hash)]);
     assert_eq!(dry.private_files.len(), 1);
     assert_eq!(dry.incomplete.len(), 1, "{dry:?}");
     assert_eq!(objects(&*store).await?, before);
     assert!(root.join("shared").join(".leftover.tmp-123").exists());
 
-    let real = collect_garbage(&*store, &GcOptions { grace_period: Duration::ZERO, mode: SweepMode::Delete }).await?;
-    assert_eq!((real.shared_files.len(), real.private_files.len(), real.incomplete.len()), (1, 1, 1));
+    let real = collect_garbage(
+        &*store,
+        &GcOptions {
+            grace_period: Duration::ZERO,
+            mode: SweepMode::Delete,
+        },
+    )
+    .await?;
+    assert_eq!(
+        (
+            real.shared_files.len(),
+            real.private_files.len(),
+            real.incomplete.len()
+        ),
+        (1, 1, 1)
+    );
     assert!(!root.join("shared").join(".leftover.tmp-123").exists());
     let (referenced, present) = shared_sets(&*store).await?;
     assert_eq!(referenced, present, "exactly the referenced files remain");
-    let again = collect_garbage(&*store, &GcOptions { grace_period: Duration::ZERO, mode: SweepMode::Delete }).await?;
-    assert!(again.is_empty(), "GC run twice deletes nothing the second time: {again:?}");
-    assert_eq!(restore_scan(&*store, &done.path(), dir.path()).await?, expected);
+    let again = collect_garbage(
+        &*store,
+        &GcOptions {
+            grace_period: Duration::ZERO,
+            mode: SweepMode::Delete,
+        },
+    )
+    .await?;
+    assert!(
+        again.is_empty(),
+        "GC run twice deletes nothing the second time: {again:?}"
+    );
+    assert_eq!(
+        restore_scan(&*store, &done.path(), dir.path()).await?,
+        expected
+    );
     Ok(())
 }
 
@@ -66,7 +118,8 @@ async fn gc_during_an_uncommitted_upload_keeps_its_files() -> TestResult {
     // SlateDB RFC-0029: an uploaded-but-uncommitted file must not be collected.
     let dir = tempfile::tempdir()?;
     let store = local_store(&dir.path().join("root"))?;
-    let c = CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
+    let c =
+        CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
     job.write(3_000)?;
     let ticket = c.trigger(SnapshotKind::Checkpoint)?;
@@ -76,12 +129,27 @@ async fn gc_during_an_uncommitted_upload_keeps_its_files() -> TestResult {
     // stands between them and GC.
     let aged = std::time::SystemTime::now() - Duration::from_secs(7200);
     for object in store.list("shared/").await? {
-        let file = std::fs::File::options().write(true).open(dir.path().join("root").join(&object.path))?;
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("root").join(&object.path))?;
         file.set_modified(aged)?;
     }
-    let gc = collect_garbage(&*store, &GcOptions { grace_period: Duration::from_secs(3600), mode: SweepMode::Delete }).await?;
-    assert!(gc.is_empty(), "the pin protects the uncommitted upload: {gc:?}");
+    let gc = collect_garbage(
+        &*store,
+        &GcOptions {
+            grace_period: Duration::from_secs(3600),
+            mode: SweepMode::Delete,
+        },
+    )
+    .await?;
+    assert!(
+        gc.is_empty(),
+        "the pin protects the uncommitted upload: {gc:?}"
+    );
     let done = c.complete(&ticket, vec![handle]).await?;
-    assert_eq!(restore_scan(&*store, &done.path(), dir.path()).await?, expected);
+    assert_eq!(
+        restore_scan(&*store, &done.path(), dir.path()).await?,
+        expected
+    );
     Ok(())
 }

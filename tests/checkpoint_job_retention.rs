@@ -56,22 +56,36 @@ async fn retained_checkpoints_restore_exactly_and_upload_only_new_bytes() -> Tes
         }
         previous = Some(done.metadata.clone());
     }
-    println!("19 incremental checkpoints uploaded {uploaded_total} bytes; {new_total} bytes were new");
+    println!(
+        "19 incremental checkpoints uploaded {uploaded_total} bytes; {new_total} bytes were new"
+    );
 
     let retained = coordinator.retained();
     assert_eq!(retained.len(), 3);
-    assert_eq!(retained.iter().map(|m| m.checkpoint_id).collect::<Vec<_>>(), vec![18, 19, 20]);
+    assert_eq!(
+        retained.iter().map(|m| m.checkpoint_id).collect::<Vec<_>>(),
+        vec![18, 19, 20]
+    );
     for metadata in &retained {
         let path = metadata.metadata_path();
         let restored = restore_scan(&*store, &path, dir.path()).await?;
-        assert_eq!(restored, oracles[&path], "checkpoint {path} restores to the state at that checkpoint");
+        assert_eq!(
+            restored, oracles[&path],
+            "checkpoint {path} restores to the state at that checkpoint"
+        );
     }
     // Subsumed checkpoints are gone, and so is every shared file only they referenced.
     let all = objects(&*store).await?;
     let metadata_files: Vec<&String> = all.iter().filter(|p| p.ends_with("_metadata")).collect();
     assert_eq!(metadata_files.len(), 3, "{metadata_files:?}");
-    assert!(all.iter().all(|p| !p.starts_with("pins/")), "no pin outlives its checkpoint: {all:?}");
+    assert!(
+        all.iter().all(|p| !p.starts_with("pins/")),
+        "no pin outlives its checkpoint: {all:?}"
+    );
     let (referenced, present) = shared_sets(&*store).await?;
-    assert_eq!(referenced, present, "exactly the referenced shared files remain");
+    assert_eq!(
+        referenced, present,
+        "exactly the referenced shared files remain"
+    );
     Ok(())
 }

@@ -21,7 +21,8 @@ async fn resume_loop_restores_exactly_and_reuploads_nothing() -> TestResult {
     };
     let keys = 3_000;
 
-    let coordinator = CheckpointCoordinator::open(store.clone(), "round-0", settings.clone()).await?;
+    let coordinator =
+        CheckpointCoordinator::open(store.clone(), "round-0", settings.clone()).await?;
     let mut job = TestJob::open(&dir.path().join("round-0"), 2, keys)?;
     job.write(keys * 2)?;
     let mut last = coordinator.checkpoint(&job.refs()).await?;
@@ -32,7 +33,8 @@ async fn resume_loop_restores_exactly_and_reuploads_nothing() -> TestResult {
 
     for round in 1..=3 {
         let job_id = format!("round-{round}");
-        let coordinator = CheckpointCoordinator::open(store.clone(), &job_id, settings.clone()).await?;
+        let coordinator =
+            CheckpointCoordinator::open(store.clone(), &job_id, settings.clone()).await?;
         let mut job = restore_job(
             &coordinator,
             &RestoreSource::Metadata(last.path()),
@@ -42,7 +44,11 @@ async fn resume_loop_restores_exactly_and_reuploads_nothing() -> TestResult {
             ClaimMode::NoClaim,
         )
         .await?;
-        assert_eq!(job.scan()?, expected, "round {round}: restored state equals the checkpoint");
+        assert_eq!(
+            job.scan()?,
+            expected,
+            "round {round}: restored state equals the checkpoint"
+        );
 
         job.write(keys / 10)?;
         let first = coordinator.checkpoint(&job.refs()).await?;
@@ -52,7 +58,10 @@ async fn resume_loop_restores_exactly_and_reuploads_nothing() -> TestResult {
             should_upload,
             "round {round}: the first checkpoint after restore uploads only new files"
         );
-        assert!(first.reused_bytes() > 0, "round {round}: restored files were reused");
+        assert!(
+            first.reused_bytes() > 0,
+            "round {round}: restored files were reused"
+        );
         println!(
             "round {round}: first checkpoint after restore uploaded {} bytes, reused {} bytes",
             first.uploaded_bytes(),
@@ -62,7 +71,10 @@ async fn resume_loop_restores_exactly_and_reuploads_nothing() -> TestResult {
         last = first;
         coordinator.shutdown(JobEnd::Cancelled).await?;
         // Retain on cancellation: the checkpoint still restores after the job is gone.
-        assert_eq!(restore_scan(&*store, &last.path(), dir.path()).await?, expected);
+        assert_eq!(
+            restore_scan(&*store, &last.path(), dir.path()).await?,
+            expected
+        );
     }
     Ok(())
 }

@@ -4,15 +4,22 @@
 mod common;
 
 use common::*;
-use rockpoint::{CheckpointCoordinator, CheckpointSettings, ErrorKind, KeyGroupRange, RestoreSource, RestoreTarget};
+use rockpoint::{
+    CheckpointCoordinator, CheckpointSettings, ErrorKind, KeyGroupRange, RestoreSource,
+    RestoreTarget,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_damage_is_always_detected() -> TestResult {
-    let rounds: u64 = std::env::var("ROCKPOINT_CORRUPTION_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let rounds: u64 = std::env::var("ROCKPOINT_CORRUPTION_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("root");
     let store = local_store(&root)?;
-    let c = CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
+    let c =
+        CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
     job.write(3_000)?;
     let done = c.checkpoint(&job.refs()).await?;
@@ -66,7 +73,9 @@ async fn random_damage_is_always_detected() -> TestResult {
         };
         match rockpoint::restore_backend(&*store, &source, &target, 4, None).await {
             Err(e) if e.kind() == ErrorKind::Corruption => detected_by_restore += 1,
-            Err(e) => panic!("round {round}: damage {damage} of {object} gave an undocumented error: {e}"),
+            Err(e) => {
+                panic!("round {round}: damage {damage} of {object} gave an undocumented error: {e}")
+            }
             Ok(_) => silent += 1,
         }
         std::fs::write(&file, &original)?;

@@ -30,9 +30,9 @@ use common::checking::{CheckingStore, shared};
 use common::simfs::{Loss, SimFs, TraceOp};
 use common::*;
 use rockpoint::{
-    BackendHandle, CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, ContentHash, GcOptions,
-    JobEnd, LocalStore, RestoreSource, SnapshotKind, Store, SweepMode, WriteMode,
-    collect_garbage,
+    BackendHandle, CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode,
+    ContentHash, GcOptions, JobEnd, LocalStore, RestoreSource, SnapshotKind, Store, SweepMode,
+    WriteMode, collect_garbage,
 };
 
 const ROOT: &str = "/sim/root";
@@ -77,10 +77,23 @@ impl Ctx {
     }
 
     /// A checkpoint through the split API, recording the oracle at the snapshot.
-    async fn checkpoint(&mut self, c: &CheckpointCoordinator, job: &TestJob, kind: SnapshotKind) -> TestResult<String> {
+    async fn checkpoint(
+        &mut self,
+        c: &CheckpointCoordinator,
+        job: &TestJob,
+        kind: SnapshotKind,
+    ) -> TestResult<String> {
         let ticket = c.trigger(kind)?;
-        let prefix = if kind == SnapshotKind::Checkpoint { "chk" } else { "sp" };
-        let path = format!("jobs/{}/{prefix}-{:020}/_metadata", c.job_id(), ticket.checkpoint_id());
+        let prefix = if kind == SnapshotKind::Checkpoint {
+            "chk"
+        } else {
+            "sp"
+        };
+        let path = format!(
+            "jobs/{}/{prefix}-{:020}/_metadata",
+            c.job_id(),
+            ticket.checkpoint_id()
+        );
         let mut pending = Vec::new();
         for backend in &job.backends {
             pending.push(backend.snapshot(&ticket)?);
@@ -91,7 +104,9 @@ impl Ctx {
             handles.push(p.upload(&*self.store).await?);
         }
         c.complete(&ticket, handles).await?;
-        self.record.acknowledged.push((path.clone(), self.sim.ops()));
+        self.record
+            .acknowledged
+            .push((path.clone(), self.sim.ops()));
         Ok(path)
     }
 
@@ -156,13 +171,20 @@ async fn workload(name: &str, ctx: &mut Ctx) -> TestResult<Jobs> {
             ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
             Ctx::change(&mut job)?;
             let ticket = c.trigger(SnapshotKind::Checkpoint)?;
-            let handle = job.backends[0].snapshot(&ticket)?.upload(&*ctx.store).await?;
+            let handle = job.backends[0]
+                .snapshot(&ticket)?
+                .upload(&*ctx.store)
+                .await?;
             drop(handle);
             c.abort(&ticket).await?;
             Ok(vec![("a", s)])
         }
         "cancel_retain" | "cancel_delete" => {
-            let policy = if name == "cancel_retain" { retain } else { CancellationPolicy::DeleteOnCancellation };
+            let policy = if name == "cancel_retain" {
+                retain
+            } else {
+                CancellationPolicy::DeleteOnCancellation
+            };
             let s = settings(2, policy);
             let c = CheckpointCoordinator::open(ctx.store.clone(), "a", s.clone()).await?;
             let mut job = ctx.job("a", 1)?;
@@ -171,7 +193,9 @@ async fn workload(name: &str, ctx: &mut Ctx) -> TestResult<Jobs> {
             Ctx::change(&mut job)?;
             ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
             if policy == CancellationPolicy::DeleteOnCancellation {
-                ctx.record.discards_all_from.insert("a".into(), ctx.sim.ops());
+                ctx.record
+                    .discards_all_from
+                    .insert("a".into(), ctx.sim.ops());
             }
             c.shutdown(JobEnd::Cancelled).await?;
             Ok(vec![("a", s)])
@@ -185,10 +209,21 @@ async fn workload(name: &str, ctx: &mut Ctx) -> TestResult<Jobs> {
             let sb = settings(1, CancellationPolicy::DeleteOnCancellation);
             let b = CheckpointCoordinator::open(ctx.store.clone(), "b", sb.clone()).await?;
             let dir = ctx.local.join("b");
-            let mut restored = restore_job(&b, &RestoreSource::Metadata(source), &dir, 1, 400, ClaimMode::NoClaim).await?;
+            let mut restored = restore_job(
+                &b,
+                &RestoreSource::Metadata(source),
+                &dir,
+                1,
+                400,
+                ClaimMode::NoClaim,
+            )
+            .await?;
             Ctx::change(&mut restored)?;
-            ctx.checkpoint(&b, &restored, SnapshotKind::Checkpoint).await?;
-            ctx.record.discards_all_from.insert("b".into(), ctx.sim.ops());
+            ctx.checkpoint(&b, &restored, SnapshotKind::Checkpoint)
+                .await?;
+            ctx.record
+                .discards_all_from
+                .insert("b".into(), ctx.sim.ops());
             b.shutdown(JobEnd::Finished).await?;
             Ok(vec![("a", s), ("b", sb)])
         }
@@ -198,9 +233,19 @@ async fn workload(name: &str, ctx: &mut Ctx) -> TestResult<Jobs> {
             let job = ctx.job("a", 1)?;
             ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
             let orphan = Bytes::from_static(b"orphaned upload");
-            ctx.store.put(&shared(&ContentHash::of(&orphan)), orphan, WriteMode::Replace).await?;
             ctx.store
-                .put("jobs/a/chk-00000000000000000077/kg-00000-00128/OPTIONS-000001", Bytes::from_static(b"o"), WriteMode::CreateOnly)
+                .put(
+                    &shared(&ContentHash::of(&orphan)),
+                    orphan,
+                    WriteMode::Replace,
+                )
+                .await?;
+            ctx.store
+                .put(
+                    "jobs/a/chk-00000000000000000077/kg-00000-00128/OPTIONS-000001",
+                    Bytes::from_static(b"o"),
+                    WriteMode::CreateOnly,
+                )
                 .await?;
             collect_garbage(&*ctx.store, &gc_now()).await?;
             Ok(vec![("a", s)])
@@ -255,9 +300,12 @@ async fn check_recovered(
             .oracles
             .get(path)
             .ok_or_else(|| format!("committed {path} was never snapshotted"))?;
-        let (_, metadata) = rockpoint::read_metadata(&**store, &RestoreSource::Metadata(path.clone())).await?;
+        let (_, metadata) =
+            rockpoint::read_metadata(&**store, &RestoreSource::Metadata(path.clone())).await?;
         for hash in metadata.shared_hashes() {
-            let bytes = read_all(&**store, &shared(&hash)).await.map_err(|e| format!("{path}: {e}"))?;
+            let bytes = read_all(&**store, &shared(&hash))
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
             if ContentHash::of(&bytes) != hash {
                 return Err(format!("{path}: shared file {hash} is corrupt").into());
             }
@@ -275,18 +323,33 @@ async fn check_recovered(
             continue;
         }
         let job = path.split('/').nth(1).unwrap_or_default();
-        let newer = committed.iter().any(|p| p.split('/').nth(1) == Some(job) && p.contains("/chk-") && p > path);
-        let discarding = record.discards_all_from.get(job).is_some_and(|from| *from <= crash_op);
+        let newer = committed
+            .iter()
+            .any(|p| p.split('/').nth(1) == Some(job) && p.contains("/chk-") && p > path);
+        let discarding = record
+            .discards_all_from
+            .get(job)
+            .is_some_and(|from| *from <= crash_op);
         let savepoint = path.contains("/sp-");
         if savepoint || !(newer || discarding) {
-            return Err(format!("acknowledged {path} is gone after a crash at op {crash_op}").into());
+            return Err(
+                format!("acknowledged {path} is gone after a crash at op {crash_op}").into(),
+            );
         }
     }
     // Exactly the referenced shared files remain; a second GC deletes nothing.
     let referenced = CheckingStore::referenced_now(&**store).await?;
-    let present: BTreeSet<String> = store.list("shared/").await?.into_iter().map(|o| o.path).collect();
+    let present: BTreeSet<String> = store
+        .list("shared/")
+        .await?
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
     if referenced != present {
-        return Err(format!("after recovery and GC: referenced {referenced:?} but present {present:?}").into());
+        return Err(format!(
+            "after recovery and GC: referenced {referenced:?} but present {present:?}"
+        )
+        .into());
     }
     let again = collect_garbage(&**store, &gc_now()).await?;
     if !again.is_empty() {
@@ -319,8 +382,14 @@ async fn explore(name: &str) -> TestResult<(usize, usize)> {
     let jobs = workload(name, &mut ctx).await?;
     let trace: Vec<TraceOp> = ctx.sim.trace();
     let violations = ctx.checker.violations();
-    assert!(violations.is_empty(), "{name}: G3 violated during the run: {violations:?}");
-    let stride: usize = std::env::var("ROCKPOINT_CRASH_STRIDE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    assert!(
+        violations.is_empty(),
+        "{name}: G3 violated during the run: {violations:?}"
+    );
+    let stride: usize = std::env::var("ROCKPOINT_CRASH_STRIDE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let mut cache = ScanCache::new();
     let mut explored = 0;
     let mut points: Vec<usize> = (0..=trace.len()).step_by(stride.max(1)).collect();
@@ -333,29 +402,47 @@ async fn explore(name: &str) -> TestResult<(usize, usize)> {
             let fs = before.crash_state(loss);
             let context = format!("{name}: crash before op {k} of {} ({loss:?})", trace.len());
             // A crash in the middle of recovery first, then a full recovery.
-            let total = recovery_ops(&fs, &jobs).await.map_err(|e| format!("{context}: recovery failed: {e}"))?;
+            let total = recovery_ops(&fs, &jobs)
+                .await
+                .map_err(|e| format!("{context}: recovery failed: {e}"))?;
             if total > 0 {
                 let interrupted = fs.crash_state(Loss::Nothing);
                 interrupted.crash_before((k as u64 * 7919) % total);
                 // Opening the store itself may be what crashes.
                 if let Ok((store, checker)) = store_over(&interrupted) {
                     let _ = recover(&store, &jobs).await;
-                    assert!(checker.violations().is_empty(), "{context}: G3 in interrupted recovery: {:?}", checker.violations());
+                    assert!(
+                        checker.violations().is_empty(),
+                        "{context}: G3 in interrupted recovery: {:?}",
+                        checker.violations()
+                    );
                 }
                 let fs_after = interrupted.crash_state(loss);
                 let (store, checker) = store_over(&fs_after)?;
-                recover(&store, &jobs).await.map_err(|e| format!("{context}: recovery after an interrupted recovery: {e}"))?;
+                recover(&store, &jobs).await.map_err(|e| {
+                    format!("{context}: recovery after an interrupted recovery: {e}")
+                })?;
                 check_recovered(&store, &ctx.record, k as u64, dir.path(), &mut cache)
                     .await
                     .map_err(|e| format!("{context}, recovery interrupted then rerun: {e}"))?;
-                assert!(checker.violations().is_empty(), "{context}: {:?}", checker.violations());
+                assert!(
+                    checker.violations().is_empty(),
+                    "{context}: {:?}",
+                    checker.violations()
+                );
             }
             let (store, checker) = store_over(&fs)?;
-            recover(&store, &jobs).await.map_err(|e| format!("{context}: recovery failed: {e}"))?;
+            recover(&store, &jobs)
+                .await
+                .map_err(|e| format!("{context}: recovery failed: {e}"))?;
             check_recovered(&store, &ctx.record, k as u64, dir.path(), &mut cache)
                 .await
                 .map_err(|e| format!("{context}: {e}"))?;
-            assert!(checker.violations().is_empty(), "{context}: {:?}", checker.violations());
+            assert!(
+                checker.violations().is_empty(),
+                "{context}: {:?}",
+                checker.violations()
+            );
             explored += 1;
         }
     }

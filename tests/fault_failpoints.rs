@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::checking::CheckingStore;
 use common::*;
 use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ErrorKind, FailPointRegistry, FaultRegistry, GcOptions, JobEnd, Store,
-    SweepMode, collect_garbage,
+    CheckpointCoordinator, CheckpointSettings, ErrorKind, FailPointRegistry, FaultRegistry,
+    GcOptions, JobEnd, Store, SweepMode, collect_garbage,
 };
 
 const POINTS: &[&str] = &[
@@ -49,7 +49,11 @@ async fn coordinator(
 
 /// Recovery + GC, then: the newest committed checkpoint restores to `expected` (one of the oracles),
 /// exactly the referenced shared files remain, and a second GC deletes nothing.
-async fn check_after_recovery(store: &Arc<dyn Store>, oracles: &[(String, Scan)], base: &std::path::Path) -> TestResult {
+async fn check_after_recovery(
+    store: &Arc<dyn Store>,
+    oracles: &[(String, Scan)],
+    base: &std::path::Path,
+) -> TestResult {
     let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 2)).await?;
     let gc = GcOptions {
         grace_period: Duration::ZERO,
@@ -62,7 +66,10 @@ async fn check_after_recovery(store: &Arc<dyn Store>, oracles: &[(String, Scan)]
         .find(|(path, _)| *path == latest.metadata_path())
         .map(|(_, scan)| scan)
         .expect("the latest committed checkpoint was taken by the test");
-    assert_eq!(&restore_scan(&**store, &latest.metadata_path(), base).await?, oracle);
+    assert_eq!(
+        &restore_scan(&**store, &latest.metadata_path(), base).await?,
+        oracle
+    );
     let (referenced, present) = shared_sets(&**store).await?;
     assert_eq!(referenced, present);
     assert!(collect_garbage(&**store, &gc).await?.is_empty());
@@ -88,25 +95,42 @@ async fn an_error_or_full_disk_at_any_step_leaves_a_restorable_root() -> TestRes
             for b in &job.backends {
                 b.flush()?;
             }
-            fail_parallel::cfg(registry.clone(), *point, action).map_err(|e| format!("{point}: {e}"))?;
+            fail_parallel::cfg(registry.clone(), *point, action)
+                .map_err(|e| format!("{point}: {e}"))?;
             // The next checkpoint id is 2; its oracle is the state now.
-            oracles.push(("jobs/job/chk-00000000000000000002/_metadata".to_owned(), job.scan()?));
+            oracles.push((
+                "jobs/job/chk-00000000000000000002/_metadata".to_owned(),
+                job.scan()?,
+            ));
             // Before the commit point the checkpoint fails; after it, it is complete (the error, if
             // any, reports the failed cleanup).
             let outcome = c.checkpoint(&job.refs()).await;
-            let before_commit = point.starts_with("snapshot::") || *point == "commit::before_metadata";
+            let before_commit =
+                point.starts_with("snapshot::") || *point == "commit::before_metadata";
             match &outcome {
                 Err(err) => {
                     assert_ne!(err.kind(), ErrorKind::Corruption, "{point}: {err}");
                     if action.contains("nospace") {
                         let text = err.to_string();
-                        assert!(text.contains("space") || text.contains("full"), "{point}: {err}");
+                        assert!(
+                            text.contains("space") || text.contains("full"),
+                            "{point}: {err}"
+                        );
                     }
                 }
-                Ok(_) => assert!(!before_commit, "{point} with {action} must fail the checkpoint"),
+                Ok(_) => assert!(
+                    !before_commit,
+                    "{point} with {action} must fail the checkpoint"
+                ),
             }
-            let committed = store.head("jobs/job/chk-00000000000000000002/_metadata").await?.is_some();
-            assert_eq!(committed, !before_commit, "{point}: committed iff the fault came after the commit point");
+            let committed = store
+                .head("jobs/job/chk-00000000000000000002/_metadata")
+                .await?
+                .is_some();
+            assert_eq!(
+                committed, !before_commit,
+                "{point}: committed iff the fault came after the commit point"
+            );
             fail_parallel::cfg(registry.clone(), *point, "off")?;
             // The job goes on: the next checkpoint works.
             job.write(100)?;
@@ -116,7 +140,11 @@ async fn an_error_or_full_disk_at_any_step_leaves_a_restorable_root() -> TestRes
             check_after_recovery(&store, &oracles, dir.path())
                 .await
                 .map_err(|e| format!("{point} {action}: {e}"))?;
-            assert!(checker.violations().is_empty(), "{point}: {:?}", checker.violations());
+            assert!(
+                checker.violations().is_empty(),
+                "{point}: {:?}",
+                checker.violations()
+            );
             injected += 1;
         }
     }
@@ -153,9 +181,20 @@ async fn cancel_during_upload_aborts_cleanly() -> TestResult {
     let outcome = running.await?;
     assert_eq!(outcome.err().map(|e| e.kind()), Some(ErrorKind::Cancelled));
     cancel.await??;
-    assert_eq!(objects(&*store).await?, before, "the cancelled checkpoint left nothing");
-    assert_eq!(restore_scan(&*store, &first.path(), dir.path()).await?, expected);
-    assert!(checker.violations().is_empty(), "{:?}", checker.violations());
+    assert_eq!(
+        objects(&*store).await?,
+        before,
+        "the cancelled checkpoint left nothing"
+    );
+    assert_eq!(
+        restore_scan(&*store, &first.path(), dir.path()).await?,
+        expected
+    );
+    assert!(
+        checker.violations().is_empty(),
+        "{:?}",
+        checker.violations()
+    );
     Ok(())
 }
 
@@ -191,9 +230,20 @@ async fn subsumption_while_a_paused_checkpoint_reuses_the_same_files() -> TestRe
     let expected = job.scan()?;
     fail_parallel::cfg(registry.clone(), "snapshot::before_upload", "off")?;
     let second = paused.await?;
-    assert_eq!(second.err().map(|e| e.kind()), Some(ErrorKind::Cancelled), "2 was subsumed");
-    assert!(checker.violations().is_empty(), "{:?}", checker.violations());
-    assert_eq!(restore_scan(&*store, &third.path(), dir.path()).await?, expected);
+    assert_eq!(
+        second.err().map(|e| e.kind()),
+        Some(ErrorKind::Cancelled),
+        "2 was subsumed"
+    );
+    assert!(
+        checker.violations().is_empty(),
+        "{:?}",
+        checker.violations()
+    );
+    assert_eq!(
+        restore_scan(&*store, &third.path(), dir.path()).await?,
+        expected
+    );
     let (referenced, present) = shared_sets(&*store).await?;
     assert_eq!(referenced, present);
     Ok(())
@@ -220,20 +270,41 @@ async fn gc_during_a_paused_upload_keeps_what_it_pinned() -> TestResult {
     // Make the uploaded files look old: only the pin protects them now.
     let aged = std::time::SystemTime::now() - Duration::from_secs(7200);
     for object in store.list("shared/").await? {
-        std::fs::File::options().write(true).open(root.join(&object.path))?.set_modified(aged)?;
+        std::fs::File::options()
+            .write(true)
+            .open(root.join(&object.path))?
+            .set_modified(aged)?;
     }
-    let gc = collect_garbage(&*store, &GcOptions { grace_period: Duration::from_secs(3600), mode: SweepMode::Delete }).await?;
+    let gc = collect_garbage(
+        &*store,
+        &GcOptions {
+            grace_period: Duration::from_secs(3600),
+            mode: SweepMode::Delete,
+        },
+    )
+    .await?;
     assert!(gc.shared_files.is_empty(), "{gc:?}");
     fail_parallel::cfg(registry.clone(), "snapshot::after_upload", "off")?;
     let done = paused.await??;
-    assert_eq!(restore_scan(&*store, &done.path(), dir.path()).await?, expected);
-    assert!(checker.violations().is_empty(), "{:?}", checker.violations());
+    assert_eq!(
+        restore_scan(&*store, &done.path(), dir.path()).await?,
+        expected
+    );
+    assert!(
+        checker.violations().is_empty(),
+        "{:?}",
+        checker.violations()
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_mid_commit_is_recovered_by_the_next_coordinator() -> TestResult {
-    for point in ["commit::before_metadata", "commit::after_metadata", "discard::after_metadata"] {
+    for point in [
+        "commit::before_metadata",
+        "commit::after_metadata",
+        "discard::after_metadata",
+    ] {
         let dir = tempfile::tempdir()?;
         let store = local_store(&dir.path().join("root"))?;
         let registry = Arc::new(FailPointRegistry::new());
@@ -243,7 +314,10 @@ async fn a_panic_mid_commit_is_recovered_by_the_next_coordinator() -> TestResult
         let first = c.checkpoint(&job.refs()).await?;
         let mut oracles = vec![(first.path(), job.scan()?)];
         job.write(2_000)?;
-        oracles.push(("jobs/job/chk-00000000000000000002/_metadata".to_owned(), job.scan()?));
+        oracles.push((
+            "jobs/job/chk-00000000000000000002/_metadata".to_owned(),
+            job.scan()?,
+        ));
         fail_parallel::cfg(registry.clone(), point, "panic")?;
         let crashed = {
             let c = c.clone();

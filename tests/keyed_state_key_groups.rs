@@ -20,8 +20,16 @@ fn key_group_vectors_are_pinned() {
     for (key, hex, kg128, kg32768) in strings {
         let bytes = msgpack(&key);
         assert_eq!(to_hex(&bytes), hex, "MessagePack encoding of {key:?}");
-        assert_eq!(key_group_of(&bytes, 128), kg128, "{key:?} with max_parallelism 128");
-        assert_eq!(key_group_of(&bytes, 32768), kg32768, "{key:?} with max_parallelism 32768");
+        assert_eq!(
+            key_group_of(&bytes, 128),
+            kg128,
+            "{key:?} with max_parallelism 128"
+        );
+        assert_eq!(
+            key_group_of(&bytes, 32768),
+            kg32768,
+            "{key:?} with max_parallelism 32768"
+        );
         assert_eq!(key_group_of(&bytes, 1), 0, "{key:?} with max_parallelism 1");
     }
     let integers: [(u64, &str, u32, u32, u32); 4] = [
@@ -33,8 +41,16 @@ fn key_group_vectors_are_pinned() {
     for (key, hex, kg128, kg32768, kg7) in integers {
         let bytes = msgpack(&key);
         assert_eq!(to_hex(&bytes), hex, "MessagePack encoding of {key}");
-        assert_eq!(key_group_of(&bytes, 128), kg128, "{key} with max_parallelism 128");
-        assert_eq!(key_group_of(&bytes, 32768), kg32768, "{key} with max_parallelism 32768");
+        assert_eq!(
+            key_group_of(&bytes, 128),
+            kg128,
+            "{key} with max_parallelism 128"
+        );
+        assert_eq!(
+            key_group_of(&bytes, 32768),
+            kg32768,
+            "{key} with max_parallelism 32768"
+        );
         assert_eq!(key_group_of(&bytes, 7), kg7, "{key} with max_parallelism 7");
     }
 }
@@ -47,7 +63,10 @@ fn key_groups_spread_evenly() {
     }
     // 1000 expected per group; a binomial spread stays well within ±15%.
     for (group, count) in counts.iter().enumerate() {
-        assert!((850..=1150).contains(count), "key group {group} got {count} of 128000 keys");
+        assert!(
+            (850..=1150).contains(count),
+            "key group {group} got {count} of 128000 keys"
+        );
     }
 }
 
@@ -57,14 +76,24 @@ fn operator_ranges_partition_all_key_groups() -> rockpoint::Result<()> {
         let mut next = 0;
         for index in 0..parallelism {
             let range = KeyGroupRange::for_operator(max_parallelism, parallelism, index)?;
-            assert_eq!(range.start(), next, "ranges of {parallelism} operators are contiguous");
+            assert_eq!(
+                range.start(),
+                next,
+                "ranges of {parallelism} operators are contiguous"
+            );
             let even = max_parallelism / parallelism;
-            assert!(range.len() == even || range.len() == even + 1, "uneven split {range}");
+            assert!(
+                range.len() == even || range.len() == even + 1,
+                "uneven split {range}"
+            );
             next = range.end();
         }
         assert_eq!(next, max_parallelism, "ranges cover every key group");
     }
-    assert_eq!(KeyGroupRange::for_operator(128, 4, 1)?, KeyGroupRange::new(32, 64)?);
+    assert_eq!(
+        KeyGroupRange::for_operator(128, 4, 1)?,
+        KeyGroupRange::new(32, 64)?
+    );
     Ok(())
 }
 

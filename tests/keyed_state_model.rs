@@ -20,8 +20,13 @@ fn settings(wal: WalMode) -> BackendSettings {
 }
 
 fn open(dir: &Path, wal: WalMode) -> KeyedStateBackend {
-    KeyedStateBackend::open(dir, MAX_PARALLELISM, KeyGroupRange::all(MAX_PARALLELISM).unwrap(), settings(wal))
-        .expect("backend opens")
+    KeyedStateBackend::open(
+        dir,
+        MAX_PARALLELISM,
+        KeyGroupRange::all(MAX_PARALLELISM).unwrap(),
+        settings(wal),
+    )
+    .expect("backend opens")
 }
 
 fn wal_mode() -> impl Strategy<Value = WalMode> {

@@ -9,9 +9,15 @@ fn key_group(key: &u64) -> u32 {
 }
 
 #[test]
-fn range_iteration_returns_exactly_the_keys_of_the_range() -> Result<(), Box<dyn std::error::Error>> {
+fn range_iteration_returns_exactly_the_keys_of_the_range() -> Result<(), Box<dyn std::error::Error>>
+{
     let dir = tempfile::tempdir()?;
-    let backend = KeyedStateBackend::open(dir.path(), 128, KeyGroupRange::all(128)?, BackendSettings::default())?;
+    let backend = KeyedStateBackend::open(
+        dir.path(),
+        128,
+        KeyGroupRange::all(128)?,
+        BackendSettings::default(),
+    )?;
     let values = backend.value_state::<u64, u64>("values")?;
     let lists = backend.list_state::<u64, u64>("lists")?;
     let maps = backend.map_state::<u64, u64, u64>("maps")?;
@@ -24,15 +30,29 @@ fn range_iteration_returns_exactly_the_keys_of_the_range() -> Result<(), Box<dyn
     }
     for (start, end) in [(0, 1), (0, 128), (17, 18), (31, 97), (127, 128), (64, 128)] {
         let range = KeyGroupRange::new(start, end)?;
-        let expected: BTreeSet<u64> = (0..5_000).filter(|k| range.contains(key_group(k))).collect();
+        let expected: BTreeSet<u64> = (0..5_000)
+            .filter(|k| range.contains(key_group(k)))
+            .collect();
         let got: BTreeSet<u64> = values.keys(Some(range))?.collect::<Result<_, _>>()?;
         assert_eq!(got, expected, "value keys of {range}");
-        let got: BTreeSet<u64> = lists.entries(Some(range))?.map(|r| r.map(|(k, _)| k)).collect::<Result<_, _>>()?;
+        let got: BTreeSet<u64> = lists
+            .entries(Some(range))?
+            .map(|r| r.map(|(k, _)| k))
+            .collect::<Result<_, _>>()?;
         assert_eq!(got, expected, "list keys of {range}");
-        let expected_maps: BTreeSet<u64> = expected.iter().copied().filter(|k| k % 3 != 0).collect();
+        let expected_maps: BTreeSet<u64> =
+            expected.iter().copied().filter(|k| k % 3 != 0).collect();
         let keys: Vec<u64> = maps.keys(Some(range))?.collect::<Result<_, _>>()?;
-        assert_eq!(keys.len(), expected_maps.len(), "each map key is listed once");
-        assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), expected_maps, "map keys of {range}");
+        assert_eq!(
+            keys.len(),
+            expected_maps.len(),
+            "each map key is listed once"
+        );
+        assert_eq!(
+            keys.into_iter().collect::<BTreeSet<_>>(),
+            expected_maps,
+            "map keys of {range}"
+        );
     }
     Ok(())
 }

@@ -9,8 +9,8 @@ use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use rockpoint::{ContentHash, ErrorKind, LocalStore, ObjectStoreStore, Store, WriteMode};
 
@@ -18,11 +18,25 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 async fn contract(store: &dyn Store, scratch: &std::path::Path) -> TestResult {
     // Create-only writes happen once.
-    store.put("jobs/a/x", Bytes::from_static(b"one"), WriteMode::CreateOnly).await?;
-    let second = store.put("jobs/a/x", Bytes::from_static(b"two"), WriteMode::CreateOnly).await;
+    store
+        .put(
+            "jobs/a/x",
+            Bytes::from_static(b"one"),
+            WriteMode::CreateOnly,
+        )
+        .await?;
+    let second = store
+        .put(
+            "jobs/a/x",
+            Bytes::from_static(b"two"),
+            WriteMode::CreateOnly,
+        )
+        .await;
     assert_eq!(second.err().map(|e| e.kind()), Some(ErrorKind::Conflict));
     assert_eq!(store.get("jobs/a/x").await?, Bytes::from_static(b"one"));
-    store.put("jobs/a/x", Bytes::from_static(b"two"), WriteMode::Replace).await?;
+    store
+        .put("jobs/a/x", Bytes::from_static(b"two"), WriteMode::Replace)
+        .await?;
     assert_eq!(store.get("jobs/a/x").await?, Bytes::from_static(b"two"));
 
     // put_file streams a range and refuses bytes that do not match the expected hash.
@@ -31,7 +45,15 @@ async fn contract(store: &dyn Store, scratch: &std::path::Path) -> TestResult {
     std::fs::write(&source, &content)?;
     let range = 1_000..19_000_000usize;
     let hash = ContentHash::of(&content[range.clone()]);
-    store.put_file("shared/ab/big", &source, range.start as u64, range.len() as u64, hash).await?;
+    store
+        .put_file(
+            "shared/ab/big",
+            &source,
+            range.start as u64,
+            range.len() as u64,
+            hash,
+        )
+        .await?;
     let (size, mut stream) = store.get_stream("shared/ab/big").await?;
     assert_eq!(size, range.len() as u64);
     let mut hasher = blake3::Hasher::new();
@@ -39,23 +61,48 @@ async fn contract(store: &dyn Store, scratch: &std::path::Path) -> TestResult {
         hasher.update(&chunk?);
     }
     assert_eq!(ContentHash::from(hasher.finalize()), hash);
-    let wrong = store.put_file("shared/ab/wrong", &source, 0, 10, hash).await;
+    let wrong = store
+        .put_file("shared/ab/wrong", &source, 0, 10, hash)
+        .await;
     assert_eq!(wrong.err().map(|e| e.kind()), Some(ErrorKind::Corruption));
-    assert!(store.head("shared/ab/wrong").await?.is_none(), "a mismatch publishes nothing");
-    let small_wrong = store.put_file("shared/ab/wrong", &source, 0, 10, ContentHash::of(b"nope")).await;
-    assert_eq!(small_wrong.err().map(|e| e.kind()), Some(ErrorKind::Corruption));
+    assert!(
+        store.head("shared/ab/wrong").await?.is_none(),
+        "a mismatch publishes nothing"
+    );
+    let small_wrong = store
+        .put_file("shared/ab/wrong", &source, 0, 10, ContentHash::of(b"nope"))
+        .await;
+    assert_eq!(
+        small_wrong.err().map(|e| e.kind()),
+        Some(ErrorKind::Corruption)
+    );
 
     // Listing is by prefix and sees completed writes and deletes.
-    store.put("jobs/b/y", Bytes::from_static(b"y"), WriteMode::CreateOnly).await?;
-    let listed: Vec<String> = store.list("jobs/").await?.into_iter().map(|o| o.path).collect();
+    store
+        .put("jobs/b/y", Bytes::from_static(b"y"), WriteMode::CreateOnly)
+        .await?;
+    let listed: Vec<String> = store
+        .list("jobs/")
+        .await?
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
     assert_eq!(listed, vec!["jobs/a/x".to_owned(), "jobs/b/y".to_owned()]);
-    let listed: Vec<String> = store.list("jobs/a").await?.into_iter().map(|o| o.path).collect();
+    let listed: Vec<String> = store
+        .list("jobs/a")
+        .await?
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
     assert_eq!(listed, vec!["jobs/a/x".to_owned()]);
     assert_eq!(store.head("jobs/b/y").await?.map(|i| i.size), Some(1));
     store.delete("jobs/b/y").await?;
     store.delete("jobs/b/y").await?; // deleting a missing object succeeds
     assert!(store.head("jobs/b/y").await?.is_none());
-    assert_eq!(store.get("jobs/b/y").await.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    assert_eq!(
+        store.get("jobs/b/y").await.err().map(|e| e.kind()),
+        Some(ErrorKind::NotFound)
+    );
 
     // Paths the engine could not have written are refused.
     for bad in ["../x", "/abs", "a//b", "a/../b", "jobs/.hidden", ""] {
@@ -91,14 +138,27 @@ impl std::fmt::Display for IgnoresConditions {
 
 #[async_trait::async_trait]
 impl ObjectStore for IgnoresConditions {
-    async fn put_opts(&self, location: &ObjectPath, payload: PutPayload, mut opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        mut opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         opts.mode = PutMode::Overwrite;
         self.0.put_opts(location, payload, opts).await
     }
-    async fn put_multipart_opts(&self, location: &ObjectPath, opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.0.put_multipart_opts(location, opts).await
     }
-    async fn get_opts(&self, location: &ObjectPath, options: GetOptions) -> object_store::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
         self.0.get_opts(location, options).await
     }
     fn delete_stream(
@@ -107,21 +167,37 @@ impl ObjectStore for IgnoresConditions {
     ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
         self.0.delete_stream(locations)
     }
-    fn list(&self, prefix: Option<&ObjectPath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         self.0.list(prefix)
     }
-    async fn list_with_delimiter(&self, prefix: Option<&ObjectPath>) -> object_store::Result<ListResult> {
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<ListResult> {
         self.0.list_with_delimiter(prefix).await
     }
-    async fn copy_opts(&self, from: &ObjectPath, to: &ObjectPath, options: CopyOptions) -> object_store::Result<()> {
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
         self.0.copy_opts(from, to, options).await
     }
 }
 
 #[tokio::test]
 async fn a_store_that_ignores_conditional_writes_is_refused() {
-    let err = ObjectStoreStore::new(Arc::new(IgnoresConditions(InMemory::new())), "").await.err();
+    let err = ObjectStoreStore::new(Arc::new(IgnoresConditions(InMemory::new())), "")
+        .await
+        .err();
     let err = err.expect("refused");
     assert_eq!(err.kind(), ErrorKind::Invalid);
-    assert!(err.to_string().contains("ignores conditional writes"), "{err}");
+    assert!(
+        err.to_string().contains("ignores conditional writes"),
+        "{err}"
+    );
 }

@@ -64,14 +64,29 @@ fn ms(d: Duration) -> String {
 }
 
 fn ratio(a: Duration, b: Duration) -> String {
-    if b.is_zero() { "-".into() } else { format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64()) }
+    if b.is_zero() {
+        "-".into()
+    } else {
+        format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64())
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let sizes: Vec<(String, u64)> = args.sizes.split(',').map(|s| (s.trim().to_owned(), parse_size(s))).collect();
-    let rates: Vec<f64> = args.rates.split(',').map(|s| s.trim().parse().expect("rate")).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let sizes: Vec<(String, u64)> = args
+        .sizes
+        .split(',')
+        .map(|s| (s.trim().to_owned(), parse_size(s)))
+        .collect();
+    let rates: Vec<f64> = args
+        .rates
+        .split(',')
+        .map(|s| s.trim().parse().expect("rate"))
+        .collect();
     let mut rows = Vec::new();
     let mut restores = Vec::new();
     let mut memory = Vec::new();
@@ -82,7 +97,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             runtime.block_on(fixture.cycle(rate)); // warm-up
             let mut cycles = Vec::new();
             for i in 0..args.cycles {
-                eprintln!("{label} {:.0}% cycle {}/{}", rate * 100.0, i + 1, args.cycles);
+                eprintln!(
+                    "{label} {:.0}% cycle {}/{}",
+                    rate * 100.0,
+                    i + 1,
+                    args.cycles
+                );
                 cycles.push(runtime.block_on(fixture.cycle(rate)));
             }
             rows.push(Row {
@@ -132,7 +152,9 @@ async fn under_load(size: u64, secs: Duration) -> Load {
             let mut n = 0u64;
             let value = vec![0xA5u8; harness::VALUE_BYTES];
             while !stop.load(Ordering::Relaxed) {
-                values.put(&(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % keys), &value).expect("write");
+                values
+                    .put(&(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % keys), &value)
+                    .expect("write");
                 n += 1;
             }
             n
@@ -141,7 +163,11 @@ async fn under_load(size: u64, secs: Duration) -> Load {
     let start = Instant::now();
     let mut checkpoints = 0;
     while start.elapsed() < secs {
-        fixture.coordinator.checkpoint(&[&fixture.backend]).await.expect("checkpoint under load");
+        fixture
+            .coordinator
+            .checkpoint(&[&fixture.backend])
+            .await
+            .expect("checkpoint under load");
         checkpoints += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -157,9 +183,17 @@ async fn under_load(size: u64, secs: Duration) -> Load {
     }
 }
 
-fn render(rows: &[Row], restores: &[(String, Duration, Duration, u64)], memory: &[(String, u64, u64, u64)], load: &Load) -> String {
+fn render(
+    rows: &[Row],
+    restores: &[(String, Duration, Duration, u64)],
+    memory: &[(String, u64, u64, u64)],
+    load: &Load,
+) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "## Checkpoint comparison (medians of each cycle, same deltas, one run)\n");
+    let _ = writeln!(
+        out,
+        "## Checkpoint comparison (medians of each cycle, same deltas, one run)\n"
+    );
     let _ = writeln!(
         out,
         "| state | change | rockpoint pause | Flink-style pause (flush+Checkpoint) | rockpoint e2e (flushed delta) | BackupEngine | cp+sync floor | rockpoint/floor | rockpoint/BackupEngine | rockpoint e2e, memtable unflushed |"
@@ -183,7 +217,10 @@ fn render(rows: &[Row], restores: &[(String, Duration, Duration, u64)], memory: 
             ms(r.med(|c| c.e2e_unflushed)),
         );
     }
-    let _ = writeln!(out, "\n## Bytes uploaded versus bytes new (sums over the measured cycles)\n");
+    let _ = writeln!(
+        out,
+        "\n## Bytes uploaded versus bytes new (sums over the measured cycles)\n"
+    );
     let _ = writeln!(
         out,
         "| state | change | uploaded (flushed delta) | new SST bytes | ratio | uploaded (unflushed) | WAL written | ratio |"
@@ -213,7 +250,9 @@ fn render(rows: &[Row], restores: &[(String, Duration, Duration, u64)], memory: 
         for large in rows {
             let delta_small = small.size as f64 * small.rate;
             let delta_large = large.size as f64 * large.rate;
-            if large.size >= small.size * 8 && (delta_small - delta_large).abs() / delta_small < 0.05 {
+            if large.size >= small.size * 8
+                && (delta_small - delta_large).abs() / delta_small < 0.05
+            {
                 let (a, b) = (small.med(|c| c.e2e), large.med(|c| c.e2e));
                 let _ = writeln!(
                     out,
@@ -232,18 +271,38 @@ fn render(rows: &[Row], restores: &[(String, Duration, Duration, u64)], memory: 
     if !scaling {
         let _ = writeln!(out, "- (needs two sizes 10× apart with rates 10× apart)");
     }
-    let _ = writeln!(out, "\n## Restore (download + BLAKE3 verify + open) versus cp + sync of the same files\n");
-    let _ = writeln!(out, "| state | bytes | restore | floor | ratio |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "\n## Restore (download + BLAKE3 verify + open) versus cp + sync of the same files\n"
+    );
+    let _ = writeln!(
+        out,
+        "| state | bytes | restore | floor | ratio |\n|---|---|---|---|---|"
+    );
     for (label, restore, floor, bytes) in restores {
-        let _ = writeln!(out, "| {label} | {} | {} | {} | {} |", human(*bytes), ms(*restore), ms(*floor), ratio(*restore, *floor));
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} |",
+            human(*bytes),
+            ms(*restore),
+            ms(*floor),
+            ratio(*restore, *floor)
+        );
     }
-    let _ = writeln!(out, "\n## Under continuous writes ({} of state, a checkpoint every 200 ms)\n", human(load.size));
+    let _ = writeln!(
+        out,
+        "\n## Under continuous writes ({} of state, a checkpoint every 200 ms)\n",
+        human(load.size)
+    );
     let _ = writeln!(
         out,
         "{} checkpoints while a writer thread made {} writes.\n\n| | p50 | p99 | max |\n|---|---|---|---|",
         load.checkpoints, load.writes
     );
-    for (name, h) in [("sync pause", &load.pause_us), ("checkpoint duration", &load.duration_us)] {
+    for (name, h) in [
+        ("sync pause", &load.pause_us),
+        ("checkpoint duration", &load.duration_us),
+    ] {
         let _ = writeln!(
             out,
             "| {name} | {} | {} | {} |",
@@ -253,7 +312,10 @@ fn render(rows: &[Row], restores: &[(String, Duration, Duration, u64)], memory: 
         );
     }
     let _ = writeln!(out, "\n## Memory during a 100% change checkpoint\n");
-    let _ = writeln!(out, "| state | uploaded | RSS before | peak RSS during | growth |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| state | uploaded | RSS before | peak RSS during | growth |\n|---|---|---|---|---|"
+    );
     for (label, uploaded, before, peak) in memory {
         let _ = writeln!(
             out,
@@ -277,7 +339,11 @@ fn plot(rows: &[Row], sizes: &[(String, u64)]) -> String {
     ];
     let max_ms = rows
         .iter()
-        .flat_map(|r| series.iter().map(move |(_, _, f)| r.med(*f).as_secs_f64() * 1e3))
+        .flat_map(|r| {
+            series
+                .iter()
+                .map(move |(_, _, f)| r.med(*f).as_secs_f64() * 1e3)
+        })
         .fold(1.0f64, f64::max);
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
@@ -289,8 +355,19 @@ fn plot(rows: &[Row], sizes: &[(String, u64)]) -> String {
     let plot_h = height - 2.0 * margin;
     for (panel, (label, _)) in sizes.iter().enumerate() {
         let x0 = margin + panel as f64 * 360.0;
-        let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">{label} state</text>"#, x0 + 150.0, height - 15.0);
-        let _ = writeln!(svg, r##"<line x1="{x0}" y1="{}" x2="{}" y2="{}" stroke="#333"/>"##, margin + plot_h, x0 + 300.0, margin + plot_h);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">{label} state</text>"#,
+            x0 + 150.0,
+            height - 15.0
+        );
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x0}" y1="{}" x2="{}" y2="{}" stroke="#333"/>"##,
+            margin + plot_h,
+            x0 + 300.0,
+            margin + plot_h
+        );
         let panel_rows: Vec<&Row> = rows.iter().filter(|r| &r.size_label == label).collect();
         for (i, row) in panel_rows.iter().enumerate() {
             let gx = x0 + 10.0 + i as f64 * 100.0;
@@ -310,11 +387,22 @@ fn plot(rows: &[Row], sizes: &[(String, u64)]) -> String {
                     margin + plot_h - h - 3.0
                 );
             }
-            let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">{:.0}%</text>"#, gx + 42.0, margin + plot_h + 16.0, row.rate * 100.0);
+            let _ = writeln!(
+                svg,
+                r#"<text x="{}" y="{}" text-anchor="middle">{:.0}%</text>"#,
+                gx + 42.0,
+                margin + plot_h + 16.0,
+                row.rate * 100.0
+            );
         }
     }
     for (j, (name, color, _)) in series.iter().enumerate() {
-        let _ = writeln!(svg, r#"<rect x="{}" y="32" width="12" height="12" fill="{color}"/><text x="{}" y="42">{name}</text>"#, margin + j as f64 * 140.0, margin + j as f64 * 140.0 + 16.0);
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{}" y="32" width="12" height="12" fill="{color}"/><text x="{}" y="42">{name}</text>"#,
+            margin + j as f64 * 140.0,
+            margin + j as f64 * 140.0 + 16.0
+        );
     }
     svg.push_str("</svg>\n");
     svg

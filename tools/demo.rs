@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use rockpoint::{
-    BackendSettings, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, KeyGroupRange, KeyedStateBackend,
-    LocalStore, RestoreSource, RestoreTarget, Store, ValueState, key_group_of,
+    BackendSettings, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, KeyGroupRange,
+    KeyedStateBackend, LocalStore, RestoreSource, RestoreTarget, Store, ValueState, key_group_of,
 };
 
 const MAX_PARALLELISM: u32 = 128;
@@ -102,17 +102,24 @@ fn ranges() -> Vec<KeyGroupRange> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let temp = tempfile::tempdir()?;
-    let work = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let work = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
     let root = work.join("checkpoints");
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(&root)?);
     let settings = CheckpointSettings {
         retained: 3,
         ..CheckpointSettings::default()
     };
-    println!("rockpoint demo: word count on {PARALLELISM} backends, checkpoints in {}", root.display());
+    println!(
+        "rockpoint demo: word count on {PARALLELISM} backends, checkpoints in {}",
+        root.display()
+    );
 
     // Run the job, checkpointing every round and remembering what the state was at each checkpoint.
-    let coordinator = CheckpointCoordinator::open(store.clone(), "wordcount", settings.clone()).await?;
+    let coordinator =
+        CheckpointCoordinator::open(store.clone(), "wordcount", settings.clone()).await?;
     let mut backends = Vec::new();
     for (i, range) in ranges().into_iter().enumerate() {
         backends.push(KeyedStateBackend::open(
@@ -146,7 +153,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let retained: Vec<String> = coordinator.retained().iter().map(|m| m.metadata_path()).collect();
+    let retained: Vec<String> = coordinator
+        .retained()
+        .iter()
+        .map(|m| m.metadata_path())
+        .collect();
     println!("retained checkpoints: {retained:?}");
 
     // "Crash": drop everything in memory and the local disks of the job.
@@ -159,7 +170,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let latest = rockpoint::latest_checkpoint(&*store, "wordcount")
         .await?
         .ok_or("no checkpoint to restore")?;
-    let restored_job = CheckpointCoordinator::open(store.clone(), "wordcount-resumed", settings).await?;
+    let restored_job =
+        CheckpointCoordinator::open(store.clone(), "wordcount-resumed", settings).await?;
     let targets: Vec<RestoreTarget> = ranges()
         .into_iter()
         .enumerate()
@@ -170,7 +182,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let backends = restored_job
-        .restore(&RestoreSource::Metadata(latest.clone()), &targets, ClaimMode::NoClaim)
+        .restore(
+            &RestoreSource::Metadata(latest.clone()),
+            &targets,
+            ClaimMode::NoClaim,
+        )
         .await?;
     let job = Job::from_backends(backends)?;
     let restored = job.scan()?;

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use rockpoint::{
-    BackendSettings, CheckpointCoordinator, CheckpointSettings, ClaimMode, GcOptions, KeyGroupRange, KeyedStateBackend,
-    LocalStore, RestoreSource, RestoreTarget, Store, SweepMode, collect_garbage,
+    BackendSettings, CheckpointCoordinator, CheckpointSettings, ClaimMode, GcOptions,
+    KeyGroupRange, KeyedStateBackend, LocalStore, RestoreSource, RestoreTarget, Store, SweepMode,
+    collect_garbage,
 };
 
 const MAX_PARALLELISM: u32 = 64;
@@ -112,7 +113,11 @@ enum Op {
 /// The operations of round `round` (a pure function of seed and round).
 fn round_ops(seed: u64, round: u64) -> Vec<Op> {
     let mut rng = Rng::new(seed ^ round.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    let count = if round == 1 { KEYS * 2 } else { 200 + rng.next() % 400 };
+    let count = if round == 1 {
+        KEYS * 2
+    } else {
+        200 + rng.next() % 400
+    };
     (0..count)
         .map(|_| {
             let r = rng.next();
@@ -172,15 +177,24 @@ fn checkpoint_settings() -> CheckpointSettings {
 }
 
 fn route(backends: &[KeyedStateBackend], key: u64) -> &KeyedStateBackend {
-    let group = rockpoint::key_group_of(&rmp_serde::to_vec(&key).expect("u64 encodes"), MAX_PARALLELISM);
-    backends.iter().find(|b| b.key_groups().contains(group)).expect("ranges cover all groups")
+    let group = rockpoint::key_group_of(
+        &rmp_serde::to_vec(&key).expect("u64 encodes"),
+        MAX_PARALLELISM,
+    );
+    backends
+        .iter()
+        .find(|b| b.key_groups().contains(group))
+        .expect("ranges cover all groups")
 }
 
 fn round_of(backends: &[KeyedStateBackend]) -> Result<u64> {
     // The round lives in backend 0 under a key of its own range (key group of key 0 decides which).
     let mut round = 0;
     for backend in backends {
-        if let Some(r) = backend.value_state::<String, u64>("meta")?.get(&meta_key(backend))? {
+        if let Some(r) = backend
+            .value_state::<String, u64>("meta")?
+            .get(&meta_key(backend))?
+        {
             round = round.max(r);
         }
     }
@@ -192,7 +206,8 @@ fn meta_key(backend: &KeyedStateBackend) -> String {
     (0..)
         .map(|i| format!("round-{i}"))
         .find(|k| {
-            let group = rockpoint::key_group_of(&rmp_serde::to_vec(k).expect("encodes"), MAX_PARALLELISM);
+            let group =
+                rockpoint::key_group_of(&rmp_serde::to_vec(k).expect("encodes"), MAX_PARALLELISM);
             backend.key_groups().contains(group)
         })
         .expect("some key maps to every range")
@@ -201,7 +216,10 @@ fn meta_key(backend: &KeyedStateBackend) -> String {
 fn scan(backends: &[KeyedStateBackend]) -> Result<Model> {
     let mut model = Model::default();
     for backend in backends {
-        for entry in backend.value_state::<u64, Vec<u8>>("values")?.entries(None)? {
+        for entry in backend
+            .value_state::<u64, Vec<u8>>("values")?
+            .entries(None)?
+        {
             let (k, v) = entry?;
             model.values.insert(k, v);
         }
@@ -227,12 +245,17 @@ fn restore_targets(base: &Path) -> Vec<RestoreTarget> {
 
 async fn child(dir: &Path, seed: u64) -> Result<()> {
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.join("root"))?);
-    let coordinator = CheckpointCoordinator::open(store.clone(), JOB, checkpoint_settings()).await?;
+    let coordinator =
+        CheckpointCoordinator::open(store.clone(), JOB, checkpoint_settings()).await?;
     let run = dir.join(format!("run-{}", std::process::id()));
     let backends = match coordinator.latest() {
         Some(latest) => {
             coordinator
-                .restore(&RestoreSource::Metadata(latest.metadata_path()), &restore_targets(&run), ClaimMode::NoClaim)
+                .restore(
+                    &RestoreSource::Metadata(latest.metadata_path()),
+                    &restore_targets(&run),
+                    ClaimMode::NoClaim,
+                )
                 .await?
         }
         None => restore_targets(&run)
@@ -245,32 +268,51 @@ async fn child(dir: &Path, seed: u64) -> Result<()> {
         round += 1;
         for op in round_ops(seed, round) {
             match op {
-                Op::Put(k, v) => route(&backends, k).value_state::<u64, Vec<u8>>("values")?.put(&k, &v)?,
-                Op::Delete(k) => route(&backends, k).value_state::<u64, Vec<u8>>("values")?.delete(&k)?,
-                Op::Append(k, x) => route(&backends, k).list_state::<u64, u32>("lists")?.add(&k, &x)?,
+                Op::Put(k, v) => route(&backends, k)
+                    .value_state::<u64, Vec<u8>>("values")?
+                    .put(&k, &v)?,
+                Op::Delete(k) => route(&backends, k)
+                    .value_state::<u64, Vec<u8>>("values")?
+                    .delete(&k)?,
+                Op::Append(k, x) => route(&backends, k)
+                    .list_state::<u64, u32>("lists")?
+                    .add(&k, &x)?,
             }
         }
         for backend in &backends {
-            backend.value_state::<String, u64>("meta")?.put(&meta_key(backend), &round)?;
+            backend
+                .value_state::<String, u64>("meta")?
+                .put(&meta_key(backend), &round)?;
         }
         let refs: Vec<&KeyedStateBackend> = backends.iter().collect();
         let done = coordinator.checkpoint(&refs).await?;
-        println!("round {round} checkpoint {} uploaded {}", done.id(), done.uploaded_bytes());
+        println!(
+            "round {round} checkpoint {} uploaded {}",
+            done.id(),
+            done.uploaded_bytes()
+        );
     }
 }
 
 /// Verifies the root after a kill: recovery, every retained checkpoint against the model, GC exact.
 async fn verify(dir: &Path, seed: u64, attempt: u32) -> Result<u64> {
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.join("root"))?);
-    let coordinator = CheckpointCoordinator::open(store.clone(), JOB, checkpoint_settings()).await?;
+    let coordinator =
+        CheckpointCoordinator::open(store.clone(), JOB, checkpoint_settings()).await?;
     let mut latest_round = 0;
     for metadata in coordinator.retained() {
         let base = dir.join(format!("verify-{attempt}-{}", metadata.checkpoint_id));
         let mut backends = Vec::new();
         for target in restore_targets(&base) {
             backends.push(
-                rockpoint::restore_backend(&*store, &RestoreSource::Metadata(metadata.metadata_path()), &target, 4, None)
-                    .await?,
+                rockpoint::restore_backend(
+                    &*store,
+                    &RestoreSource::Metadata(metadata.metadata_path()),
+                    &target,
+                    4,
+                    None,
+                )
+                .await?,
             );
         }
         let round = round_of(&backends)?;
@@ -296,12 +338,20 @@ async fn verify(dir: &Path, seed: u64, attempt: u32) -> Result<u64> {
         return Err(format!("a second GC deleted something: {second:?}").into());
     }
     let mut referenced = std::collections::BTreeSet::new();
-    for metadata in coordinator.retained().iter().chain(coordinator.savepoints().iter()) {
+    for metadata in coordinator
+        .retained()
+        .iter()
+        .chain(coordinator.savepoints().iter())
+    {
         referenced.extend(metadata.shared_hashes());
     }
     let present = store.list("shared/").await?.len();
     if present != referenced.len() {
-        return Err(format!("{present} shared files present but {} referenced", referenced.len()).into());
+        return Err(format!(
+            "{present} shared files present but {} referenced",
+            referenced.len()
+        )
+        .into());
     }
     Ok(latest_round)
 }
@@ -331,7 +381,10 @@ async fn drive(rounds: u32, seed: u64, dir: Option<PathBuf>, max_run_ms: u64) ->
                 use std::io::Read;
                 e.read_to_string(&mut stderr)?;
             }
-            return Err(format!("seed {seed}, round {attempt}: the child exited by itself ({status}): {stderr}").into());
+            return Err(format!(
+                "seed {seed}, round {attempt}: the child exited by itself ({status}): {stderr}"
+            )
+            .into());
         }
         child.kill()?; // SIGKILL
         child.wait()?;

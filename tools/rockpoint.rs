@@ -11,8 +11,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rockpoint::{
-    BackendSettings, CheckpointMetadata, GcOptions, KeyGroupRange, LocalStore, RestoreSource, RestoreTarget, Store,
-    SweepMode,
+    BackendSettings, CheckpointMetadata, GcOptions, KeyGroupRange, LocalStore, RestoreSource,
+    RestoreTarget, Store, SweepMode,
 };
 use serde::Serialize;
 
@@ -97,7 +97,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn committed(store: &dyn Store, job: Option<&str>) -> rockpoint::Result<Vec<CheckpointMetadata>> {
+async fn committed(
+    store: &dyn Store,
+    job: Option<&str>,
+) -> rockpoint::Result<Vec<CheckpointMetadata>> {
     let prefix = match job {
         Some(job) => format!("jobs/{job}/"),
         None => "jobs/".to_owned(),
@@ -105,7 +108,8 @@ async fn committed(store: &dyn Store, job: Option<&str>) -> rockpoint::Result<Ve
     let mut out = Vec::new();
     for object in store.list(&prefix).await? {
         if object.path.ends_with("/_metadata") {
-            let (_, metadata) = rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path)).await?;
+            let (_, metadata) =
+                rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path)).await?;
             out.push(metadata);
         }
     }
@@ -113,13 +117,19 @@ async fn committed(store: &dyn Store, job: Option<&str>) -> rockpoint::Result<Ve
 }
 
 fn parse_range(text: &str) -> rockpoint::Result<KeyGroupRange> {
-    let (start, end) = text
-        .split_once("..")
-        .ok_or_else(|| rockpoint::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, "use START..END")))?;
+    let (start, end) = text.split_once("..").ok_or_else(|| {
+        rockpoint::Error::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "use START..END",
+        ))
+    })?;
     let parse = |s: &str| {
-        s.trim()
-            .parse::<u32>()
-            .map_err(|e| rockpoint::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())))
+        s.trim().parse::<u32>().map_err(|e| {
+            rockpoint::Error::from(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                e.to_string(),
+            ))
+        })
     };
     KeyGroupRange::new(parse(start)?, parse(end)?)
 }
@@ -127,9 +137,11 @@ fn parse_range(text: &str) -> rockpoint::Result<KeyGroupRange> {
 fn bar(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_message(what.to_owned());
     bar
@@ -155,7 +167,10 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 })
                 .collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&listed).expect("serializable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&listed).expect("serializable")
+                );
             } else {
                 for c in listed {
                     println!(
@@ -166,15 +181,27 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
             }
         }
         Command::Show { checkpoint } => {
-            let (_, metadata) = rockpoint::read_metadata(&*store, &RestoreSource::parse(&checkpoint)?).await?;
-            println!("{}", serde_json::to_string_pretty(&metadata).expect("serializable"));
+            let (_, metadata) =
+                rockpoint::read_metadata(&*store, &RestoreSource::parse(&checkpoint)?).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&metadata).expect("serializable")
+            );
         }
         Command::Verify { checkpoint } => {
-            let report = rockpoint::verify_checkpoint(&*store, &RestoreSource::parse(&checkpoint)?, 8).await?;
+            let report =
+                rockpoint::verify_checkpoint(&*store, &RestoreSource::parse(&checkpoint)?, 8)
+                    .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serializable")
+                );
             } else {
-                println!("{}: {} objects, {} bytes checked", report.path, report.objects, report.bytes);
+                println!(
+                    "{}: {} objects, {} bytes checked",
+                    report.path, report.objects, report.bytes
+                );
                 for problem in &report.problems {
                     println!("PROBLEM: {problem}");
                 }
@@ -205,21 +232,40 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 key_groups: range,
                 settings: BackendSettings::default(),
             };
-            let backend = rockpoint::restore_backend(&*store, &source, &target, 8, Some(callback)).await?;
+            let backend =
+                rockpoint::restore_backend(&*store, &source, &target, 8, Some(callback)).await?;
             progress.finish();
             let states: Vec<String> = backend.states().into_iter().map(|s| s.name).collect();
-            println!("restored {} into {} with states {states:?}", metadata.metadata_path(), target.dir.display());
+            println!(
+                "restored {} into {} with states {states:?}",
+                metadata.metadata_path(),
+                target.dir.display()
+            );
         }
-        Command::Gc { grace_secs, confirm } => {
+        Command::Gc {
+            grace_secs,
+            confirm,
+        } => {
             let options = GcOptions {
                 grace_period: Duration::from_secs(grace_secs),
-                mode: if confirm { SweepMode::Delete } else { SweepMode::DryRun },
+                mode: if confirm {
+                    SweepMode::Delete
+                } else {
+                    SweepMode::DryRun
+                },
             };
             let report = rockpoint::collect_garbage(&*store, &options).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serializable")
+                );
             } else {
-                let verb = if confirm { "deleted" } else { "would delete (dry run; --confirm deletes)" };
+                let verb = if confirm {
+                    "deleted"
+                } else {
+                    "would delete (dry run; --confirm deletes)"
+                };
                 println!(
                     "{} metadata records reference {} shared files",
                     report.metadata_records, report.referenced_shared_files
@@ -257,7 +303,12 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
             }
             let per: BTreeMap<String, (u64, u64)> = all
                 .iter()
-                .map(|m| (m.metadata_path(), (m.checkpointed_size_bytes, m.full_size_bytes)))
+                .map(|m| {
+                    (
+                        m.metadata_path(),
+                        (m.checkpointed_size_bytes, m.full_size_bytes),
+                    )
+                })
                 .collect();
             let full_sum: u64 = per.values().map(|(_, full)| full).sum();
             if json {
@@ -267,7 +318,10 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                     "unique_shared_bytes": referenced_bytes,
                     "sum_of_full_sizes": full_sum,
                 });
-                println!("{}", serde_json::to_string_pretty(&value).expect("serializable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).expect("serializable")
+                );
             } else {
                 for (path, (new, full)) in &per {
                     println!("{path:<60} {new:>14} checkpointed {full:>14} full");

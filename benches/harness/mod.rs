@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rockpoint::{
-    BackendSettings, CheckpointCoordinator, CheckpointSettings, KeyGroupRange, KeyedStateBackend, LocalStore, Store,
-    ValueState,
+    BackendSettings, CheckpointCoordinator, CheckpointSettings, KeyGroupRange, KeyedStateBackend,
+    LocalStore, Store, ValueState,
 };
 use rocksdb::backup::{BackupEngine, BackupEngineOptions};
 
@@ -70,13 +70,22 @@ impl Fixture {
     /// A backend with `state_bytes` of state, checkpointed, backed up and copied once (untimed).
     pub async fn new(state_bytes: u64) -> Fixture {
         let dir = tempfile::tempdir_in(bench_dir()).expect("bench directory");
-        let backend = KeyedStateBackend::open(dir.path().join("backend"), 128, KeyGroupRange::all(128).unwrap(), settings())
-            .expect("backend opens");
-        let values = backend.value_state::<u64, Vec<u8>>("values").expect("state registers");
-        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().join("root")).expect("store"));
-        let coordinator = CheckpointCoordinator::open(store.clone(), "bench", CheckpointSettings::default())
-            .await
-            .expect("coordinator");
+        let backend = KeyedStateBackend::open(
+            dir.path().join("backend"),
+            128,
+            KeyGroupRange::all(128).unwrap(),
+            settings(),
+        )
+        .expect("backend opens");
+        let values = backend
+            .value_state::<u64, Vec<u8>>("values")
+            .expect("state registers");
+        let store: Arc<dyn Store> =
+            Arc::new(LocalStore::new(dir.path().join("root")).expect("store"));
+        let coordinator =
+            CheckpointCoordinator::open(store.clone(), "bench", CheckpointSettings::default())
+                .await
+                .expect("coordinator");
         let backup_dir = dir.path().join("backup");
         let backup = BackupEngine::open(
             &BackupEngineOptions::new(&backup_dir).expect("backup options"),
@@ -103,8 +112,15 @@ impl Fixture {
             fixture.values.put(&key, &value).expect("write");
         }
         fixture.backend.flush().expect("flush");
-        fixture.coordinator.checkpoint(&[&fixture.backend]).await.expect("first checkpoint");
-        fixture.backup.create_new_backup_flush(fixture.backend.rocksdb(), true).expect("first backup");
+        fixture
+            .coordinator
+            .checkpoint(&[&fixture.backend])
+            .await
+            .expect("first checkpoint");
+        fixture
+            .backup
+            .create_new_backup_flush(fixture.backend.rocksdb(), true)
+            .expect("first backup");
         fixture.copy_new_ssts();
         fixture
     }
@@ -177,10 +193,16 @@ impl Fixture {
         }
         let start = Instant::now();
         if !new.is_empty() {
-            let status = std::process::Command::new("cp").args(&new).arg(&self.floor_dir).status().expect("cp runs");
+            let status = std::process::Command::new("cp")
+                .args(&new)
+                .arg(&self.floor_dir)
+                .status()
+                .expect("cp runs");
             assert!(status.success(), "cp failed");
         }
-        let status = std::process::Command::new("sync").status().expect("sync runs");
+        let status = std::process::Command::new("sync")
+            .status()
+            .expect("sync runs");
         assert!(status.success(), "sync failed");
         let elapsed = start.elapsed();
         // Keep the floor's copies to the live set, like the other two keep theirs.
@@ -189,7 +211,10 @@ impl Fixture {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        for entry in std::fs::read_dir(&self.floor_dir).expect("floor dir").flatten() {
+        for entry in std::fs::read_dir(&self.floor_dir)
+            .expect("floor dir")
+            .flatten()
+        {
             if !live.contains(&*entry.file_name().to_string_lossy()) {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -206,7 +231,11 @@ impl Fixture {
             ..Cycle::default()
         };
         // 1. rockpoint with the changes in the memtable.
-        let done = self.coordinator.checkpoint(&[&self.backend]).await.expect("checkpoint");
+        let done = self
+            .coordinator
+            .checkpoint(&[&self.backend])
+            .await
+            .expect("checkpoint");
         cycle.pause = done.sync_pause;
         cycle.e2e_unflushed = done.duration;
         cycle.uploaded_unflushed = done.uploaded_bytes();
@@ -221,7 +250,11 @@ impl Fixture {
         cycle.flink_pause = start.elapsed();
         std::fs::remove_dir_all(&flink_dir).expect("remove Flink-style checkpoint");
         // 3. The flushed delta three ways.
-        let done = self.coordinator.checkpoint(&[&self.backend]).await.expect("checkpoint");
+        let done = self
+            .coordinator
+            .checkpoint(&[&self.backend])
+            .await
+            .expect("checkpoint");
         cycle.e2e = done.duration;
         cycle.uploaded = done.uploaded_bytes();
         cycle.backup = self.backup_once();
@@ -235,7 +268,10 @@ impl Fixture {
     /// same files from the live directory, bytes).
     pub async fn restore_vs_floor(&mut self) -> (Duration, Duration, u64) {
         let latest = self.coordinator.latest().expect("a checkpoint");
-        let target = self.dir.path().join(format!("restore-{}", latest.checkpoint_id));
+        let target = self
+            .dir
+            .path()
+            .join(format!("restore-{}", latest.checkpoint_id));
         let handle = latest.backends[0].clone();
         let start = Instant::now();
         let restored = rockpoint::restore_backend(
@@ -266,7 +302,11 @@ impl Fixture {
         let bytes = handle.full_size_bytes();
         drop_caches_hint(&sources);
         let start = Instant::now();
-        let status = std::process::Command::new("cp").args(&sources).arg(&copy_dir).status().expect("cp");
+        let status = std::process::Command::new("cp")
+            .args(&sources)
+            .arg(&copy_dir)
+            .status()
+            .expect("cp");
         assert!(status.success());
         std::process::Command::new("sync").status().expect("sync");
         let floor = start.elapsed();
@@ -310,7 +350,8 @@ fn read_status_kib(field: &str) -> u64 {
 /// Parses sizes like `100MiB`, `1GiB`.
 pub fn parse_size(text: &str) -> u64 {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
+    let (number, unit) =
+        text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
     let n: f64 = number.parse().unwrap_or_else(|_| panic!("bad size {text}"));
     let scale = match unit {
         "" | "B" => 1.0,

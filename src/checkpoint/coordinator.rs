@@ -16,8 +16,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use super::metadata::{
-    self, BackendHandle, CheckpointMetadata, SnapshotKind, checkpoint_dir, metadata_path, parse_checkpoint_path,
-    shared_path, snapshot_pin_prefix,
+    self, BackendHandle, CheckpointMetadata, SnapshotKind, checkpoint_dir, metadata_path,
+    parse_checkpoint_path, shared_path, snapshot_pin_prefix,
 };
 use super::refs::{RefIndex, load_pins};
 use super::{CheckpointTicket, TicketState};
@@ -80,13 +80,19 @@ impl CheckpointSettings {
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
         if self.retained == 0 || self.retained > 10_000 {
-            return Err(Error::invalid("checkpoint settings: retained must be in 1..=10000"));
+            return Err(Error::invalid(
+                "checkpoint settings: retained must be in 1..=10000",
+            ));
         }
         if self.max_concurrent == 0 || self.max_concurrent > 64 {
-            return Err(Error::invalid("checkpoint settings: max_concurrent must be in 1..=64"));
+            return Err(Error::invalid(
+                "checkpoint settings: max_concurrent must be in 1..=64",
+            ));
         }
         if self.transfer_parallelism == 0 || self.transfer_parallelism > 256 {
-            return Err(Error::invalid("checkpoint settings: transfer_parallelism must be in 1..=256"));
+            return Err(Error::invalid(
+                "checkpoint settings: transfer_parallelism must be in 1..=256",
+            ));
         }
         Ok(())
     }
@@ -116,7 +122,11 @@ impl CompletedCheckpoint {
 
     /// Bytes uploaded for it.
     pub fn uploaded_bytes(&self) -> u64 {
-        self.metadata.backends.iter().map(|b| b.uploaded_bytes).sum()
+        self.metadata
+            .backends
+            .iter()
+            .map(|b| b.uploaded_bytes)
+            .sum()
     }
 
     /// Bytes of shared files and segments it reused.
@@ -261,7 +271,11 @@ impl CheckpointCoordinator {
     }
 
     /// Opens the coordinator of `job_id` with `settings` (see [`builder`](Self::builder)).
-    pub async fn open(store: Arc<dyn Store>, job_id: &str, settings: CheckpointSettings) -> Result<Self> {
+    pub async fn open(
+        store: Arc<dyn Store>,
+        job_id: &str,
+        settings: CheckpointSettings,
+    ) -> Result<Self> {
         Self::builder(store, job_id).settings(settings).open().await
     }
 
@@ -292,7 +306,11 @@ impl CheckpointCoordinator {
 
     /// A copy of the latency histograms and counters.
     pub fn metrics(&self) -> CheckpointMetrics {
-        self.inner.metrics.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CoordState> {
@@ -312,7 +330,10 @@ impl CheckpointCoordinator {
     fn trigger_inner(&self, kind: SnapshotKind, driven: bool) -> Result<CheckpointTicket> {
         let mut state = self.lock();
         if state.closed {
-            return Err(Error::cancelled(format!("job `{}` is shut down", self.inner.job_id)));
+            return Err(Error::cancelled(format!(
+                "job `{}` is shut down",
+                self.inner.job_id
+            )));
         }
         if state.pending.len() >= self.inner.settings.max_concurrent {
             return Err(crate::error::ErrorDetail::Io {
@@ -320,7 +341,10 @@ impl CheckpointCoordinator {
                 path: format!("job {}", self.inner.job_id).into(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::ResourceBusy,
-                    format!("{} checkpoints already in flight (max_concurrent)", state.pending.len()),
+                    format!(
+                        "{} checkpoints already in flight (max_concurrent)",
+                        state.pending.len()
+                    ),
                 ),
             }
             .into());
@@ -359,15 +383,21 @@ impl CheckpointCoordinator {
     /// synchronous phase first, then the uploads concurrently, then the commit. On failure the
     /// checkpoint is aborted and its uploads cleaned up.
     pub async fn checkpoint(&self, backends: &[&KeyedStateBackend]) -> Result<CompletedCheckpoint> {
-        self.snapshot_and_complete(SnapshotKind::Checkpoint, backends).await
+        self.snapshot_and_complete(SnapshotKind::Checkpoint, backends)
+            .await
     }
 
     /// Takes a savepoint: like a checkpoint, but never counted in retention or discarded.
     pub async fn savepoint(&self, backends: &[&KeyedStateBackend]) -> Result<CompletedCheckpoint> {
-        self.snapshot_and_complete(SnapshotKind::Savepoint, backends).await
+        self.snapshot_and_complete(SnapshotKind::Savepoint, backends)
+            .await
     }
 
-    async fn snapshot_and_complete(&self, kind: SnapshotKind, backends: &[&KeyedStateBackend]) -> Result<CompletedCheckpoint> {
+    async fn snapshot_and_complete(
+        &self,
+        kind: SnapshotKind,
+        backends: &[&KeyedStateBackend],
+    ) -> Result<CompletedCheckpoint> {
         let ticket = self.trigger_inner(kind, true)?;
         let result = self.drive(&ticket, backends).await;
         match result {
@@ -381,7 +411,11 @@ impl CheckpointCoordinator {
         }
     }
 
-    async fn drive(&self, ticket: &CheckpointTicket, backends: &[&KeyedStateBackend]) -> Result<CompletedCheckpoint> {
+    async fn drive(
+        &self,
+        ticket: &CheckpointTicket,
+        backends: &[&KeyedStateBackend],
+    ) -> Result<CompletedCheckpoint> {
         if backends.is_empty() {
             return Err(Error::invalid("a checkpoint needs at least one backend"));
         }
@@ -395,14 +429,20 @@ impl CheckpointCoordinator {
     }
 
     /// Commits a checkpoint from its backends' handles (C1–C6) and applies retention.
-    pub async fn complete(&self, ticket: &CheckpointTicket, handles: Vec<BackendHandle>) -> Result<CompletedCheckpoint> {
+    pub async fn complete(
+        &self,
+        ticket: &CheckpointTicket,
+        handles: Vec<BackendHandle>,
+    ) -> Result<CompletedCheckpoint> {
         let id = ticket.checkpoint_id;
         // C1
         let triggered = {
             let mut state = self.lock();
             let entry = state.pending.get_mut(&id).filter(|e| e.kind == ticket.kind);
             match entry {
-                Some(entry) if !entry.state.cancelled.load(Ordering::SeqCst) && !entry.committing => {
+                Some(entry)
+                    if !entry.state.cancelled.load(Ordering::SeqCst) && !entry.committing =>
+                {
                     entry.committing = true;
                     entry.triggered
                 }
@@ -420,7 +460,12 @@ impl CheckpointCoordinator {
         result
     }
 
-    async fn commit(&self, ticket: &CheckpointTicket, handles: Vec<BackendHandle>, triggered: Instant) -> Result<CompletedCheckpoint> {
+    async fn commit(
+        &self,
+        ticket: &CheckpointTicket,
+        handles: Vec<BackendHandle>,
+        triggered: Instant,
+    ) -> Result<CompletedCheckpoint> {
         let id = ticket.checkpoint_id;
         let max_parallelism = handles
             .first()
@@ -437,14 +482,21 @@ impl CheckpointCoordinator {
             full_size_bytes: handles.iter().map(BackendHandle::full_size_bytes).sum(),
             backends: handles,
         };
-        let bytes = metadata::encode_metadata(&metadata).map_err(|e| Error::invalid(format!("checkpoint {id}: {e}")))?;
+        let bytes = metadata::encode_metadata(&metadata)
+            .map_err(|e| Error::invalid(format!("checkpoint {id}: {e}")))?;
         let path = metadata.metadata_path();
         crate::failpoint!(self.inner.faults, "commit::before_metadata");
         // C3: the commit point.
-        if let Err(e) = self.st().put(&path, Bytes::from(bytes), WriteMode::CreateOnly).await {
+        if let Err(e) = self
+            .st()
+            .put(&path, Bytes::from(bytes), WriteMode::CreateOnly)
+            .await
+        {
             // The outcome may be ambiguous (written, but reported failed): ask the store.
             match self.st().head(&path).await {
-                Ok(Some(_)) => tracing::warn!(path, error = %e, "metadata write reported failure but the record exists; treating as committed"),
+                Ok(Some(_)) => {
+                    tracing::warn!(path, error = %e, "metadata write reported failure but the record exists; treating as committed")
+                }
                 Ok(None) => {
                     self.abort_by_id(ticket.kind, id).await.ok();
                     return Err(e);
@@ -471,7 +523,10 @@ impl CheckpointCoordinator {
                     restore_pins = std::mem::take(&mut state.restore_pins);
                     state.restored_hashes.clear();
                     for (pending_id, entry) in state.pending.iter() {
-                        if *pending_id < id && entry.kind == SnapshotKind::Checkpoint && !entry.committing {
+                        if *pending_id < id
+                            && entry.kind == SnapshotKind::Checkpoint
+                            && !entry.committing
+                        {
                             entry.state.cancelled.store(true, Ordering::SeqCst);
                             subsumed.push(*pending_id);
                         }
@@ -485,7 +540,10 @@ impl CheckpointCoordinator {
         };
         // C4: the metadata now holds the references. A pin left behind by a failure here only delays
         // deletions until startup recovery or GC removes it.
-        if let Err(e) = self.delete_pins(&snapshot_pin_prefix(&self.inner.job_id, ticket.kind, id)).await {
+        if let Err(e) = self
+            .delete_pins(&snapshot_pin_prefix(&self.inner.job_id, ticket.kind, id))
+            .await
+        {
             tracing::warn!(checkpoint = id, error = %e, "removing pins of a committed checkpoint failed");
         }
         for pin in restore_pins {
@@ -494,7 +552,11 @@ impl CheckpointCoordinator {
             }
         }
         for pending_id in subsumed_pending {
-            tracing::info!(checkpoint = pending_id, by = id, "pending checkpoint subsumed");
+            tracing::info!(
+                checkpoint = pending_id,
+                by = id,
+                "pending checkpoint subsumed"
+            );
         }
         for old in discard {
             crate::failpoint!(self.inner.faults, "subsume::before_discard");
@@ -507,19 +569,30 @@ impl CheckpointCoordinator {
             }
         }
         let done = CompletedCheckpoint {
-            sync_pause: Duration::from_micros(metadata.backends.iter().map(|b| b.sync_pause_us).max().unwrap_or(0)),
+            sync_pause: Duration::from_micros(
+                metadata
+                    .backends
+                    .iter()
+                    .map(|b| b.sync_pause_us)
+                    .max()
+                    .unwrap_or(0),
+            ),
             duration: triggered.elapsed(),
             metadata,
         };
         {
             let mut metrics = self.inner.metrics.lock().unwrap_or_else(|p| p.into_inner());
             for backend in &done.metadata.backends {
-                metrics.sync_pause_us.saturating_record(backend.sync_pause_us);
+                metrics
+                    .sync_pause_us
+                    .saturating_record(backend.sync_pause_us);
             }
             metrics
                 .checkpoint_duration_us
                 .saturating_record(done.duration.as_micros() as u64);
-            metrics.uploaded_bytes.saturating_record(done.uploaded_bytes());
+            metrics
+                .uploaded_bytes
+                .saturating_record(done.uploaded_bytes());
             metrics.completed += 1;
         }
         Ok(done)
@@ -555,12 +628,21 @@ impl CheckpointCoordinator {
             metrics.aborted += 1;
         }
         // A commit record means it is not in flight: only its pins are left to remove.
-        if self.st().head(&metadata_path(job, kind, id)).await?.is_some() {
+        if self
+            .st()
+            .head(&metadata_path(job, kind, id))
+            .await?
+            .is_some()
+        {
             return self.delete_pins(&snapshot_pin_prefix(job, kind, id)).await;
         }
         // B2
         let pins = load_pins(self.st(), &snapshot_pin_prefix(job, kind, id)).await?;
-        for private in self.st().list(&format!("{}/", checkpoint_dir(job, kind, id))).await? {
+        for private in self
+            .st()
+            .list(&format!("{}/", checkpoint_dir(job, kind, id)))
+            .await?
+        {
             self.st().delete(&private.path).await?;
         }
         // B3: the pins go first, so that from here on nothing in the root lists what only this
@@ -572,7 +654,10 @@ impl CheckpointCoordinator {
         crate::failpoint!(self.inner.faults, "abort::before_shared_delete");
         // B4
         let refs = self.inner.refs.load(self.st(), &HashSet::new()).await?;
-        let candidates: HashSet<ContentHash> = pins.iter().flat_map(|p| p.record.hashes.iter().copied()).collect();
+        let candidates: HashSet<ContentHash> = pins
+            .iter()
+            .flat_map(|p| p.record.hashes.iter().copied())
+            .collect();
         for hash in candidates {
             if !refs.is_referenced(&hash) {
                 self.st().delete(&shared_path(&hash)).await?;
@@ -653,10 +738,15 @@ impl CheckpointCoordinator {
         // O3
         for (&id, &kind) in &seen {
             if !committed.contains_key(&(kind, id)) {
-                tracing::info!(job, checkpoint = id, "aborting a checkpoint interrupted by a crash");
+                tracing::info!(
+                    job,
+                    checkpoint = id,
+                    "aborting a checkpoint interrupted by a crash"
+                );
                 self.abort_by_id(kind, id).await?;
             } else {
-                self.delete_pins(&snapshot_pin_prefix(&job, kind, id)).await?;
+                self.delete_pins(&snapshot_pin_prefix(&job, kind, id))
+                    .await?;
             }
         }
         for pin in restore_pins {
@@ -721,7 +811,9 @@ impl CheckpointCoordinator {
         // E2
         let discard_all = match end {
             JobEnd::Finished => true,
-            JobEnd::Cancelled => self.inner.settings.cancellation == CancellationPolicy::DeleteOnCancellation,
+            JobEnd::Cancelled => {
+                self.inner.settings.cancellation == CancellationPolicy::DeleteOnCancellation
+            }
             JobEnd::Failed | JobEnd::Suspended => false,
         };
         if discard_all {
@@ -742,7 +834,11 @@ impl CheckpointCoordinator {
     }
 
     /// Records a restore pin and the hashes it protects (R4, without claim).
-    pub(crate) fn add_restore_pin(&self, path: String, hashes: impl IntoIterator<Item = ContentHash>) {
+    pub(crate) fn add_restore_pin(
+        &self,
+        path: String,
+        hashes: impl IntoIterator<Item = ContentHash>,
+    ) {
         let mut state = self.lock();
         state.restore_pins.push(path);
         state.restored_hashes.extend(hashes);

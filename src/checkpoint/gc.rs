@@ -57,7 +57,10 @@ pub struct GcReport {
 impl GcReport {
     /// Whether GC found nothing to remove.
     pub fn is_empty(&self) -> bool {
-        self.shared_files.is_empty() && self.private_files.is_empty() && self.pins.is_empty() && self.incomplete.is_empty()
+        self.shared_files.is_empty()
+            && self.private_files.is_empty()
+            && self.pins.is_empty()
+            && self.incomplete.is_empty()
     }
 }
 
@@ -73,8 +76,16 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
     // G2
     let refs = index.load(store, &HashSet::new()).await?;
     let live_pins: Vec<_> = refs.pins.iter().filter(|p| p.modified > cutoff).collect();
-    let mut referenced: HashSet<ContentHash> = refs.committed.iter().flat_map(|m| m.shared_hashes()).collect();
-    referenced.extend(live_pins.iter().flat_map(|p| p.record.hashes.iter().copied()));
+    let mut referenced: HashSet<ContentHash> = refs
+        .committed
+        .iter()
+        .flat_map(|m| m.shared_hashes())
+        .collect();
+    referenced.extend(
+        live_pins
+            .iter()
+            .flat_map(|p| p.record.hashes.iter().copied()),
+    );
     let referenced_private: HashSet<&str> = refs
         .committed
         .iter()
@@ -91,7 +102,11 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
         .filter_map(|p| {
             let (_, name) = p.path.rsplit_once('/')?;
             let (kind, rest) = name.split_once('-')?;
-            Some(format!("jobs/{}/{kind}-{}", p.record.job_id, rest.get(..20)?))
+            Some(format!(
+                "jobs/{}/{kind}-{}",
+                p.record.job_id,
+                rest.get(..20)?
+            ))
         })
         .collect();
 
@@ -110,7 +125,10 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
             }
             Some(_) => {}
             // Not a name the engine writes: leave it alone, but say so.
-            None => tracing::warn!(path = object.path, "unexpected object under shared/; left in place"),
+            None => tracing::warn!(
+                path = object.path,
+                "unexpected object under shared/; left in place"
+            ),
         }
     }
     let mut private_candidates = Vec::new();
@@ -153,12 +171,20 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
             report.reclaimed_bytes += size;
         }
     } else {
-        report.reclaimed_bytes = shared_candidates.values().map(|(_, size)| size).sum::<u64>()
+        report.reclaimed_bytes = shared_candidates
+            .values()
+            .map(|(_, size)| size)
+            .sum::<u64>()
             + private_candidates.iter().map(|(_, size)| size).sum::<u64>();
     }
     report.shared_files = shared_candidates.into_keys().collect();
-    report.private_files = private_candidates.into_iter().map(|(path, _)| path).collect();
+    report.private_files = private_candidates
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
     report.pins = stale_pins.into_iter().map(|(path, _)| path).collect();
-    report.incomplete = store.sweep_incomplete(options.grace_period, options.mode).await?;
+    report.incomplete = store
+        .sweep_incomplete(options.grace_period, options.mode)
+        .await?;
     Ok(report)
 }

@@ -88,11 +88,20 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new()?;
         file.write_all(&bytes)?;
         let path = file.path();
-        assert_eq!(complete_prefix_len(path, 0, bytes.len() as u64)?, bytes.len() as u64);
-        assert_eq!(complete_prefix_len(path, 0, bytes.len() as u64 - 1)?, second_end);
+        assert_eq!(
+            complete_prefix_len(path, 0, bytes.len() as u64)?,
+            bytes.len() as u64
+        );
+        assert_eq!(
+            complete_prefix_len(path, 0, bytes.len() as u64 - 1)?,
+            second_end
+        );
         assert_eq!(complete_prefix_len(path, 0, before_last + 3)?, first_end);
         assert_eq!(complete_prefix_len(path, 0, first_end - 1)?, 0);
-        assert_eq!(complete_prefix_len(path, first_end, second_end)?, second_end);
+        assert_eq!(
+            complete_prefix_len(path, first_end, second_end)?,
+            second_end
+        );
         Ok(())
     }
 
@@ -106,8 +115,14 @@ mod tests {
         record(&mut bytes, 1, b"second block");
         let mut file = tempfile::NamedTempFile::new()?;
         file.write_all(&bytes)?;
-        assert_eq!(complete_prefix_len(file.path(), 0, bytes.len() as u64)?, bytes.len() as u64);
-        assert_eq!(complete_prefix_len(file.path(), 0, BLOCK_BYTES)?, BLOCK_BYTES - 3);
+        assert_eq!(
+            complete_prefix_len(file.path(), 0, bytes.len() as u64)?,
+            bytes.len() as u64
+        );
+        assert_eq!(
+            complete_prefix_len(file.path(), 0, BLOCK_BYTES)?,
+            BLOCK_BYTES - 3
+        );
         Ok(())
     }
 }

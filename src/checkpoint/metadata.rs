@@ -128,10 +128,11 @@ pub struct BackendHandle {
 impl BackendHandle {
     /// Every content hash the backend references (SSTs and log segments).
     pub fn shared_hashes(&self) -> impl Iterator<Item = ContentHash> + '_ {
-        self.shared_files
-            .iter()
-            .map(|f| f.hash)
-            .chain(self.log_files.iter().flat_map(|l| l.segments.iter().map(|s| s.hash)))
+        self.shared_files.iter().map(|f| f.hash).chain(
+            self.log_files
+                .iter()
+                .flat_map(|l| l.segments.iter().map(|s| s.hash)),
+        )
     }
 
     /// Total bytes of every file the backend references.
@@ -156,14 +157,19 @@ impl BackendHandle {
         }
         let files = self.shared_files.len() + self.log_files.len() + self.private_files.len();
         if files > MAX_FILES_PER_BACKEND || self.states.len() > MAX_FILES_PER_BACKEND {
-            return Err(Error::corruption(format!("backend {} lists {files} files", self.key_groups)));
+            return Err(Error::corruption(format!(
+                "backend {} lists {files} files",
+                self.key_groups
+            )));
         }
         let mut names = HashSet::new();
         let mut unique = |name: &str| -> Result<()> {
             if names.insert(name.to_owned()) {
                 Ok(())
             } else {
-                Err(Error::corruption(format!("local file `{name}` is listed twice")))
+                Err(Error::corruption(format!(
+                    "local file `{name}` is listed twice"
+                )))
             }
         };
         for file in &self.shared_files {
@@ -202,7 +208,10 @@ impl BackendHandle {
             check_size(&file.local_name, file.size)?;
             unique(&file.local_name)?;
             validate_object_path(&file.path).map_err(|_| {
-                Error::corruption(format!("private file path `{}` is not a valid object path", file.path))
+                Error::corruption(format!(
+                    "private file path `{}` is not a valid object path",
+                    file.path
+                ))
             })?;
             if !file.path.starts_with("jobs/") {
                 return Err(Error::corruption(format!(
@@ -214,9 +223,15 @@ impl BackendHandle {
         for state in &self.states {
             if state.name.is_empty()
                 || state.name.len() > 200
-                || !state.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                || !state
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
             {
-                return Err(Error::corruption(format!("state name `{}` is not valid", state.name)));
+                return Err(Error::corruption(format!(
+                    "state name `{}` is not valid",
+                    state.name
+                )));
             }
         }
         Ok(())
@@ -277,7 +292,10 @@ impl CheckpointMetadata {
                     backend.key_groups, backend.max_parallelism, self.max_parallelism
                 )));
             }
-            if let Some(other) = ranges.iter().find(|r| r.intersect(&backend.key_groups).is_some()) {
+            if let Some(other) = ranges
+                .iter()
+                .find(|r| r.intersect(&backend.key_groups).is_some())
+            {
                 return Err(Error::corruption(format!(
                     "backends {} and {} overlap",
                     other, backend.key_groups
@@ -313,10 +331,15 @@ pub(crate) fn seal(magic: &[u8; 8], body: &[u8]) -> Vec<u8> {
 /// Checks the envelope and returns the body.
 pub(crate) fn unseal<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result<&'a [u8]> {
     if bytes.len() < HEADER_BYTES {
-        return Err(Error::corruption(format!("{what}: {} bytes is shorter than its header", bytes.len())));
+        return Err(Error::corruption(format!(
+            "{what}: {} bytes is shorter than its header",
+            bytes.len()
+        )));
     }
     if &bytes[..8] != magic {
-        return Err(Error::corruption(format!("{what}: wrong magic (not a rockpoint file of this kind)")));
+        return Err(Error::corruption(format!(
+            "{what}: wrong magic (not a rockpoint file of this kind)"
+        )));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != METADATA_FORMAT_VERSION {
@@ -333,7 +356,9 @@ pub(crate) fn unseal<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result
         )));
     }
     if blake3::hash(body).as_bytes() != &bytes[20..52] {
-        return Err(Error::corruption(format!("{what}: checksum mismatch (the body is corrupt)")));
+        return Err(Error::corruption(format!(
+            "{what}: checksum mismatch (the body is corrupt)"
+        )));
     }
     Ok(body)
 }
@@ -350,8 +375,8 @@ pub(crate) fn encode_metadata(metadata: &CheckpointMetadata) -> Result<Vec<u8>> 
 pub(crate) fn decode_metadata(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
     let what = format!("metadata `{path}`");
     let body = unseal(METADATA_MAGIC, bytes, &what)?;
-    let metadata: CheckpointMetadata =
-        rmp_serde::from_slice(body).map_err(|e| Error::corruption(format!("{what}: undecodable body: {e}")))?;
+    let metadata: CheckpointMetadata = rmp_serde::from_slice(body)
+        .map_err(|e| Error::corruption(format!("{what}: undecodable body: {e}")))?;
     metadata
         .validate()
         .map_err(|e| Error::corruption(format!("{what}: {e}")))?;
@@ -367,25 +392,31 @@ pub(crate) fn decode_metadata(bytes: &[u8], path: &str) -> Result<CheckpointMeta
 }
 
 pub(crate) fn encode_pin(pin: &PinRecord) -> Result<Vec<u8>> {
-    let body = rmp_serde::to_vec_named(pin).map_err(|e| Error::invalid(format!("encoding pin record: {e}")))?;
+    let body = rmp_serde::to_vec_named(pin)
+        .map_err(|e| Error::invalid(format!("encoding pin record: {e}")))?;
     Ok(seal(PIN_MAGIC, &body))
 }
 
 pub(crate) fn decode_pin(bytes: &[u8], path: &str) -> Result<PinRecord> {
     let what = format!("pin record `{path}`");
     let body = unseal(PIN_MAGIC, bytes, &what)?;
-    rmp_serde::from_slice(body).map_err(|e| Error::corruption(format!("{what}: undecodable body: {e}")))
+    rmp_serde::from_slice(body)
+        .map_err(|e| Error::corruption(format!("{what}: undecodable body: {e}")))
 }
 
 /// Job ids name directories: 1 to 128 characters of `[A-Za-z0-9_-]`.
 pub(crate) fn validate_job_id(job_id: &str) -> Result<()> {
     let ok = !job_id.is_empty()
         && job_id.len() <= 128
-        && job_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        && job_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(format!("job id `{job_id}`: use 1 to 128 characters of [A-Za-z0-9_-]")))
+        Err(Error::invalid(format!(
+            "job id `{job_id}`: use 1 to 128 characters of [A-Za-z0-9_-]"
+        )))
     }
 }
 
@@ -463,20 +494,25 @@ fn check_local_name(name: &str, kind: LocalKind) -> Result<()> {
     let ok = match kind {
         LocalKind::Sst => name.strip_suffix(".sst").is_some_and(digits),
         LocalKind::Log => {
-            name.strip_suffix(".log").is_some_and(digits) || name.strip_prefix("MANIFEST-").is_some_and(digits)
+            name.strip_suffix(".log").is_some_and(digits)
+                || name.strip_prefix("MANIFEST-").is_some_and(digits)
         }
         LocalKind::Private => name.strip_prefix("OPTIONS-").is_some_and(digits),
     };
     if ok {
         Ok(())
     } else {
-        Err(Error::corruption(format!("`{name}` is not a RocksDB file name the engine ships")))
+        Err(Error::corruption(format!(
+            "`{name}` is not a RocksDB file name the engine ships"
+        )))
     }
 }
 
 fn check_size(name: &str, size: u64) -> Result<()> {
     if size > MAX_FILE_BYTES {
-        return Err(Error::corruption(format!("`{name}` claims {size} bytes (more than 1 TiB)")));
+        return Err(Error::corruption(format!(
+            "`{name}` claims {size} bytes (more than 1 TiB)"
+        )));
     }
     Ok(())
 }

@@ -37,6 +37,7 @@ pub struct CheckpointTicket {
     pub(crate) known: Arc<HashSet<ContentHash>>,
     pub(crate) state: Arc<TicketState>,
     pub(crate) upload_parallelism: usize,
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     pub(crate) faults: FaultRegistry,
 }
 

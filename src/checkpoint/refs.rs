@@ -44,7 +44,12 @@ pub(crate) struct RefIndex {
 impl RefIndex {
     /// Reads one metadata record (cached).
     pub async fn metadata(&self, store: &dyn Store, path: &str) -> Result<Arc<CheckpointMetadata>> {
-        if let Some(found) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+        if let Some(found) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+        {
             return Ok(found.clone());
         }
         let bytes = store.get(path).await?;
@@ -59,7 +64,10 @@ impl RefIndex {
     /// Lists every committed metadata record and every pin, except the pins in `excluded`.
     pub async fn load(&self, store: &dyn Store, excluded: &HashSet<String>) -> Result<References> {
         let listed = store.list("jobs/").await?;
-        let paths: Vec<&ObjectInfo> = listed.iter().filter(|o| o.path.ends_with("/_metadata")).collect();
+        let paths: Vec<&ObjectInfo> = listed
+            .iter()
+            .filter(|o| o.path.ends_with("/_metadata"))
+            .collect();
         let mut refs = References::default();
         let mut live = HashSet::new();
         for info in paths {

@@ -17,7 +17,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::coordinator::CheckpointCoordinator;
 use super::metadata::{
-    self, BackendHandle, CheckpointMetadata, PinRecord, SnapshotKind, checkpoint_dir, parse_checkpoint_path, shared_path,
+    self, BackendHandle, CheckpointMetadata, PinRecord, SnapshotKind, checkpoint_dir,
+    parse_checkpoint_path, shared_path,
 };
 use crate::backend::{DB_DIR, KeyedStateBackend};
 use crate::error::{Error, ErrorDetail, ErrorKind, Result};
@@ -88,13 +89,19 @@ pub struct DownloadReport {
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// R1–R2: resolves `source` and reads its verified metadata. Returns the metadata path too.
-pub async fn read_metadata(store: &dyn Store, source: &RestoreSource) -> Result<(String, CheckpointMetadata)> {
+pub async fn read_metadata(
+    store: &dyn Store,
+    source: &RestoreSource,
+) -> Result<(String, CheckpointMetadata)> {
     let path = match source {
         RestoreSource::Metadata(path) => path.clone(),
         RestoreSource::Directory(dir) => format!("{}/_metadata", dir.trim_end_matches('/')),
-        RestoreSource::Latest(job) => latest_checkpoint(store, job)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("job `{job}` has no committed checkpoint in {}", store.describe())))?,
+        RestoreSource::Latest(job) => latest_checkpoint(store, job).await?.ok_or_else(|| {
+            Error::not_found(format!(
+                "job `{job}` has no committed checkpoint in {}",
+                store.describe()
+            ))
+        })?,
     };
     if parse_checkpoint_path(&path).is_none_or(|(_, _, _, rest)| rest != "_metadata") {
         return Err(Error::invalid(format!(
@@ -104,7 +111,10 @@ pub async fn read_metadata(store: &dyn Store, source: &RestoreSource) -> Result<
     let bytes = match store.get(&path).await {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(Error::not_found(format!("no checkpoint metadata at `{path}` in {}", store.describe())));
+            return Err(Error::not_found(format!(
+                "no checkpoint metadata at `{path}` in {}",
+                store.describe()
+            )));
         }
         Err(e) => return Err(e),
     };
@@ -128,16 +138,27 @@ pub async fn latest_checkpoint(store: &dyn Store, job: &str) -> Result<Option<St
 }
 
 /// The handle of `metadata` whose key-group range is exactly `key_groups`.
-pub fn backend_for(metadata: &CheckpointMetadata, key_groups: KeyGroupRange) -> Result<&BackendHandle> {
-    metadata.backends.iter().find(|b| b.key_groups == key_groups).ok_or_else(|| {
-        let ranges: Vec<String> = metadata.backends.iter().map(|b| b.key_groups.to_string()).collect();
-        Error::invalid(format!(
-            "checkpoint {} of job `{}` has no backend for key groups {key_groups}; it has {}",
-            metadata.checkpoint_id,
-            metadata.job_id,
-            ranges.join(", ")
-        ))
-    })
+pub fn backend_for(
+    metadata: &CheckpointMetadata,
+    key_groups: KeyGroupRange,
+) -> Result<&BackendHandle> {
+    metadata
+        .backends
+        .iter()
+        .find(|b| b.key_groups == key_groups)
+        .ok_or_else(|| {
+            let ranges: Vec<String> = metadata
+                .backends
+                .iter()
+                .map(|b| b.key_groups.to_string())
+                .collect();
+            Error::invalid(format!(
+                "checkpoint {} of job `{}` has no backend for key groups {key_groups}; it has {}",
+                metadata.checkpoint_id,
+                metadata.job_id,
+                ranges.join(", ")
+            ))
+        })
 }
 
 /// R5–R6: downloads one backend into the new directory `target` (its RocksDB files land in
@@ -150,7 +171,9 @@ pub async fn download_backend(
     progress: Option<Progress>,
 ) -> Result<DownloadReport> {
     let target = absolute(target)?;
-    let occupied = std::fs::read_dir(&target).map(|mut d| d.next().is_some()).unwrap_or(false);
+    let occupied = std::fs::read_dir(&target)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
     if occupied {
         return Err(Error::invalid(format!(
             "restore target {} exists and is not empty; restore into a new directory",
@@ -159,7 +182,9 @@ pub async fn download_backend(
     }
     let parent = target
         .parent()
-        .ok_or_else(|| Error::invalid(format!("restore target {} has no parent", target.display())))?
+        .ok_or_else(|| {
+            Error::invalid(format!("restore target {} has no parent", target.display()))
+        })?
         .to_path_buf();
     let name = target
         .file_name()
@@ -171,7 +196,11 @@ pub async fn download_backend(
     let stale_prefix = format!(".{name}.restore-");
     if let Ok(entries) = std::fs::read_dir(&parent) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&stale_prefix) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&stale_prefix)
+            {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -223,7 +252,11 @@ async fn fill(
     for log in &handle.log_files {
         work.push(Assembly {
             local_name: log.local_name.clone(),
-            parts: log.segments.iter().map(|s| (shared_path(&s.hash), s.hash, s.size)).collect(),
+            parts: log
+                .segments
+                .iter()
+                .map(|s| (shared_path(&s.hash), s.hash, s.size))
+                .collect(),
         });
     }
     for file in &handle.private_files {
@@ -256,7 +289,12 @@ async fn fill(
 }
 
 /// Streams the parts of one file into `db/<local name>`, verifying each part's size and hash.
-async fn assemble(store: &dyn Store, db: &Path, assembly: &Assembly, progress: Option<Progress>) -> Result<u64> {
+async fn assemble(
+    store: &dyn Store,
+    db: &Path,
+    assembly: &Assembly,
+    progress: Option<Progress>,
+) -> Result<u64> {
     // Local names were validated as plain RocksDB names: the join stays inside `db`.
     let path = db.join(&assembly.local_name);
     let mut file = tokio::fs::File::create(&path)
@@ -264,17 +302,28 @@ async fn assemble(store: &dyn Store, db: &Path, assembly: &Assembly, progress: O
         .map_err(|e| Error::io("creating", &path, e))?;
     let mut total = 0u64;
     for (object, expected, expected_size) in &assembly.parts {
-        let mut chunks = verified_stream(store, object, &assembly.local_name, *expected, *expected_size).await?;
+        let mut chunks = verified_stream(
+            store,
+            object,
+            &assembly.local_name,
+            *expected,
+            *expected_size,
+        )
+        .await?;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
-            file.write_all(&chunk).await.map_err(|e| Error::io("writing", &path, e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io("writing", &path, e))?;
             if let Some(progress) = &progress {
                 progress(chunk.len() as u64);
             }
         }
         total += expected_size;
     }
-    file.sync_all().await.map_err(|e| Error::io("syncing", &path, e))?;
+    file.sync_all()
+        .await
+        .map_err(|e| Error::io("syncing", &path, e))?;
     Ok(total)
 }
 
@@ -315,40 +364,55 @@ async fn verified_stream(
     }
     // Hold back one chunk so that the last one is released only after the hash matched.
     let state = (chunks, blake3::Hasher::new(), 0u64, None::<Bytes>, false);
-    let stream = stream::try_unfold(state, move |(mut chunks, mut hasher, mut received, held, done)| {
-        let mismatch = mismatch.clone();
-        async move {
-            if done {
-                return Ok(None);
-            }
-            loop {
-                match chunks.next().await {
-                    Some(chunk) => {
-                        let chunk = chunk?;
-                        received += chunk.len() as u64;
-                        if received > expected_size {
-                            return Err(mismatch("(longer than expected)".into(), received));
-                        }
-                        hasher.update(&chunk);
-                        match held {
-                            Some(previous) => return Ok(Some((previous, (chunks, hasher, received, Some(chunk), false)))),
-                            None => {
-                                return Ok(Some((Bytes::new(), (chunks, hasher, received, Some(chunk), false))));
+    let stream = stream::try_unfold(
+        state,
+        move |(mut chunks, mut hasher, mut received, held, done)| {
+            let mismatch = mismatch.clone();
+            async move {
+                if done {
+                    return Ok(None);
+                }
+                loop {
+                    match chunks.next().await {
+                        Some(chunk) => {
+                            let chunk = chunk?;
+                            received += chunk.len() as u64;
+                            if received > expected_size {
+                                return Err(mismatch("(longer than expected)".into(), received));
+                            }
+                            hasher.update(&chunk);
+                            match held {
+                                Some(previous) => {
+                                    return Ok(Some((
+                                        previous,
+                                        (chunks, hasher, received, Some(chunk), false),
+                                    )));
+                                }
+                                None => {
+                                    return Ok(Some((
+                                        Bytes::new(),
+                                        (chunks, hasher, received, Some(chunk), false),
+                                    )));
+                                }
                             }
                         }
-                    }
-                    None => {
-                        let actual = ContentHash::from(hasher.finalize());
-                        if actual != expected || received != expected_size {
-                            return Err(mismatch(actual.to_hex(), received));
+                        None => {
+                            let actual = ContentHash::from(hasher.finalize());
+                            if actual != expected || received != expected_size {
+                                return Err(mismatch(actual.to_hex(), received));
+                            }
+                            return Ok(held.map(|last| {
+                                (last, (chunks, blake3::Hasher::new(), received, None, true))
+                            }));
                         }
-                        return Ok(held.map(|last| (last, (chunks, blake3::Hasher::new(), received, None, true))));
                     }
                 }
             }
-        }
-    });
-    Ok(stream.try_filter(|chunk| futures::future::ready(!chunk.is_empty())).boxed())
+        },
+    );
+    Ok(stream
+        .try_filter(|chunk| futures::future::ready(!chunk.is_empty()))
+        .boxed())
 }
 
 /// What [`verify_checkpoint`] checked.
@@ -366,34 +430,55 @@ pub struct VerifyReport {
 
 /// Reads every object a checkpoint references and checks its size and hash, without restoring.
 /// Metadata that cannot be read is an error; damaged objects are listed in the report.
-pub async fn verify_checkpoint(store: &dyn Store, source: &RestoreSource, parallelism: usize) -> Result<VerifyReport> {
+pub async fn verify_checkpoint(
+    store: &dyn Store,
+    source: &RestoreSource,
+    parallelism: usize,
+) -> Result<VerifyReport> {
     let (path, metadata) = read_metadata(store, source).await?;
     let mut work: Vec<(String, String, ContentHash, u64)> = Vec::new();
     for backend in &metadata.backends {
         for file in &backend.shared_files {
-            work.push((shared_path(&file.hash), file.local_name.clone(), file.hash, file.size));
+            work.push((
+                shared_path(&file.hash),
+                file.local_name.clone(),
+                file.hash,
+                file.size,
+            ));
         }
         for log in &backend.log_files {
             for segment in &log.segments {
-                work.push((shared_path(&segment.hash), log.local_name.clone(), segment.hash, segment.size));
+                work.push((
+                    shared_path(&segment.hash),
+                    log.local_name.clone(),
+                    segment.hash,
+                    segment.size,
+                ));
             }
         }
         for file in &backend.private_files {
-            work.push((file.path.clone(), file.local_name.clone(), file.hash, file.size));
+            work.push((
+                file.path.clone(),
+                file.local_name.clone(),
+                file.hash,
+                file.size,
+            ));
         }
     }
     work.sort();
     work.dedup();
-    let outcomes: Vec<std::result::Result<u64, String>> = stream::iter(work.into_iter().map(|(object, local, hash, size)| async move {
-        let checked = async {
-            let mut chunks = verified_stream(store, &object, &local, hash, size).await?;
-            while let Some(chunk) = chunks.next().await {
-                chunk?;
-            }
-            Ok::<_, Error>(size)
-        };
-        checked.await.map_err(|e| e.to_string())
-    }))
+    let outcomes: Vec<std::result::Result<u64, String>> = stream::iter(work.into_iter().map(
+        |(object, local, hash, size)| async move {
+            let checked = async {
+                let mut chunks = verified_stream(store, &object, &local, hash, size).await?;
+                while let Some(chunk) = chunks.next().await {
+                    chunk?;
+                }
+                Ok::<_, Error>(size)
+            };
+            checked.await.map_err(|e| e.to_string())
+        },
+    ))
     .buffer_unordered(parallelism.max(1))
     .collect()
     .await;
@@ -415,7 +500,8 @@ pub async fn verify_checkpoint(store: &dyn Store, source: &RestoreSource, parall
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut file = std::fs::File::create(path).map_err(|e| Error::io("creating", path, e))?;
-    file.write_all(bytes).map_err(|e| Error::io("writing", path, e))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io("writing", path, e))?;
     file.sync_all().map_err(|e| Error::io("syncing", path, e))
 }
 
@@ -429,9 +515,11 @@ fn publish(temp: &Path, target: &Path, parent: &Path) -> Result<()> {
     sync_dir(temp)?;
     if target.exists() {
         // An empty directory was allowed; rename needs it gone.
-        std::fs::remove_dir(target).map_err(|e| Error::io("replacing empty directory", target, e))?;
+        std::fs::remove_dir(target)
+            .map_err(|e| Error::io("replacing empty directory", target, e))?;
     }
-    std::fs::rename(temp, target).map_err(|e| Error::io("moving restored backend into place at", target, e))?;
+    std::fs::rename(temp, target)
+        .map_err(|e| Error::io("moving restored backend into place at", target, e))?;
     sync_dir(parent)
 }
 
@@ -452,7 +540,12 @@ pub async fn restore_backend(
 
 /// Opens a downloaded backend and checks it holds the states the checkpoint recorded.
 fn open_restored(handle: &BackendHandle, target: &RestoreTarget) -> Result<KeyedStateBackend> {
-    let backend = KeyedStateBackend::open(&target.dir, handle.max_parallelism, handle.key_groups, target.settings.clone())?;
+    let backend = KeyedStateBackend::open(
+        &target.dir,
+        handle.max_parallelism,
+        handle.key_groups,
+        target.settings.clone(),
+    )?;
     let mut recorded = handle.states.clone();
     recorded.sort_by(|a, b| a.name.cmp(&b.name));
     if backend.states() != recorded {
@@ -463,7 +556,12 @@ fn open_restored(handle: &BackendHandle, target: &RestoreTarget) -> Result<Keyed
             recorded.iter().map(|s| &s.name).collect::<Vec<_>>()
         )));
     }
-    backend.seed_hash_cache(handle.shared_files.iter().map(|f| (f.local_name.clone(), f.size, f.hash)));
+    backend.seed_hash_cache(
+        handle
+            .shared_files
+            .iter()
+            .map(|f| (f.local_name.clone(), f.size, f.hash)),
+    );
     backend.seed_log_chains(&handle.log_files);
     Ok(backend)
 }
@@ -487,7 +585,8 @@ impl CheckpointCoordinator {
             .map(|t| backend_for(&metadata, t.key_groups))
             .collect::<Result<_>>()?;
         let hashes: Vec<ContentHash> = {
-            let mut all: Vec<ContentHash> = handles.iter().flat_map(|h| h.shared_hashes()).collect();
+            let mut all: Vec<ContentHash> =
+                handles.iter().flat_map(|h| h.shared_hashes()).collect();
             all.sort();
             all.dedup();
             all
@@ -502,7 +601,11 @@ impl CheckpointCoordinator {
                 hashes: hashes.clone(),
             };
             store
-                .put(&pin_path, Bytes::from(metadata::encode_pin(&pin)?), WriteMode::CreateOnly)
+                .put(
+                    &pin_path,
+                    Bytes::from(metadata::encode_pin(&pin)?),
+                    WriteMode::CreateOnly,
+                )
                 .await?;
             if store.head(&source_path).await?.is_none() {
                 store.delete(&pin_path).await?;
@@ -529,7 +632,12 @@ impl CheckpointCoordinator {
             .collect()
     }
 
-    async fn claim(&self, source_path: &str, metadata: &CheckpointMetadata, targets: &[RestoreTarget]) -> Result<()> {
+    async fn claim(
+        &self,
+        source_path: &str,
+        metadata: &CheckpointMetadata,
+        targets: &[RestoreTarget],
+    ) -> Result<()> {
         let store = &**self.store();
         let id = self.allocate_id();
         let mut adopted = metadata.clone();
@@ -543,11 +651,21 @@ impl CheckpointCoordinator {
                 .find(|t| t.key_groups == backend.key_groups)
                 .map(|t| t.dir.join(DB_DIR));
             for private in &mut backend.private_files {
-                let path = format!("{}/{tag}/{}", checkpoint_dir(self.job_id(), SnapshotKind::Checkpoint, id), private.local_name);
+                let path = format!(
+                    "{}/{tag}/{}",
+                    checkpoint_dir(self.job_id(), SnapshotKind::Checkpoint, id),
+                    private.local_name
+                );
                 match &local_dir {
                     Some(dir) => {
                         store
-                            .put_file(&path, &dir.join(&private.local_name), 0, private.size, private.hash)
+                            .put_file(
+                                &path,
+                                &dir.join(&private.local_name),
+                                0,
+                                private.size,
+                                private.hash,
+                            )
                             .await?
                     }
                     None => {
@@ -560,7 +678,11 @@ impl CheckpointCoordinator {
         }
         let encoded = metadata::encode_metadata(&adopted)?;
         store
-            .put(&adopted.metadata_path(), Bytes::from(encoded), WriteMode::CreateOnly)
+            .put(
+                &adopted.metadata_path(),
+                Bytes::from(encoded),
+                WriteMode::CreateOnly,
+            )
             .await?;
         store.delete(source_path).await?;
         for backend in &metadata.backends {

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
+use super::CheckpointTicket;
 use super::logfile::complete_prefix_len;
 use super::metadata::{
-    self, BackendHandle, LogFile, MAX_SEGMENTS, PinRecord, PrivateFile, Segment, SharedFile, backend_tag, shared_path,
+    self, BackendHandle, LogFile, MAX_SEGMENTS, PinRecord, PrivateFile, Segment, SharedFile,
+    backend_tag, shared_path,
 };
-use super::CheckpointTicket;
 use crate::backend::{BackendInner, KeyedStateBackend, STAGING_DIR};
 use crate::error::{Error, Result};
 use crate::settings::WalMode;
@@ -86,7 +87,8 @@ impl KeyedStateBackend {
             self.flush()?;
         }
         // S2
-        db.flush_wal(false).map_err(|e| Error::rocksdb("flushing the WAL buffer", e))?;
+        db.flush_wal(false)
+            .map_err(|e| Error::rocksdb("flushing the WAL buffer", e))?;
         // S3
         db.disable_file_deletions()
             .map_err(|e| Error::rocksdb("disabling file deletions", e))?;
@@ -101,7 +103,9 @@ impl KeyedStateBackend {
             .trim_end()
             .to_owned();
         if !manifest_name.starts_with("MANIFEST-") || manifest_name.contains('/') {
-            return Err(Error::corruption(format!("CURRENT names `{manifest_name}`, not a MANIFEST")));
+            return Err(Error::corruption(format!(
+                "CURRENT names `{manifest_name}`, not a MANIFEST"
+            )));
         }
         let manifest_path = db_dir.join(&manifest_name);
         let manifest_len = std::fs::metadata(&manifest_path)
@@ -202,7 +206,13 @@ impl PendingSnapshot {
         result
     }
 
-    async fn upload_inner(&mut self, store: &dyn Store, staging: &Path, tag: &str, start: Instant) -> Result<BackendHandle> {
+    async fn upload_inner(
+        &mut self,
+        store: &dyn Store,
+        staging: &Path,
+        tag: &str,
+        start: Instant,
+    ) -> Result<BackendHandle> {
         let job = self.alone();
         let staging_dir = staging.to_path_buf();
         let prepared = tokio::task::spawn_blocking(move || job.prepare(staging_dir))
@@ -223,40 +233,59 @@ impl PendingSnapshot {
             created_at_ms: crate::util::now_ms(),
             hashes,
         };
-        let pin_path = metadata::snapshot_pin_path(&ticket.job_id, ticket.kind, ticket.checkpoint_id, tag);
+        let pin_path =
+            metadata::snapshot_pin_path(&ticket.job_id, ticket.kind, ticket.checkpoint_id, tag);
         crate::failpoint!(ticket.faults, "snapshot::before_pin");
         store
-            .put(&pin_path, Bytes::from(metadata::encode_pin(&pin)?), WriteMode::CreateOnly)
+            .put(
+                &pin_path,
+                Bytes::from(metadata::encode_pin(&pin)?),
+                WriteMode::CreateOnly,
+            )
             .await?;
         crate::failpoint!(ticket.faults, "snapshot::after_pin");
 
         // A6: upload what the store lacks, with bounded parallelism.
         let mut unique: HashMap<ContentHash, Shipment> = HashMap::new();
         for shipment in &prepared.shipments {
-            unique.entry(shipment.hash).or_insert_with(|| shipment.clone());
+            unique
+                .entry(shipment.hash)
+                .or_insert_with(|| shipment.clone());
         }
-        let outcomes: Vec<(bool, u64)> = stream::iter(unique.into_values().map(|shipment| async move {
-            ticket.check_live()?;
-            if ticket.known.contains(&shipment.hash) {
-                return Ok((false, shipment.size));
-            }
-            let path = shared_path(&shipment.hash);
-            if let Some(info) = store.head(&path).await? {
-                if info.size == shipment.size {
+        let outcomes: Vec<(bool, u64)> =
+            stream::iter(unique.into_values().map(|shipment| async move {
+                ticket.check_live()?;
+                if ticket.known.contains(&shipment.hash) {
                     return Ok((false, shipment.size));
                 }
-                tracing::warn!(path, expected = shipment.size, found = info.size, "shared file has the wrong size; replacing it");
-            }
-            crate::failpoint!(ticket.faults, "snapshot::before_upload");
-            store
-                .put_file(&path, &shipment.source, shipment.offset, shipment.size, shipment.hash)
-                .await?;
-            crate::failpoint!(ticket.faults, "snapshot::after_upload");
-            Ok::<_, Error>((true, shipment.size))
-        }))
-        .buffer_unordered(ticket.upload_parallelism.max(1))
-        .try_collect()
-        .await?;
+                let path = shared_path(&shipment.hash);
+                if let Some(info) = store.head(&path).await? {
+                    if info.size == shipment.size {
+                        return Ok((false, shipment.size));
+                    }
+                    tracing::warn!(
+                        path,
+                        expected = shipment.size,
+                        found = info.size,
+                        "shared file has the wrong size; replacing it"
+                    );
+                }
+                crate::failpoint!(ticket.faults, "snapshot::before_upload");
+                store
+                    .put_file(
+                        &path,
+                        &shipment.source,
+                        shipment.offset,
+                        shipment.size,
+                        shipment.hash,
+                    )
+                    .await?;
+                crate::failpoint!(ticket.faults, "snapshot::after_upload");
+                Ok::<_, Error>((true, shipment.size))
+            }))
+            .buffer_unordered(ticket.upload_parallelism.max(1))
+            .try_collect()
+            .await?;
 
         let mut handle = BackendHandle {
             key_groups: self.backend.key_groups,
@@ -329,12 +358,14 @@ impl PrepareJob {
     fn prepare(self, staging: PathBuf) -> Result<Prepared> {
         let db_dir = self.backend.db_dir();
         if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(|e| Error::io("clearing stale staging directory", &staging, e))?;
+            std::fs::remove_dir_all(&staging)
+                .map_err(|e| Error::io("clearing stale staging directory", &staging, e))?;
         }
         let image = staging.join("image");
         let logs = staging.join("logs");
         for dir in [&image, &logs] {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("creating staging directory", dir, e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io("creating staging directory", dir, e))?;
         }
         // A1: hard links, never copies.
         let mut linked_ssts = Vec::new();
@@ -345,13 +376,23 @@ impl PrepareJob {
         }
         let mut wals = Vec::new();
         for wal in &self.wals {
-            if link(&db_dir.join(&wal.name), &logs.join(&wal.name), Missing::Skip)? {
+            if link(
+                &db_dir.join(&wal.name),
+                &logs.join(&wal.name),
+                Missing::Skip,
+            )? {
                 wals.push(wal.clone());
             }
         }
-        link(&db_dir.join(&self.manifest.name), &logs.join(&self.manifest.name), Missing::Fail)?;
+        link(
+            &db_dir.join(&self.manifest.name),
+            &logs.join(&self.manifest.name),
+            Missing::Fail,
+        )?;
         let options = match &self.options_file {
-            Some(name) if link(&db_dir.join(name), &staging.join(name), Missing::Skip)? => Some(name.clone()),
+            Some(name) if link(&db_dir.join(name), &staging.join(name), Missing::Skip)? => {
+                Some(name.clone())
+            }
             _ => None,
         };
         let identity = db_dir.join("IDENTITY");
@@ -370,17 +411,26 @@ impl PrepareJob {
         let manifest_len = manifest_file.size();
         log_files.push(manifest_file);
         for wal in &wals {
-            let (file, wal_shipments) = self.backend.log_chain(&wal.name, &logs.join(&wal.name), wal.len)?;
+            let (file, wal_shipments) =
+                self.backend
+                    .log_chain(&wal.name, &logs.join(&wal.name), wal.len)?;
             shipments.extend(wal_shipments);
             log_files.push(file);
         }
 
         // A3: a read-only open of the image tells exactly which SSTs the MANIFEST prefix references.
-        copy_prefix(&manifest_source, &image.join(&self.manifest.name), manifest_len)?;
+        copy_prefix(
+            &manifest_source,
+            &image.join(&self.manifest.name),
+            manifest_len,
+        )?;
         std::fs::write(image.join("CURRENT"), format!("{}\n", self.manifest.name))
             .map_err(|e| Error::io("writing", image.join("CURRENT"), e))?;
         let live = referenced_ssts(&image, &staging.join("rocksdb-log"))?;
-        let missing: Vec<&String> = live.iter().filter(|name| !linked_ssts.contains(name)).collect();
+        let missing: Vec<&String> = live
+            .iter()
+            .filter(|name| !linked_ssts.contains(name))
+            .collect();
         if !missing.is_empty() {
             return Err(Error::corruption(format!(
                 "the MANIFEST prefix references SSTs that were not in the live directory: {missing:?}"
@@ -433,7 +483,9 @@ fn link(from: &Path, to: &Path, missing: Missing) -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
     match std::fs::hard_link(from, to) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing == Missing::Skip => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing == Missing::Skip => {
+            return Ok(false);
+        }
         Err(e) if e.raw_os_error() == Some(18) => {
             return Err(Error::invalid(format!(
                 "cannot hard-link {} into the staging directory: it is on another filesystem (EXDEV); \
@@ -443,7 +495,9 @@ fn link(from: &Path, to: &Path, missing: Missing) -> Result<bool> {
         }
         Err(e) => return Err(Error::io("hard-linking into staging", from, e)),
     }
-    let links = std::fs::metadata(to).map_err(|e| Error::io("inspecting", to, e))?.nlink();
+    let links = std::fs::metadata(to)
+        .map_err(|e| Error::io("inspecting", to, e))?
+        .nlink();
     if links < 2 && from.exists() {
         return Err(Error::invalid(format!(
             "{} has link count {links} after linking: the filesystem copied instead of linking",
@@ -456,7 +510,8 @@ fn link(from: &Path, to: &Path, missing: Missing) -> Result<bool> {
 fn copy_prefix(from: &Path, to: &Path, len: u64) -> Result<()> {
     let mut input = std::fs::File::open(from).map_err(|e| Error::io("opening", from, e))?;
     let mut output = std::fs::File::create(to).map_err(|e| Error::io("creating", to, e))?;
-    let copied = std::io::copy(&mut (&mut input).take(len), &mut output).map_err(|e| Error::io("copying", from, e))?;
+    let copied = std::io::copy(&mut (&mut input).take(len), &mut output)
+        .map_err(|e| Error::io("copying", from, e))?;
     if copied != len {
         return Err(Error::corruption(format!(
             "{} is shorter ({copied} bytes) than the {len} bytes recorded",
@@ -489,7 +544,8 @@ fn referenced_ssts(image: &Path, log_dir: &Path) -> Result<Vec<String>> {
 
 /// BLAKE3 of `len` bytes (or all bytes) of a file from `offset`, with the byte count.
 pub(crate) fn hash_file(path: &Path, offset: u64, len: Option<u64>) -> Result<(ContentHash, u64)> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io("opening for hashing", path, e))?;
+    let mut file =
+        std::fs::File::open(path).map_err(|e| Error::io("opening for hashing", path, e))?;
     file.seek(SeekFrom::Start(offset))
         .map_err(|e| Error::io("seeking for hashing", path, e))?;
     let mut hasher = blake3::Hasher::new();
@@ -512,7 +568,9 @@ pub(crate) fn hash_file(path: &Path, offset: u64, len: Option<u64>) -> Result<(C
 impl BackendInner {
     /// The content hash of an SST, from the per-instance cache or by hashing the staged link.
     fn sst_hash(&self, name: &str, path: &Path) -> Result<(ContentHash, u64)> {
-        let size = std::fs::metadata(path).map_err(|e| Error::io("inspecting", path, e))?.len();
+        let size = std::fs::metadata(path)
+            .map_err(|e| Error::io("inspecting", path, e))?
+            .len();
         if let Some(&(cached_size, hash)) = self.hash_cache().get(name)
             && cached_size == size
         {
@@ -526,7 +584,12 @@ impl BackendInner {
     /// The segments of a log file up to its last complete record at or before `recorded_len`,
     /// reusing the chain of earlier snapshots of this DB instance (a log is append-only, so an
     /// earlier prefix is still a prefix). Returns the file and the segments that are new.
-    fn log_chain(&self, name: &str, source: &Path, recorded_len: u64) -> Result<(LogFile, Vec<Shipment>)> {
+    fn log_chain(
+        &self,
+        name: &str,
+        source: &Path,
+        recorded_len: u64,
+    ) -> Result<(LogFile, Vec<Shipment>)> {
         let chain: Vec<(u64, Segment)> = self.log_chains().get(name).cloned().unwrap_or_default();
         // The longest prefix of the chain that ends within what was recorded.
         let mut kept: Vec<(u64, Segment)> = chain
@@ -536,7 +599,9 @@ impl BackendInner {
         if kept.len() >= MAX_SEGMENTS {
             kept.clear();
         }
-        let covered = kept.last().map_or(0, |(offset, segment)| offset + segment.size);
+        let covered = kept
+            .last()
+            .map_or(0, |(offset, segment)| offset + segment.size);
         let end = complete_prefix_len(source, covered, recorded_len)
             .map_err(|e| Error::io("scanning log records of", source, e))?;
         let mut shipments = Vec::new();

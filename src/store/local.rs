@@ -14,7 +14,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 
-use super::{ContentHash, ObjectInfo, SMALL_OBJECT_LIMIT_BYTES, Store, SweepMode, WriteMode, validate_object_path};
+use super::{
+    ContentHash, ObjectInfo, SMALL_OBJECT_LIMIT_BYTES, Store, SweepMode, WriteMode,
+    validate_object_path,
+};
 use crate::error::{Error, Result};
 use crate::fs::{self, DurableError, Fs, FsEntry, Publish, StdFs};
 
@@ -30,7 +33,9 @@ pub struct LocalStore {
 
 impl std::fmt::Debug for LocalStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalStore").field("root", &self.root).finish()
+        f.debug_struct("LocalStore")
+            .field("root", &self.root)
+            .finish()
     }
 }
 
@@ -73,7 +78,11 @@ impl LocalStore {
 
     fn durable_error(&self, error: DurableError) -> Error {
         match error {
-            DurableError::Io { context, path, source } => Error::io(context, path, source),
+            DurableError::Io {
+                context,
+                path,
+                source,
+            } => Error::io(context, path, source),
             DurableError::Sync { path, source } => {
                 let reason = format!("fsync of {} failed: {source}", path.display());
                 let mut poison = self.poison.lock().unwrap_or_else(|p| p.into_inner());
@@ -88,7 +97,10 @@ impl LocalStore {
         Ok(self.root.join(path))
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(LocalStore) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(LocalStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         self.check_poison()?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || f(this))
@@ -133,22 +145,32 @@ impl Store for LocalStore {
                 WriteMode::CreateOnly => Publish::CreateOnly,
                 WriteMode::Replace => Publish::Replace,
             };
-            fs::publish_file(&*this.fs, &target, publish, &mut |out| out.write_all(&data)).map_err(|e| {
-                if e.is_already_exists() {
-                    Error::conflict(format!("object `{object}` already exists"))
-                } else {
-                    this.durable_error(e)
-                }
-            })
+            fs::publish_file(&*this.fs, &target, publish, &mut |out| out.write_all(&data)).map_err(
+                |e| {
+                    if e.is_already_exists() {
+                        Error::conflict(format!("object `{object}` already exists"))
+                    } else {
+                        this.durable_error(e)
+                    }
+                },
+            )
         })
         .await
     }
 
-    async fn put_file(&self, path: &str, file: &Path, offset: u64, len: u64, expected: ContentHash) -> Result<()> {
+    async fn put_file(
+        &self,
+        path: &str,
+        file: &Path,
+        offset: u64,
+        len: u64,
+        expected: ContentHash,
+    ) -> Result<()> {
         let target = self.path_of(path)?;
         let source = file.to_path_buf();
         self.blocking(move |this| {
-            let mut input = std::fs::File::open(&source).map_err(|e| Error::io("opening for upload", &source, e))?;
+            let mut input = std::fs::File::open(&source)
+                .map_err(|e| Error::io("opening for upload", &source, e))?;
             input
                 .seek(SeekFrom::Start(offset))
                 .map_err(|e| Error::io("seeking for upload", &source, e))?;
@@ -157,7 +179,10 @@ impl Store for LocalStore {
                 let actual = copy_hashing(&mut input, out, len)?;
                 if actual != (expected, len) {
                     mismatch = Some(actual);
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "content hash mismatch"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "content hash mismatch",
+                    ));
                 }
                 Ok(())
             });
@@ -179,7 +204,10 @@ impl Store for LocalStore {
     async fn get(&self, path: &str) -> Result<Bytes> {
         let target = self.path_of(path)?;
         self.blocking(move |this| {
-            let meta = this.fs.metadata(&target).map_err(|e| Error::io("reading", &target, e))?;
+            let meta = this
+                .fs
+                .metadata(&target)
+                .map_err(|e| Error::io("reading", &target, e))?;
             if meta.len > SMALL_OBJECT_LIMIT_BYTES {
                 return Err(Error::corruption(format!(
                     "`{}` is {} bytes, more than the {} bytes a metadata object may have",
@@ -204,8 +232,14 @@ impl Store for LocalStore {
             .blocking({
                 let target = target.clone();
                 move |this| {
-                    let meta = this.fs.metadata(&target).map_err(|e| Error::io("reading", &target, e))?;
-                    let reader = this.fs.open(&target).map_err(|e| Error::io("reading", &target, e))?;
+                    let meta = this
+                        .fs
+                        .metadata(&target)
+                        .map_err(|e| Error::io("reading", &target, e))?;
+                    let reader = this
+                        .fs
+                        .open(&target)
+                        .map_err(|e| Error::io("reading", &target, e))?;
                     Ok((meta.len, reader))
                 }
             })
@@ -246,8 +280,10 @@ impl Store for LocalStore {
 
     async fn delete(&self, path: &str) -> Result<()> {
         let target = self.path_of(path)?;
-        self.blocking(move |this| fs::remove_file_durable(&*this.fs, &target).map_err(|e| this.durable_error(e)))
-            .await
+        self.blocking(move |this| {
+            fs::remove_file_durable(&*this.fs, &target).map_err(|e| this.durable_error(e))
+        })
+        .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -280,7 +316,9 @@ impl Store for LocalStore {
 
     async fn sweep_incomplete(&self, older_than: Duration, mode: SweepMode) -> Result<Vec<String>> {
         self.blocking(move |this| {
-            let cutoff = SystemTime::now().checked_sub(older_than).unwrap_or(SystemTime::UNIX_EPOCH);
+            let cutoff = SystemTime::now()
+                .checked_sub(older_than)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
             let mut swept = Vec::new();
             let root = this.root.clone();
             this.walk(&root, &mut |path, entry| {
@@ -290,14 +328,20 @@ impl Store for LocalStore {
                 if entry.is_dir {
                     // Directories are visited after their contents. Empty ones are housekeeping of
                     // this store (object stores have no directories): removed, not reported.
-                    let empty = this.fs.read_dir(path).map(|e| e.is_empty()).unwrap_or(false);
+                    let empty = this
+                        .fs
+                        .read_dir(path)
+                        .map(|e| e.is_empty())
+                        .unwrap_or(false);
                     if empty && mode == SweepMode::Delete {
-                        fs::remove_dir_if_empty_durable(&*this.fs, path).map_err(|e| this.durable_error(e))?;
+                        fs::remove_dir_if_empty_durable(&*this.fs, path)
+                            .map_err(|e| this.durable_error(e))?;
                     }
                 } else if fs::is_temporary_name(&entry.name) {
                     swept.push(format!("temporary file {}", this.relative(path)));
                     if mode == SweepMode::Delete {
-                        fs::remove_file_durable(&*this.fs, path).map_err(|e| this.durable_error(e))?;
+                        fs::remove_file_durable(&*this.fs, path)
+                            .map_err(|e| this.durable_error(e))?;
                     }
                 }
                 Ok(())
@@ -313,7 +357,11 @@ impl Store for LocalStore {
 }
 
 /// Copies exactly `len` bytes, returning their hash and the number of bytes actually copied.
-fn copy_hashing(input: &mut dyn Read, out: &mut dyn Write, len: u64) -> io::Result<(ContentHash, u64)> {
+fn copy_hashing(
+    input: &mut dyn Read,
+    out: &mut dyn Write,
+    len: u64,
+) -> io::Result<(ContentHash, u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK_BYTES];
     let mut copied = 0u64;

@@ -71,7 +71,9 @@ impl FromStr for ContentHash {
     fn from_str(s: &str) -> Result<Self> {
         let valid = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !valid {
-            return Err(Error::corruption(format!("`{s}` is not a lower-case hex BLAKE3 hash")));
+            return Err(Error::corruption(format!(
+                "`{s}` is not a lower-case hex BLAKE3 hash"
+            )));
         }
         blake3::Hash::from_hex(s)
             .map(ContentHash::from)
@@ -80,13 +82,18 @@ impl FromStr for ContentHash {
 }
 
 impl Serialize for ContentHash {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.to_hex())
     }
 }
 
 impl<'de> Deserialize<'de> for ContentHash {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(deserializer)?;
         s.parse().map_err(serde::de::Error::custom)
     }
@@ -131,7 +138,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Durably stores `len` bytes of the local file `file` starting at `offset` at `path`, streaming
     /// them (never the whole file in memory), replacing any existing object. Fails with
     /// `Corruption` and publishes nothing if the bytes do not hash to `expected`.
-    async fn put_file(&self, path: &str, file: &Path, offset: u64, len: u64, expected: ContentHash) -> Result<()>;
+    async fn put_file(
+        &self,
+        path: &str,
+        file: &Path,
+        offset: u64,
+        len: u64,
+        expected: ContentHash,
+    ) -> Result<()>;
 
     /// The whole object (for small objects: metadata, pins).
     async fn get(&self, path: &str) -> Result<Bytes>;
@@ -172,7 +186,9 @@ pub(crate) fn validate_object_path(path: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(format!("`{path}` is not a valid object path")))
+        Err(Error::invalid(format!(
+            "`{path}` is not a valid object path"
+        )))
     }
 }
 

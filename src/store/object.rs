@@ -17,7 +17,10 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
-use super::{ContentHash, ObjectInfo, SMALL_OBJECT_LIMIT_BYTES, Store, SweepMode, WriteMode, validate_object_path};
+use super::{
+    ContentHash, ObjectInfo, SMALL_OBJECT_LIMIT_BYTES, Store, SweepMode, WriteMode,
+    validate_object_path,
+};
 use crate::error::{Error, ErrorDetail, Result};
 
 /// Files up to this size are uploaded with one request; larger ones in parts of this size.
@@ -63,8 +66,11 @@ impl ObjectStoreStore {
     /// Writes a probe object twice with create-only semantics; the second write must conflict.
     pub async fn probe_conditional_put(&self) -> Result<()> {
         let path = format!("probes/conditional-put-{}", crate::util::nonce());
-        self.put(&path, Bytes::from_static(b"first"), WriteMode::CreateOnly).await?;
-        let second = self.put(&path, Bytes::from_static(b"second"), WriteMode::CreateOnly).await;
+        self.put(&path, Bytes::from_static(b"first"), WriteMode::CreateOnly)
+            .await?;
+        let second = self
+            .put(&path, Bytes::from_static(b"second"), WriteMode::CreateOnly)
+            .await;
         let honoured = match &second {
             Err(e) => e.kind() == crate::ErrorKind::Conflict,
             Ok(()) => false,
@@ -140,7 +146,11 @@ impl Store for ObjectStoreStore {
             },
             ..PutOptions::default()
         };
-        match self.inner.put_opts(&location, PutPayload::from(data), opts).await {
+        match self
+            .inner
+            .put_opts(&location, PutPayload::from(data), opts)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 Err(Error::conflict(format!("object `{path}` already exists")))
@@ -149,9 +159,17 @@ impl Store for ObjectStoreStore {
         }
     }
 
-    async fn put_file(&self, path: &str, file: &Path, offset: u64, len: u64, expected: ContentHash) -> Result<()> {
+    async fn put_file(
+        &self,
+        path: &str,
+        file: &Path,
+        offset: u64,
+        len: u64,
+        expected: ContentHash,
+    ) -> Result<()> {
         let location = self.location(path)?;
-        let mut source = std::fs::File::open(file).map_err(|e| Error::io("opening for upload", file, e))?;
+        let mut source =
+            std::fs::File::open(file).map_err(|e| Error::io("opening for upload", file, e))?;
         source
             .seek(SeekFrom::Start(offset))
             .map_err(|e| Error::io("seeking for upload", file, e))?;
@@ -228,7 +246,10 @@ impl Store for ObjectStoreStore {
                 result.meta.size
             )));
         }
-        result.bytes().await.map_err(|e| store_error("reading", path, e))
+        result
+            .bytes()
+            .await
+            .map_err(|e| store_error("reading", path, e))
     }
 
     async fn get_stream(&self, path: &str) -> Result<(u64, BoxStream<'static, Result<Bytes>>)> {
@@ -296,7 +317,11 @@ impl Store for ObjectStoreStore {
         Ok(out)
     }
 
-    async fn sweep_incomplete(&self, _older_than: Duration, _mode: SweepMode) -> Result<Vec<String>> {
+    async fn sweep_incomplete(
+        &self,
+        _older_than: Duration,
+        _mode: SweepMode,
+    ) -> Result<Vec<String>> {
         // Object stores never expose a partially written object; abandoned multipart uploads are
         // invisible to listing and are reclaimed by the bucket's lifecycle rule
         // (AbortIncompleteMultipartUpload on S3), which operators should configure.

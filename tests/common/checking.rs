@@ -46,7 +46,9 @@ impl CheckingStore {
         let mut out = BTreeSet::new();
         for object in store.list("jobs/").await? {
             if object.path.ends_with("/_metadata") {
-                let (_, metadata) = rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path.clone())).await?;
+                let (_, metadata) =
+                    rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path.clone()))
+                        .await?;
                 out.extend(metadata.shared_hashes().map(|h| shared(&h)));
             }
         }
@@ -54,7 +56,11 @@ impl CheckingStore {
             let bytes = store.get(&object.path).await?;
             assert_eq!(&bytes[..8], b"RKPTPIN\0", "pin envelope");
             let body: PinBody = rmp_serde::from_slice(&bytes[52..]).expect("pin body decodes");
-            out.extend(body.hashes.iter().map(|h| format!("shared/{}/{h}", &h[..2])));
+            out.extend(
+                body.hashes
+                    .iter()
+                    .map(|h| format!("shared/{}/{h}", &h[..2])),
+            );
         }
         Ok(out)
     }
@@ -70,13 +76,23 @@ impl Store for CheckingStore {
     async fn put(&self, path: &str, data: Bytes, mode: WriteMode) -> rockpoint::Result<()> {
         self.inner.put(path, data, mode).await
     }
-    async fn put_file(&self, path: &str, file: &Path, offset: u64, len: u64, expected: ContentHash) -> rockpoint::Result<()> {
+    async fn put_file(
+        &self,
+        path: &str,
+        file: &Path,
+        offset: u64,
+        len: u64,
+        expected: ContentHash,
+    ) -> rockpoint::Result<()> {
         self.inner.put_file(path, file, offset, len, expected).await
     }
     async fn get(&self, path: &str) -> rockpoint::Result<Bytes> {
         self.inner.get(path).await
     }
-    async fn get_stream(&self, path: &str) -> rockpoint::Result<(u64, BoxStream<'static, rockpoint::Result<Bytes>>)> {
+    async fn get_stream(
+        &self,
+        path: &str,
+    ) -> rockpoint::Result<(u64, BoxStream<'static, rockpoint::Result<Bytes>>)> {
         self.inner.get_stream(path).await
     }
     async fn head(&self, path: &str) -> rockpoint::Result<Option<ObjectInfo>> {
@@ -84,15 +100,15 @@ impl Store for CheckingStore {
     }
     async fn delete(&self, path: &str) -> rockpoint::Result<()> {
         if path.starts_with("shared/") {
-            self.deletes_checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.deletes_checked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // If the root cannot be read (the machine is down), the delete fails below anyway.
             if let Ok(referenced) = Self::referenced_now(&*self.inner).await
                 && referenced.contains(path)
             {
-                self.violations
-                    .lock()
-                    .unwrap()
-                    .push(format!("deleted {path} while a metadata record or pin referenced it"));
+                self.violations.lock().unwrap().push(format!(
+                    "deleted {path} while a metadata record or pin referenced it"
+                ));
             }
         }
         self.inner.delete(path).await
@@ -100,7 +116,11 @@ impl Store for CheckingStore {
     async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<ObjectInfo>> {
         self.inner.list(prefix).await
     }
-    async fn sweep_incomplete(&self, older_than: std::time::Duration, mode: SweepMode) -> rockpoint::Result<Vec<String>> {
+    async fn sweep_incomplete(
+        &self,
+        older_than: std::time::Duration,
+        mode: SweepMode,
+    ) -> rockpoint::Result<Vec<String>> {
         self.inner.sweep_incomplete(older_than, mode).await
     }
     fn describe(&self) -> String {

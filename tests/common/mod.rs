@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rockpoint::{
-    BackendSettings, CheckpointCoordinator, CheckpointMetadata, ClaimMode, KeyGroupRange, KeyedStateBackend,
-    LocalStore, RestoreSource, RestoreTarget, Store,
+    BackendSettings, CheckpointCoordinator, CheckpointMetadata, ClaimMode, KeyGroupRange,
+    KeyedStateBackend, LocalStore, RestoreSource, RestoreTarget, Store,
 };
 
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -51,7 +51,12 @@ impl TestJob {
         let mut dirs = Vec::new();
         for (i, range) in ranges(parallelism).into_iter().enumerate() {
             let dir = base.join(format!("backend-{i}"));
-            backends.push(KeyedStateBackend::open(&dir, MAX_PARALLELISM, range, settings())?);
+            backends.push(KeyedStateBackend::open(
+                &dir,
+                MAX_PARALLELISM,
+                range,
+                settings(),
+            )?);
             dirs.push(dir);
         }
         Ok(TestJob::from_backends(backends, dirs, keys))
@@ -75,7 +80,10 @@ impl TestJob {
 
     fn backend_for(&self, key: u64) -> usize {
         let group = rockpoint::key_group_of(&rmp_serde::to_vec(&key).unwrap(), MAX_PARALLELISM);
-        self.backends.iter().position(|b| b.key_groups().contains(group)).unwrap()
+        self.backends
+            .iter()
+            .position(|b| b.key_groups().contains(group))
+            .unwrap()
     }
 
     /// Writes `count` updates to random keys of `0..keys` across all three states.
@@ -86,11 +94,17 @@ impl TestJob {
             let backend = &self.backends[self.backend_for(key)];
             let value = vec![(r >> 8) as u8; 64 + (r % 64) as usize];
             match (r >> 20) % 4 {
-                0 | 1 => backend.value_state::<u64, Vec<u8>>("values")?.put(&key, &value)?,
-                2 => backend.list_state::<u64, u32>("lists")?.add(&key, &((r >> 32) as u32))?,
-                _ => backend
-                    .map_state::<u64, u16, Vec<u8>>("maps")?
-                    .put(&key, &((r >> 40) as u16 % 8), &value)?,
+                0 | 1 => backend
+                    .value_state::<u64, Vec<u8>>("values")?
+                    .put(&key, &value)?,
+                2 => backend
+                    .list_state::<u64, u32>("lists")?
+                    .add(&key, &((r >> 32) as u32))?,
+                _ => backend.map_state::<u64, u16, Vec<u8>>("maps")?.put(
+                    &key,
+                    &((r >> 40) as u16 % 8),
+                    &value,
+                )?,
             }
         }
         Ok(())
@@ -101,7 +115,9 @@ impl TestJob {
         for _ in 0..count {
             let key = self.next() % self.keys;
             let backend = &self.backends[self.backend_for(key)];
-            backend.value_state::<u64, Vec<u8>>("values")?.delete(&key)?;
+            backend
+                .value_state::<u64, Vec<u8>>("values")?
+                .delete(&key)?;
         }
         Ok(())
     }
@@ -120,7 +136,10 @@ pub fn scan_backends(backends: &[KeyedStateBackend]) -> TestResult<Scan> {
     for backend in backends {
         for (state, rows) in backend.scan_raw()? {
             for (key, value) in rows {
-                assert!(all.insert((state.clone(), key), value).is_none(), "a row lives in two backends");
+                assert!(
+                    all.insert((state.clone(), key), value).is_none(),
+                    "a row lives in two backends"
+                );
             }
         }
     }
@@ -129,7 +148,8 @@ pub fn scan_backends(backends: &[KeyedStateBackend]) -> TestResult<Scan> {
 
 /// Restores every backend of the checkpoint at `path` (outside any job) and scans them.
 pub async fn restore_scan(store: &dyn Store, path: &str, base: &Path) -> TestResult<Scan> {
-    let (_, metadata) = rockpoint::read_metadata(store, &RestoreSource::Metadata(path.to_owned())).await?;
+    let (_, metadata) =
+        rockpoint::read_metadata(store, &RestoreSource::Metadata(path.to_owned())).await?;
     let mut backends = Vec::new();
     for (i, handle) in metadata.backends.iter().enumerate() {
         let target = RestoreTarget {
@@ -137,7 +157,16 @@ pub async fn restore_scan(store: &dyn Store, path: &str, base: &Path) -> TestRes
             key_groups: handle.key_groups,
             settings: settings(),
         };
-        backends.push(rockpoint::restore_backend(store, &RestoreSource::Metadata(path.to_owned()), &target, 4, None).await?);
+        backends.push(
+            rockpoint::restore_backend(
+                store,
+                &RestoreSource::Metadata(path.to_owned()),
+                &target,
+                4,
+                None,
+            )
+            .await?,
+        );
     }
     scan_backends(&backends)
 }
@@ -202,18 +231,30 @@ pub async fn objects(store: &dyn Store) -> TestResult<Vec<String>> {
 }
 
 /// The shared files every committed metadata in the store references, and every shared file present.
-pub async fn shared_sets(store: &dyn Store) -> TestResult<(std::collections::BTreeSet<String>, std::collections::BTreeSet<String>)> {
+pub async fn shared_sets(
+    store: &dyn Store,
+) -> TestResult<(
+    std::collections::BTreeSet<String>,
+    std::collections::BTreeSet<String>,
+)> {
     let mut referenced = std::collections::BTreeSet::new();
     for object in store.list("jobs/").await? {
         if object.path.ends_with("/_metadata") {
-            let (_, metadata) = rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path.clone())).await?;
+            let (_, metadata) =
+                rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path.clone()))
+                    .await?;
             for hash in metadata.shared_hashes() {
                 let hex = hash.to_hex();
                 referenced.insert(format!("shared/{}/{hex}", &hex[..2]));
             }
         }
     }
-    let present = store.list("shared/").await?.into_iter().map(|o| o.path).collect();
+    let present = store
+        .list("shared/")
+        .await?
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
     Ok((referenced, present))
 }
 
@@ -254,7 +295,11 @@ impl TestStore {
     }
 
     pub async fn wait_for_uploads(&self, n: u64) {
-        while self.uploads_started.load(std::sync::atomic::Ordering::SeqCst) < n {
+        while self
+            .uploads_started
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < n
+        {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
@@ -262,10 +307,23 @@ impl TestStore {
 
 #[async_trait::async_trait]
 impl Store for TestStore {
-    async fn put(&self, path: &str, data: bytes::Bytes, mode: rockpoint::WriteMode) -> rockpoint::Result<()> {
+    async fn put(
+        &self,
+        path: &str,
+        data: bytes::Bytes,
+        mode: rockpoint::WriteMode,
+    ) -> rockpoint::Result<()> {
         self.inner.put(path, data, mode).await?;
-        if path.ends_with("/_metadata") && self.ambiguous_metadata.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "ambiguous: written, reported failed").into());
+        if path.ends_with("/_metadata")
+            && self
+                .ambiguous_metadata
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "ambiguous: written, reported failed",
+            )
+            .into());
         }
         Ok(())
     }
@@ -296,7 +354,10 @@ impl Store for TestStore {
     async fn get_stream(
         &self,
         path: &str,
-    ) -> rockpoint::Result<(u64, futures::stream::BoxStream<'static, rockpoint::Result<bytes::Bytes>>)> {
+    ) -> rockpoint::Result<(
+        u64,
+        futures::stream::BoxStream<'static, rockpoint::Result<bytes::Bytes>>,
+    )> {
         self.inner.get_stream(path).await
     }
     async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::ObjectInfo>> {

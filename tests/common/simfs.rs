@@ -93,7 +93,12 @@ fn parts(path: &Path) -> io::Result<Vec<String>> {
         match c {
             Component::RootDir => {}
             Component::Normal(s) => out.push(s.to_string_lossy().into_owned()),
-            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unsupported path {}", path.display()))),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("unsupported path {}", path.display()),
+                ));
+            }
         }
     }
     Ok(out)
@@ -182,19 +187,25 @@ impl SimFs {
                             Loss::Unsynced => old_inode.durable.clone(),
                             Loss::Nothing => old_inode.live.clone(),
                         };
-                        state.inodes.insert(*inode, Inode {
-                            live: data.clone(),
-                            durable: data,
-                            modified: old_inode.modified,
-                        });
+                        state.inodes.insert(
+                            *inode,
+                            Inode {
+                                live: data.clone(),
+                                durable: data,
+                                modified: old_inode.modified,
+                            },
+                        );
                     }
                 }
             }
-            state.dirs.insert(id, Dir {
-                live: entries.clone(),
-                durable: entries,
-                modified: dir.modified,
-            });
+            state.dirs.insert(
+                id,
+                Dir {
+                    live: entries.clone(),
+                    durable: entries,
+                    modified: dir.modified,
+                },
+            );
         }
         SimFs {
             state: Arc::new(Mutex::new(state)),
@@ -218,7 +229,11 @@ impl SimFs {
     }
 
     fn check_up(state: &State) -> io::Result<()> {
-        if state.crashed { Err(crashed()) } else { Ok(()) }
+        if state.crashed {
+            Err(crashed())
+        } else {
+            Ok(())
+        }
     }
 
     fn lookup_dir(state: &State, parts: &[String]) -> io::Result<u64> {
@@ -226,7 +241,9 @@ impl SimFs {
         for part in parts {
             match state.dirs[&id].live.get(part) {
                 Some(Node::Dir(child)) => id = *child,
-                Some(Node::File(_)) => return Err(io::Error::new(io::ErrorKind::NotADirectory, part.clone())),
+                Some(Node::File(_)) => {
+                    return Err(io::Error::new(io::ErrorKind::NotADirectory, part.clone()));
+                }
                 None => return Err(io::Error::new(io::ErrorKind::NotFound, part.clone())),
             }
         }
@@ -235,7 +252,9 @@ impl SimFs {
 
     fn split(path: &Path) -> io::Result<(Vec<String>, String)> {
         let mut p = parts(path)?;
-        let name = p.pop().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "root"))?;
+        let name = p
+            .pop()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "root"))?;
         Ok((p, name))
     }
 
@@ -292,7 +311,6 @@ impl SimFs {
     }
 }
 
-
 /// Applies one operation to the live state. Returns the inode a `Create` made (else 0).
 fn apply(state: &mut State, op: &TraceOp) -> io::Result<u64> {
     let now = SystemTime::now();
@@ -301,37 +319,64 @@ fn apply(state: &mut State, op: &TraceOp) -> io::Result<u64> {
             let (dir, name) = SimFs::split(path)?;
             let parent = SimFs::lookup_dir(state, &dir)?;
             if state.dirs[&parent].live.contains_key(&name) {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, path.display().to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    path.display().to_string(),
+                ));
             }
             let id = state.next;
             state.next += 1;
-            state.inodes.insert(id, Inode { live: Vec::new(), durable: Vec::new(), modified: now });
+            state.inodes.insert(
+                id,
+                Inode {
+                    live: Vec::new(),
+                    durable: Vec::new(),
+                    modified: now,
+                },
+            );
             let dir = state.dirs.get_mut(&parent).unwrap();
             dir.live.insert(name, Node::File(id));
             dir.modified = Some(now);
             Ok(id)
         }
         TraceOp::Write(inode, data) => {
-            let node = state.inodes.get_mut(inode).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+            let node = state
+                .inodes
+                .get_mut(inode)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
             node.live.extend_from_slice(data);
             node.modified = now;
             Ok(0)
         }
         TraceOp::Fsync(inode) => {
-            let node = state.inodes.get_mut(inode).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+            let node = state
+                .inodes
+                .get_mut(inode)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
             node.durable = node.live.clone();
             Ok(0)
         }
         TraceOp::Link(from, to) => {
             let Node::File(inode) = SimFs::lookup(state, from)? else {
-                return Err(io::Error::new(io::ErrorKind::IsADirectory, from.display().to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    from.display().to_string(),
+                ));
             };
             let (dir, name) = SimFs::split(to)?;
             let parent = SimFs::lookup_dir(state, &dir)?;
             if state.dirs[&parent].live.contains_key(&name) {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, to.display().to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    to.display().to_string(),
+                ));
             }
-            state.dirs.get_mut(&parent).unwrap().live.insert(name, Node::File(inode));
+            state
+                .dirs
+                .get_mut(&parent)
+                .unwrap()
+                .live
+                .insert(name, Node::File(inode));
             Ok(0)
         }
         TraceOp::Rename(from, to) => {
@@ -340,13 +385,26 @@ fn apply(state: &mut State, op: &TraceOp) -> io::Result<u64> {
             let (to_dir, to_name) = SimFs::split(to)?;
             let from_parent = SimFs::lookup_dir(state, &from_dir)?;
             let to_parent = SimFs::lookup_dir(state, &to_dir)?;
-            state.dirs.get_mut(&from_parent).unwrap().live.remove(&from_name);
-            state.dirs.get_mut(&to_parent).unwrap().live.insert(to_name, node);
+            state
+                .dirs
+                .get_mut(&from_parent)
+                .unwrap()
+                .live
+                .remove(&from_name);
+            state
+                .dirs
+                .get_mut(&to_parent)
+                .unwrap()
+                .live
+                .insert(to_name, node);
             Ok(0)
         }
         TraceOp::Unlink(path) => {
             if let Node::Dir(_) = SimFs::lookup(state, path)? {
-                return Err(io::Error::new(io::ErrorKind::IsADirectory, path.display().to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    path.display().to_string(),
+                ));
             }
             let (dir, name) = SimFs::split(path)?;
             let parent = SimFs::lookup_dir(state, &dir)?;
@@ -357,20 +415,40 @@ fn apply(state: &mut State, op: &TraceOp) -> io::Result<u64> {
             let (dir, name) = SimFs::split(path)?;
             let parent = SimFs::lookup_dir(state, &dir)?;
             if state.dirs[&parent].live.contains_key(&name) {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, path.display().to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    path.display().to_string(),
+                ));
             }
             let id = state.next;
             state.next += 1;
-            state.dirs.insert(id, Dir { modified: Some(now), ..Dir::default() });
-            state.dirs.get_mut(&parent).unwrap().live.insert(name, Node::Dir(id));
+            state.dirs.insert(
+                id,
+                Dir {
+                    modified: Some(now),
+                    ..Dir::default()
+                },
+            );
+            state
+                .dirs
+                .get_mut(&parent)
+                .unwrap()
+                .live
+                .insert(name, Node::Dir(id));
             Ok(0)
         }
         TraceOp::Rmdir(path) => {
             let Node::Dir(id) = SimFs::lookup(state, path)? else {
-                return Err(io::Error::new(io::ErrorKind::NotADirectory, path.display().to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    path.display().to_string(),
+                ));
             };
             if !state.dirs[&id].live.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::DirectoryNotEmpty, path.display().to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::DirectoryNotEmpty,
+                    path.display().to_string(),
+                ));
             }
             let (dir, name) = SimFs::split(path)?;
             let parent = SimFs::lookup_dir(state, &dir)?;
@@ -379,7 +457,10 @@ fn apply(state: &mut State, op: &TraceOp) -> io::Result<u64> {
         }
         TraceOp::FsyncDir(path) => {
             let Node::Dir(id) = SimFs::lookup(state, path)? else {
-                return Err(io::Error::new(io::ErrorKind::NotADirectory, path.display().to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    path.display().to_string(),
+                ));
             };
             let dir = state.dirs.get_mut(&id).unwrap();
             dir.durable = dir.live.clone();
@@ -412,7 +493,10 @@ impl FsWrite for SimWriter {
 impl Fs for SimFs {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsWrite>> {
         let inode = self.run(TraceOp::Create(path.to_path_buf()))?;
-        Ok(Box::new(SimWriter { fs: self.clone(), inode }))
+        Ok(Box::new(SimWriter {
+            fs: self.clone(),
+            inode,
+        }))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn FsRead>> {
@@ -420,16 +504,21 @@ impl Fs for SimFs {
         SimFs::check_up(&state)?;
         match SimFs::lookup(&state, path)? {
             Node::File(inode) => Ok(Box::new(Cursor::new(state.inodes[&inode].live.clone()))),
-            Node::Dir(_) => Err(io::Error::new(io::ErrorKind::IsADirectory, path.display().to_string())),
+            Node::Dir(_) => Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                path.display().to_string(),
+            )),
         }
     }
 
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.run(TraceOp::Link(from.to_path_buf(), to.to_path_buf())).map(|_| ())
+        self.run(TraceOp::Link(from.to_path_buf(), to.to_path_buf()))
+            .map(|_| ())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.run(TraceOp::Rename(from.to_path_buf(), to.to_path_buf())).map(|_| ())
+        self.run(TraceOp::Rename(from.to_path_buf(), to.to_path_buf()))
+            .map(|_| ())
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -452,16 +541,26 @@ impl Fs for SimFs {
         let state = self.state.lock().unwrap();
         SimFs::check_up(&state)?;
         let Node::Dir(id) = SimFs::lookup(&state, path)? else {
-            return Err(io::Error::new(io::ErrorKind::NotADirectory, path.display().to_string()));
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                path.display().to_string(),
+            ));
         };
-        Ok(state.dirs[&id].live.iter().map(|(name, node)| entry(&state, name, *node)).collect())
+        Ok(state.dirs[&id]
+            .live
+            .iter()
+            .map(|(name, node)| entry(&state, name, *node))
+            .collect())
     }
 
     fn metadata(&self, path: &Path) -> io::Result<FsEntry> {
         let state = self.state.lock().unwrap();
         SimFs::check_up(&state)?;
         let node = SimFs::lookup(&state, path)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Ok(entry(&state, &name, node))
     }
 }
