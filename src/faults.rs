@@ -44,3 +44,17 @@ macro_rules! failpoint {
         }
     };
 }
+
+/// Evaluates a fault point inside a blocking (non-async) function returning `Result`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! failpoint_sync {
+    ($faults:expr, $name:literal) => {
+        #[cfg(feature = "failpoints")]
+        if let Some(registry) = $faults.0.as_ref() {
+            if let Some(arg) = ::fail_parallel::eval(registry.clone(), $name, |arg| arg) {
+                return Err($crate::error::Error::injected($name, arg));
+            }
+        }
+    };
+}

@@ -470,3 +470,61 @@ crash_points! {
     crash_points_restore => "restore",
     crash_points_gc => "gc",
 }
+
+/// Disk full (ENOSPC) at each operation of a checkpoint, one at a time: that checkpoint fails cleanly
+/// (or, past its commit point, completes), and after recovery the root passes every check above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_at_every_operation_of_a_checkpoint() -> TestResult {
+    let settings = settings(1, CancellationPolicy::RetainOnCancellation);
+    let jobs: Jobs = vec![("a", settings.clone())];
+    // Measure the operations of the second checkpoint once.
+    let (start, end) = {
+        let dir = tempfile::tempdir()?;
+        let mut ctx = Ctx::new(&dir.path().join("run"))?;
+        let c = CheckpointCoordinator::open(ctx.store.clone(), "a", settings.clone()).await?;
+        let mut job = ctx.job("a", 1)?;
+        ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
+        Ctx::change(&mut job)?;
+        let start = ctx.sim.ops();
+        ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
+        (start, ctx.sim.ops())
+    };
+    let (mut failed, mut completed) = (0, 0);
+    for k in start..end {
+        let dir = tempfile::tempdir()?;
+        let mut ctx = Ctx::new(&dir.path().join("run"))?;
+        let c = CheckpointCoordinator::open(ctx.store.clone(), "a", settings.clone()).await?;
+        let mut job = ctx.job("a", 1)?;
+        ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
+        Ctx::change(&mut job)?;
+        ctx.sim.fail_at(k, std::io::ErrorKind::StorageFull);
+        match ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await {
+            Ok(_) => completed += 1,
+            Err(_) => failed += 1,
+        }
+        drop(c);
+        assert!(
+            ctx.checker.violations().is_empty(),
+            "disk full at op {k}: {:?}",
+            ctx.checker.violations()
+        );
+        let (store, checker) = store_over(&ctx.sim)?;
+        recover(&store, &jobs)
+            .await
+            .map_err(|e| format!("disk full at op {k}: recovery: {e}"))?;
+        let mut cache = ScanCache::new();
+        check_recovered(&store, &ctx.record, u64::MAX, dir.path(), &mut cache)
+            .await
+            .map_err(|e| format!("disk full at op {k}: {e}"))?;
+        assert!(
+            checker.violations().is_empty(),
+            "disk full at op {k}: {:?}",
+            checker.violations()
+        );
+    }
+    println!(
+        "disk full: injected at each of {} operations of a checkpoint; {failed} failed cleanly, {completed} completed past the commit point, 0 violations",
+        end - start
+    );
+    Ok(())
+}

@@ -17,6 +17,8 @@ use rockpoint::{
 };
 
 const POINTS: &[&str] = &[
+    "snapshot::before_link",
+    "snapshot::before_hash",
     "snapshot::before_pin",
     "snapshot::after_pin",
     "snapshot::before_upload",

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::Bytes;
 use common::*;
 use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ErrorKind, Fs, FsEntry, FsRead, FsWrite, LocalStore, StdFs, Store,
-    WriteMode,
+    CheckpointCoordinator, CheckpointSettings, ErrorKind, Fs, FsEntry, FsRead, FsWrite, LocalStore,
+    StdFs, Store, WriteMode,
 };
 
 /// The real filesystem, except that fsyncs fail once armed; counts every operation.
@@ -101,30 +101,49 @@ async fn a_failed_fsync_poisons_the_store_and_is_never_retried() -> TestResult {
     let fs = Arc::new(FailingSync::default());
     let (armed, calls) = (fs.armed.clone(), fs.calls.clone());
     let store: Arc<dyn Store> = Arc::new(LocalStore::with_fs(dir.path().join("root"), fs)?);
-    let c = CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
+    let c =
+        CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
     job.write(2_000)?;
     let first = c.checkpoint(&job.refs()).await?;
 
     armed.store(true, Ordering::SeqCst);
     job.write(500)?;
-    let err = c.checkpoint(&job.refs()).await.err().expect("the checkpoint fails");
+    let err = c
+        .checkpoint(&job.refs())
+        .await
+        .err()
+        .expect("the checkpoint fails");
     assert_eq!(err.kind(), ErrorKind::Poisoned, "{err}");
     assert!(err.to_string().contains("fsync"), "{err}");
 
     // The disk is healthy again, but the store stays poisoned and does not touch it.
     armed.store(false, Ordering::SeqCst);
     let before = calls.load(Ordering::SeqCst);
-    let write = store.put("jobs/x/y", Bytes::from_static(b"z"), WriteMode::CreateOnly).await;
+    let write = store
+        .put("jobs/x/y", Bytes::from_static(b"z"), WriteMode::CreateOnly)
+        .await;
     assert_eq!(write.err().map(|e| e.kind()), Some(ErrorKind::Poisoned));
-    assert_eq!(store.list("").await.err().map(|e| e.kind()), Some(ErrorKind::Poisoned));
-    let again = c.checkpoint(&job.refs()).await.err().expect("still poisoned");
+    assert_eq!(
+        store.list("").await.err().map(|e| e.kind()),
+        Some(ErrorKind::Poisoned)
+    );
+    let again = c
+        .checkpoint(&job.refs())
+        .await
+        .err()
+        .expect("still poisoned");
     assert_eq!(again.kind(), ErrorKind::Poisoned);
-    assert_eq!(calls.load(Ordering::SeqCst), before, "no filesystem call after the poison");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "no filesystem call after the poison"
+    );
 
     // A reopened store recovers the last complete checkpoint.
     let reopened: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path().join("root"))?);
-    let c = CheckpointCoordinator::open(reopened.clone(), "job", CheckpointSettings::default()).await?;
+    let c =
+        CheckpointCoordinator::open(reopened.clone(), "job", CheckpointSettings::default()).await?;
     assert_eq!(c.latest().map(|m| m.checkpoint_id), Some(first.id()));
     Ok(())
 }

@@ -336,6 +336,7 @@ impl PendingSnapshot {
     /// The parts of the snapshot the blocking preparation needs (moved to a blocking thread).
     fn alone(&self) -> PrepareJob {
         PrepareJob {
+            faults: self.ticket.faults.clone(),
             backend: self.backend.clone(),
             manifest: self.manifest.clone(),
             wals: self.wals.clone(),
@@ -346,6 +347,8 @@ impl PendingSnapshot {
 }
 
 struct PrepareJob {
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    faults: crate::faults::FaultRegistry,
     backend: Arc<BackendInner>,
     manifest: RecordedLog,
     wals: Vec<RecordedLog>,
@@ -368,6 +371,7 @@ impl PrepareJob {
                 .map_err(|e| Error::io("creating staging directory", dir, e))?;
         }
         // A1: hard links, never copies.
+        crate::failpoint_sync!(self.faults, "snapshot::before_link");
         let mut linked_ssts = Vec::new();
         for name in &self.ssts {
             if link(&db_dir.join(name), &image.join(name), Missing::Skip)? {
@@ -438,6 +442,7 @@ impl PrepareJob {
         }
 
         // A4 for SSTs: hash once per DB instance.
+        crate::failpoint_sync!(self.faults, "snapshot::before_hash");
         let mut shared_files = Vec::new();
         for name in &live {
             let path = image.join(name);

@@ -44,6 +44,7 @@ struct State {
     crash_at: Option<u64>,
     crashed: bool,
     trace: Vec<TraceOp>,
+    fail_at: Option<(u64, io::ErrorKind)>,
 }
 
 /// One mutating operation, as recorded; replaying a prefix rebuilds the state before any op.
@@ -123,6 +124,7 @@ impl SimFs {
                 crash_at: None,
                 crashed: false,
                 trace: Vec::new(),
+                fail_at: None,
             })),
         }
     }
@@ -130,6 +132,11 @@ impl SimFs {
     /// Crash before mutating operation `k` (0-based): it and every later call fail.
     pub fn crash_before(&self, k: u64) {
         self.state.lock().unwrap().crash_at = Some(k);
+    }
+
+    /// Mutating operation `k` fails once with `kind` (e.g. `StorageFull`); the machine stays up.
+    pub fn fail_at(&self, k: u64, kind: io::ErrorKind) {
+        self.state.lock().unwrap().fail_at = Some((k, kind));
     }
 
     /// Mutating operations performed so far.
@@ -169,6 +176,7 @@ impl SimFs {
             crash_at: None,
             crashed: false,
             trace: Vec::new(),
+            fail_at: None,
         };
         // Walk from the root through the entries that survive.
         let mut stack = vec![ROOT];
@@ -221,6 +229,13 @@ impl SimFs {
         if state.crash_at == Some(state.ops) {
             state.crashed = true;
             return Err(crashed());
+        }
+        if let Some((k, kind)) = state.fail_at
+            && k == state.ops
+        {
+            state.fail_at = None;
+            state.ops += 1;
+            return Err(io::Error::new(kind, "injected failure"));
         }
         let result = apply(&mut state, &op)?;
         state.ops += 1;
