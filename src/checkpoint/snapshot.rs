@@ -443,14 +443,15 @@ impl PrepareJob {
 
         // A4 for SSTs: hash once per DB instance.
         crate::failpoint_sync!(self.faults, "snapshot::before_hash");
+        // New SSTs are hashed on all cores (a hash pass is CPU-bound on page-cached files).
+        let hashed =
+            hash_in_parallel(&live, |name| self.backend.sst_hash(name, &image.join(name)))?;
         let mut shared_files = Vec::new();
-        for name in &live {
-            let path = image.join(name);
-            let (hash, size) = self.backend.sst_hash(name, &path)?;
+        for (name, (hash, size)) in live.iter().zip(hashed) {
             shipments.push(Shipment {
                 hash,
                 size,
-                source: path,
+                source: image.join(name),
                 offset: 0,
             });
             shared_files.push(SharedFile {
@@ -545,6 +546,42 @@ fn referenced_ssts(image: &Path, log_dir: &Path) -> Result<Vec<String>> {
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// Runs `hash` over `names` on up to as many threads as there are cores, keeping the order.
+fn hash_in_parallel(
+    names: &[String],
+    hash: impl Fn(&str) -> Result<(ContentHash, u64)> + Sync,
+) -> Result<Vec<(ContentHash, u64)>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(names.len())
+        .max(1);
+    if threads == 1 {
+        return names.iter().map(|name| hash(name)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<(ContentHash, u64)>>>> =
+        names.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(name) = names.get(i) else { break };
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(hash(name));
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .expect("every name was hashed")
+        })
+        .collect()
 }
 
 /// BLAKE3 of `len` bytes (or all bytes) of a file from `offset`, with the byte count.
