@@ -54,3 +54,8 @@ pub use state::{ListState, MapState, ReducingState, StateDescriptor, StateKind, 
 pub use store::{
     ContentHash, LocalStore, ObjectInfo, ObjectStoreStore, Store, SweepMode, WriteMode,
 };
+
+/// The README's examples are compiled as doc tests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
