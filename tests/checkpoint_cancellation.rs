@@ -29,6 +29,9 @@ async fn shared_file_survives_delete_on_cancel_of_the_job_it_was_restored_from()
     .await?;
     let mut job_a = TestJob::open(&dir.path().join("a"), 2, 2_000)?;
     job_a.write(4_000)?;
+    for b in &job_a.backends {
+        b.flush()?; // SSTs that B will certainly still hold
+    }
     let chk_a = a.checkpoint(&job_a.refs()).await?;
 
     // Job B restores A's checkpoint without claiming it and checkpoints on top of it.
