@@ -20,6 +20,14 @@ fn settings(retained: usize, max_concurrent: usize) -> CheckpointSettings {
     }
 }
 
+/// Waits until `shutdown` has closed the coordinator (and so cancelled what is in flight).
+async fn wait_until_shut_down(c: &CheckpointCoordinator) {
+    while c.trigger(SnapshotKind::Checkpoint).err().map(|e| e.kind()) != Some(ErrorKind::Cancelled)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn gc_now() -> GcOptions {
     GcOptions {
         grace_period: Duration::ZERO,
@@ -34,6 +42,7 @@ async fn two_in_flight_while_a_third_is_subsumed_keep_what_they_reuse() -> TestR
     let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 3)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 2_000)?;
     job.write(4_000)?;
+    job.backends[0].flush()?;
     c.checkpoint(&job.refs()).await?; // checkpoint 1, retained
 
     // Tickets 2 and 3 are in flight; 3 snapshots first (it reuses checkpoint 1's files), then the
@@ -44,6 +53,8 @@ async fn two_in_flight_while_a_third_is_subsumed_keep_what_they_reuse() -> TestR
     let expected_3 = job.scan()?;
     let h3 = p3.upload(&*store).await?;
     job.write(20_000)?;
+    job.backends[0].flush()?;
+    job.backends[0].compact()?;
     let p2 = job.backends[0].snapshot(&t2)?;
     let h2 = p2.upload(&*store).await?;
     let reused_by_3: Vec<_> = h3.shared_files.iter().map(|f| f.hash).collect();
@@ -206,7 +217,7 @@ async fn abort_mid_upload_leaves_no_orphans_and_gc_twice_deletes_nothing() -> Te
         let c = c.clone();
         tokio::spawn(async move { c.shutdown(JobEnd::Cancelled).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until_shut_down(&c).await;
     test_store.open_gate();
     let outcome = running.await?;
     assert_eq!(outcome.err().map(|e| e.kind()), Some(ErrorKind::Cancelled));

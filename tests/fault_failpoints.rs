@@ -173,12 +173,19 @@ async fn cancel_during_upload_aborts_cleanly() -> TestResult {
         let backends = job.backends.clone();
         tokio::spawn(async move { c.checkpoint(&backends.iter().collect::<Vec<_>>()).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let cancel = {
         let c = c.clone();
         tokio::spawn(async move { c.shutdown(JobEnd::Cancelled).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shut down (every in-flight checkpoint cancelled) before the paused upload may go on.
+    while c
+        .trigger(rockpoint::SnapshotKind::Checkpoint)
+        .err()
+        .map(|e| e.kind())
+        != Some(ErrorKind::Cancelled)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     fail_parallel::cfg(registry.clone(), "snapshot::before_upload", "off")?;
     let outcome = running.await?;
     assert_eq!(outcome.err().map(|e| e.kind()), Some(ErrorKind::Cancelled));
@@ -213,15 +220,23 @@ async fn subsumption_while_a_paused_checkpoint_reuses_the_same_files() -> TestRe
         b.flush()?;
     }
     c.checkpoint(&job.refs()).await?; // 1: its SSTs are reused by 2
-    // Checkpoint 2 (a new WAL segment to upload) pauses after pinning the files it reuses.
+    // Checkpoint 2 pauses right after pinning the files it reuses (one evaluation per backend
+    // snapshot, so the single pause is certainly its own).
     job.write(50)?;
-    fail_parallel::cfg(registry.clone(), "snapshot::before_upload", "1*pause")?;
+    fail_parallel::cfg(registry.clone(), "snapshot::after_pin", "1*pause")?;
     let paused = {
         let c = c.clone();
         let backends = job.backends.clone();
         tokio::spawn(async move { c.checkpoint(&backends.iter().collect::<Vec<_>>()).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    while store
+        .list("pins/job/chk-00000000000000000002-")
+        .await?
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     // Checkpoint 3, after the state was rewritten and compacted, completes and subsumes 1 (and the
     // older pending 2): 1's files go, except while 2's pin lists them.
     job.write(6_000)?;
@@ -230,7 +245,7 @@ async fn subsumption_while_a_paused_checkpoint_reuses_the_same_files() -> TestRe
     }
     let third = c.checkpoint(&job.refs()).await?;
     let expected = job.scan()?;
-    fail_parallel::cfg(registry.clone(), "snapshot::before_upload", "off")?;
+    fail_parallel::cfg(registry.clone(), "snapshot::after_pin", "off")?;
     let second = paused.await?;
     assert_eq!(
         second.err().map(|e| e.kind()),
