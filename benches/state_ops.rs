@@ -1,13 +1,16 @@
 //! Typed state operations against raw RocksDB get/put with the same options and value sizes.
 //!
 //! Each pair runs side by side in one process on the same machine, so their ratio is what to read
-//! (typed / raw time). Keys are `u64`, values 100 bytes. The preloaded set is 200k keys.
+//! (typed / raw time). Keys are `u64`, values 100 bytes (`serde_bytes::ByteBuf`, which MessagePack
+//! stores as one binary blob). `value_state_vec_u8` shows the cost of a plain `Vec<u8>` value, which
+//! serde encodes element by element. The preloaded set is 200k keys.
 
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use rockpoint::{BackendSettings, KeyGroupRange, KeyedStateBackend};
 use rocksdb::{BlockBasedOptions, Cache, DB, DBCompressionType, Options, WriteOptions};
+use serde_bytes::ByteBuf;
 
 const PRELOADED: u64 = 200_000;
 const VALUE_BYTES: usize = 100;
@@ -49,12 +52,34 @@ fn state_ops(c: &mut Criterion) {
         BackendSettings::default(),
     )
     .unwrap();
-    let values = backend.value_state::<u64, Vec<u8>>("values").unwrap();
-    let lists = backend.list_state::<u64, Vec<u8>>("lists").unwrap();
-    let maps = backend.map_state::<u64, u32, Vec<u8>>("maps").unwrap();
+    let blob = ByteBuf::from(value.clone());
+    let values = backend.value_state::<u64, ByteBuf>("values").unwrap();
+    // In a backend of its own, so that the typed backend holds what the raw DB holds.
+    let vec_dir = tempfile::tempdir().unwrap();
+    let vec_backend =
+        KeyedStateBackend::open(vec_dir.path(), 128, KeyGroupRange::all(128).unwrap(), BackendSettings::default())
+            .unwrap();
+    let vec_values = vec_backend.value_state::<u64, Vec<u8>>("vec_values").unwrap();
+    let lists = backend.list_state::<u64, ByteBuf>("lists").unwrap();
+    let maps = backend.map_state::<u64, u32, ByteBuf>("maps").unwrap();
+    // A second raw DB keyed by exactly the row keys the typed layer writes (key group ‖ MessagePack
+    // key): same bytes, same layout, so the difference is the typed layer's own work.
+    let same_dir = tempfile::tempdir().unwrap();
+    let raw_same = raw_db(same_dir.path());
+    let row_keys: Vec<Vec<u8>> = (0..PRELOADED)
+        .map(|i| {
+            let encoded = rmp_serde::to_vec(&i).unwrap();
+            let mut key = (rockpoint::key_group_of(&encoded, 128) as u16).to_be_bytes().to_vec();
+            key.extend_from_slice(&encoded);
+            key
+        })
+        .collect();
+    let encoded_blob = rmp_serde::to_vec(&blob).unwrap();
     for i in 0..PRELOADED {
         raw.put_opt(i.to_be_bytes(), &value, &write).unwrap();
-        values.put(&i, &value).unwrap();
+        raw_same.put_opt(&row_keys[i as usize], &encoded_blob, &write).unwrap();
+        values.put(&i, &blob).unwrap();
+        vec_values.put(&i, &value).unwrap();
     }
 
     let mut group = c.benchmark_group("put");
@@ -65,22 +90,34 @@ fn state_ops(c: &mut Criterion) {
             raw.put_opt(mix(i).to_be_bytes(), &value, &write).unwrap()
         })
     });
+    group.bench_function("raw_rocksdb_same_keys", |b| {
+        b.iter(|| {
+            i += 1;
+            raw_same.put_opt(&row_keys[mix(i) as usize], &encoded_blob, &write).unwrap()
+        })
+    });
     group.bench_function("value_state", |b| {
         b.iter(|| {
             i += 1;
-            values.put(&mix(i), &value).unwrap()
+            values.put(&mix(i), &blob).unwrap()
+        })
+    });
+    group.bench_function("value_state_vec_u8", |b| {
+        b.iter(|| {
+            i += 1;
+            vec_values.put(&mix(i), &value).unwrap()
         })
     });
     group.bench_function("list_state_add", |b| {
         b.iter(|| {
             i += 1;
-            lists.add(&(mix(i) % 1000), &value).unwrap()
+            lists.add(&(mix(i) % 1000), &blob).unwrap()
         })
     });
     group.bench_function("map_state_put", |b| {
         b.iter(|| {
             i += 1;
-            maps.put(&(mix(i) % 1000), &(i as u32), &value).unwrap()
+            maps.put(&(mix(i) % 1000), &(i as u32), &blob).unwrap()
         })
     });
     group.finish();
@@ -96,6 +133,16 @@ fn state_ops(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    group.bench_function("raw_rocksdb_same_keys", |b| {
+        b.iter_batched(
+            || {
+                i += 1;
+                mix(i)
+            },
+            |k| black_box(raw_same.get_pinned(&row_keys[k as usize]).unwrap().map(|v| v.len())),
+            BatchSize::SmallInput,
+        )
+    });
     group.bench_function("value_state", |b| {
         b.iter_batched(
             || {
@@ -103,6 +150,16 @@ fn state_ops(c: &mut Criterion) {
                 mix(i)
             },
             |k| black_box(values.get(&k).unwrap().map(|v| v.len())),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("value_state_vec_u8", |b| {
+        b.iter_batched(
+            || {
+                i += 1;
+                mix(i)
+            },
+            |k| black_box(vec_values.get(&k).unwrap().map(|v| v.len())),
             BatchSize::SmallInput,
         )
     });

@@ -244,7 +244,7 @@ impl KeyedStateBackend {
     pub fn scan_raw(&self) -> Result<BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>> {
         let mut out = BTreeMap::new();
         for name in self.inner.states_read().keys() {
-            let core = StateCore::new(self.inner.clone(), name.clone());
+            let core = StateCore::new(self.inner.clone(), name.clone())?;
             let rows = core
                 .raw_rows(None)?
                 .map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())))
@@ -262,7 +262,7 @@ impl KeyedStateBackend {
             if let Some(existing) = states.get(&descriptor.name) {
                 check_compatible(existing, &descriptor)?;
                 if self.inner.db.cf_handle(&descriptor.name).is_some() {
-                    return Ok(StateCore::new(self.inner.clone(), descriptor.name));
+                    return StateCore::new(self.inner.clone(), descriptor.name);
                 }
             }
         }
@@ -299,7 +299,7 @@ impl KeyedStateBackend {
         }
         let name = descriptor.name.clone();
         states.insert(name.clone(), descriptor);
-        Ok(StateCore::new(self.inner.clone(), name))
+        StateCore::new(self.inner.clone(), name)
     }
 }
 

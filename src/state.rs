@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use rocksdb::{BoundColumnFamily, DB, DBIteratorWithThreadMode, IteratorMode, ReadOptions};
+use rocksdb::{AsColumnFamilyRef, DB, DBIteratorWithThreadMode, IteratorMode, ReadOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -78,9 +78,27 @@ impl StateDescriptor {
     }
 }
 
+/// The column family handle of a state, kept instead of looked up by name on every operation
+/// (the lookup takes a lock, a string-keyed map search and an allocation: measured ~5% of a get).
+#[derive(Clone, Copy)]
+struct CfHandle(*mut librocksdb_sys::rocksdb_column_family_handle_t);
+
+// SAFETY: the handle belongs to a column family that is never dropped (the engine has no drop-state
+// operation) of a DB that outlives it: every `CfHandle` sits in a `StateCore` next to the
+// `Arc<BackendInner>` that owns the DB. RocksDB column family handles are safe to use from any thread.
+unsafe impl Send for CfHandle {}
+unsafe impl Sync for CfHandle {}
+
+impl AsColumnFamilyRef for CfHandle {
+    fn inner(&self) -> *mut librocksdb_sys::rocksdb_column_family_handle_t {
+        self.0
+    }
+}
+
 /// Untyped access to one state's column family.
 #[derive(Clone)]
 pub(crate) struct StateCore {
+    cf: CfHandle,
     inner: Arc<BackendInner>,
     name: Arc<str>,
 }
@@ -88,18 +106,22 @@ pub(crate) struct StateCore {
 type RowIter<'a> = DBIteratorWithThreadMode<'a, DB>;
 
 impl StateCore {
-    pub(crate) fn new(inner: Arc<BackendInner>, name: String) -> Self {
-        StateCore {
+    /// The state's core; fails if its column family does not exist (it is created on registration).
+    pub(crate) fn new(inner: Arc<BackendInner>, name: String) -> Result<Self> {
+        let cf = inner
+            .db
+            .cf_handle(&name)
+            .map(|cf| CfHandle(cf.inner()))
+            .ok_or_else(|| Error::not_found(format!("column family of state `{name}`")))?;
+        Ok(StateCore {
+            cf,
             inner,
             name: name.into(),
-        }
+        })
     }
 
-    fn cf(&self) -> Result<Arc<BoundColumnFamily<'_>>> {
-        self.inner
-            .db
-            .cf_handle(&self.name)
-            .ok_or_else(|| Error::not_found(format!("column family of state `{}`", self.name)))
+    fn cf(&self) -> Result<CfHandle> {
+        Ok(self.cf)
     }
 
     fn key<K: Serialize + ?Sized>(&self, key: &K) -> Result<Vec<u8>> {
