@@ -100,6 +100,7 @@ fn checkpoint_benches(c: &mut Criterion) {
                     for _ in 0..iters {
                         fixture.change(rate);
                         fixture.backend.flush().unwrap();
+                        fixture.quiesce();
                         let start = Instant::now();
                         runtime
                             .block_on(fixture.coordinator.checkpoint(&[&fixture.backend]))
@@ -115,6 +116,7 @@ fn checkpoint_benches(c: &mut Criterion) {
                     for _ in 0..iters {
                         fixture.change(rate);
                         fixture.backend.flush().unwrap();
+                        fixture.quiesce();
                         total += fixture.backup_once();
                     }
                     total
@@ -126,6 +128,7 @@ fn checkpoint_benches(c: &mut Criterion) {
                     for _ in 0..iters {
                         fixture.change(rate);
                         fixture.backend.flush().unwrap();
+                        fixture.quiesce();
                         total += fixture.floor_once();
                     }
                     total

@@ -56,10 +56,16 @@ fn state_ops(c: &mut Criterion) {
     let values = backend.value_state::<u64, ByteBuf>("values").unwrap();
     // In a backend of its own, so that the typed backend holds what the raw DB holds.
     let vec_dir = tempfile::tempdir().unwrap();
-    let vec_backend =
-        KeyedStateBackend::open(vec_dir.path(), 128, KeyGroupRange::all(128).unwrap(), BackendSettings::default())
-            .unwrap();
-    let vec_values = vec_backend.value_state::<u64, Vec<u8>>("vec_values").unwrap();
+    let vec_backend = KeyedStateBackend::open(
+        vec_dir.path(),
+        128,
+        KeyGroupRange::all(128).unwrap(),
+        BackendSettings::default(),
+    )
+    .unwrap();
+    let vec_values = vec_backend
+        .value_state::<u64, Vec<u8>>("vec_values")
+        .unwrap();
     let lists = backend.list_state::<u64, ByteBuf>("lists").unwrap();
     let maps = backend.map_state::<u64, u32, ByteBuf>("maps").unwrap();
     // A second raw DB keyed by exactly the row keys the typed layer writes (key group ‖ MessagePack
@@ -69,7 +75,9 @@ fn state_ops(c: &mut Criterion) {
     let row_keys: Vec<Vec<u8>> = (0..PRELOADED)
         .map(|i| {
             let encoded = rmp_serde::to_vec(&i).unwrap();
-            let mut key = (rockpoint::key_group_of(&encoded, 128) as u16).to_be_bytes().to_vec();
+            let mut key = (rockpoint::key_group_of(&encoded, 128) as u16)
+                .to_be_bytes()
+                .to_vec();
             key.extend_from_slice(&encoded);
             key
         })
@@ -77,7 +85,9 @@ fn state_ops(c: &mut Criterion) {
     let encoded_blob = rmp_serde::to_vec(&blob).unwrap();
     for i in 0..PRELOADED {
         raw.put_opt(i.to_be_bytes(), &value, &write).unwrap();
-        raw_same.put_opt(&row_keys[i as usize], &encoded_blob, &write).unwrap();
+        raw_same
+            .put_opt(&row_keys[i as usize], &encoded_blob, &write)
+            .unwrap();
         values.put(&i, &blob).unwrap();
         vec_values.put(&i, &value).unwrap();
     }
@@ -93,7 +103,9 @@ fn state_ops(c: &mut Criterion) {
     group.bench_function("raw_rocksdb_same_keys", |b| {
         b.iter(|| {
             i += 1;
-            raw_same.put_opt(&row_keys[mix(i) as usize], &encoded_blob, &write).unwrap()
+            raw_same
+                .put_opt(&row_keys[mix(i) as usize], &encoded_blob, &write)
+                .unwrap()
         })
     });
     group.bench_function("value_state", |b| {
@@ -139,7 +151,14 @@ fn state_ops(c: &mut Criterion) {
                 i += 1;
                 mix(i)
             },
-            |k| black_box(raw_same.get_pinned(&row_keys[k as usize]).unwrap().map(|v| v.len())),
+            |k| {
+                black_box(
+                    raw_same
+                        .get_pinned(&row_keys[k as usize])
+                        .unwrap()
+                        .map(|v| v.len()),
+                )
+            },
             BatchSize::SmallInput,
         )
     });

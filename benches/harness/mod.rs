@@ -1,14 +1,18 @@
 //! The checkpoint comparison shared by the criterion benches and `tools/benchreport.rs`.
 //!
 //! One backend holds `state_bytes` of incompressible 1 KiB values. A *cycle* first changes a fraction
-//! of the keys, then measures on the same DB, one after the other:
+//! of the keys, then measures on the same DB:
 //!
-//! 1. rockpoint's checkpoint with the changes still in the memtable: the sync pause and end-to-end
-//!    time (it ships the WAL written since the last checkpoint instead of flushing);
-//! 2. a Flink-style synchronous phase: flush + RocksDB `Checkpoint` into a directory (the pause);
-//! 3. with the memtable now flushed, the same delta three ways: rockpoint end-to-end, RocksDB's
-//!    BackupEngine incremental backup, and the floor — `cp` of exactly the SSTs new since the
-//!    previous cycle, then `sync`.
+//! 1. the pause, with the change still in the memtable: rockpoint's synchronous phase (the
+//!    checkpoint is then aborted, so it does not move the baseline) versus a Flink-style synchronous
+//!    phase (flush + RocksDB `Checkpoint` into a directory);
+//! 2. after waiting for compactions and a global `sync` (untimed, so every contender starts from the
+//!    same quiet disk), the same delta three ways: rockpoint's end-to-end checkpoint to a local root,
+//!    RocksDB's BackupEngine incremental backup, and the floor — `cp` of exactly the SSTs new since
+//!    the previous cycle, then `sync` of those files.
+//!
+//! `unflushed_cycle` measures what rockpoint does by default instead: checkpoint with the change in
+//! the memtable, shipping the WAL written since the previous checkpoint.
 #![allow(dead_code)]
 
 use std::collections::HashSet;
@@ -27,12 +31,8 @@ pub const VALUE_BYTES: usize = 1024;
 /// What one cycle measured.
 #[derive(Clone, Debug, Default)]
 pub struct Cycle {
-    /// rockpoint's synchronous pause with a full memtable.
+    /// rockpoint's synchronous pause with the change in the memtable.
     pub pause: Duration,
-    /// rockpoint end-to-end with a full memtable (ships the WAL suffix).
-    pub e2e_unflushed: Duration,
-    /// Bytes that checkpoint uploaded.
-    pub uploaded_unflushed: u64,
     /// Flink-style synchronous phase: flush + Checkpoint.
     pub flink_pause: Duration,
     /// rockpoint end-to-end on the flushed delta.
@@ -45,8 +45,6 @@ pub struct Cycle {
     pub floor: Duration,
     /// Bytes of SSTs new since the previous cycle.
     pub new_sst_bytes: u64,
-    /// WAL bytes written since the previous cycle (what the unflushed checkpoint had to ship).
-    pub wal_bytes: u64,
 }
 
 pub struct Fixture {
@@ -181,6 +179,21 @@ impl Fixture {
 
     /// The floor: cp + sync of the SSTs not copied before. Returns (time, bytes).
     fn copy_new_ssts(&mut self) -> (Duration, u64) {
+        // Compaction must not delete a listed SST before cp reads it (untimed, like RocksDB's own
+        // Checkpoint and BackupEngine do internally).
+        self.backend
+            .rocksdb()
+            .disable_file_deletions()
+            .expect("disable deletions");
+        let copied = self.copy_listed_ssts();
+        self.backend
+            .rocksdb()
+            .enable_file_deletions()
+            .expect("enable deletions");
+        copied
+    }
+
+    fn copy_listed_ssts(&mut self) -> (Duration, u64) {
         let mut new = Vec::new();
         let mut bytes = 0;
         for entry in std::fs::read_dir(self.db_dir()).expect("db dir").flatten() {
@@ -222,24 +235,30 @@ impl Fixture {
         (elapsed, bytes)
     }
 
+    /// Waits for background flushes and compactions, then flushes dirty pages system-wide (untimed).
+    pub fn quiesce(&self) {
+        self.backend
+            .rocksdb()
+            .wait_for_compact(&rocksdb::WaitForCompactOptions::default())
+            .expect("wait for compactions");
+        std::process::Command::new("sync")
+            .status()
+            .expect("sync runs");
+    }
+
     /// One measured cycle after changing `rate` of the keys (see the module docs).
     pub async fn cycle(&mut self, rate: f64) -> Cycle {
-        let wal_before = self.wal_bytes();
         self.change(rate);
-        let mut cycle = Cycle {
-            wal_bytes: self.wal_bytes().saturating_sub(wal_before),
-            ..Cycle::default()
-        };
-        // 1. rockpoint with the changes in the memtable.
-        let done = self
+        let mut cycle = Cycle::default();
+        // 1. Pauses on the same memtable. rockpoint's checkpoint is aborted after its sync phase.
+        let ticket = self
             .coordinator
-            .checkpoint(&[&self.backend])
-            .await
-            .expect("checkpoint");
-        cycle.pause = done.sync_pause;
-        cycle.e2e_unflushed = done.duration;
-        cycle.uploaded_unflushed = done.uploaded_bytes();
-        // 2. Flink-style synchronous phase.
+            .trigger(rockpoint::SnapshotKind::Checkpoint)
+            .expect("trigger");
+        let pending = self.backend.snapshot(&ticket).expect("sync phase");
+        cycle.pause = pending.sync_pause();
+        drop(pending);
+        self.coordinator.abort(&ticket).await.expect("abort");
         let flink_dir = self.dir.path().join("flink-checkpoint");
         let start = Instant::now();
         self.backend.flush().expect("flush");
@@ -249,7 +268,8 @@ impl Fixture {
             .expect("RocksDB checkpoint");
         cycle.flink_pause = start.elapsed();
         std::fs::remove_dir_all(&flink_dir).expect("remove Flink-style checkpoint");
-        // 3. The flushed delta three ways.
+        // 2. The same quiesced delta three ways.
+        self.quiesce();
         let done = self
             .coordinator
             .checkpoint(&[&self.backend])
@@ -257,11 +277,42 @@ impl Fixture {
             .expect("checkpoint");
         cycle.e2e = done.duration;
         cycle.uploaded = done.uploaded_bytes();
+        self.quiesce();
         cycle.backup = self.backup_once();
+        self.quiesce();
         let (floor, bytes) = self.copy_new_ssts();
         cycle.floor = floor;
         cycle.new_sst_bytes = bytes;
         cycle
+    }
+
+    /// rockpoint's default path: change `rate` of the keys (keep it below the memtable size), then
+    /// checkpoint without flushing. Returns (pause, end-to-end, uploaded bytes, bytes that were new:
+    /// WAL written plus SSTs the checkpoint references that its predecessor did not).
+    pub async fn unflushed_cycle(&mut self, rate: f64) -> (Duration, Duration, u64, u64) {
+        let previous = self.coordinator.latest().expect("a checkpoint");
+        let wal_before = self.wal_bytes();
+        self.change(rate);
+        let wal = self.wal_bytes().saturating_sub(wal_before);
+        self.quiesce();
+        let done = self
+            .coordinator
+            .checkpoint(&[&self.backend])
+            .await
+            .expect("checkpoint");
+        let known: HashSet<_> = previous.shared_hashes().collect();
+        let new_ssts: u64 = done.metadata.backends[0]
+            .shared_files
+            .iter()
+            .filter(|f| !known.contains(&f.hash))
+            .map(|f| f.size)
+            .sum();
+        (
+            done.sync_pause,
+            done.duration,
+            done.uploaded_bytes(),
+            wal + new_ssts,
+        )
     }
 
     /// Restores the latest checkpoint into a fresh directory: (restore time, cp -r + sync time of the
@@ -273,6 +324,7 @@ impl Fixture {
             .path()
             .join(format!("restore-{}", latest.checkpoint_id));
         let handle = latest.backends[0].clone();
+        std::process::Command::new("sync").status().expect("sync");
         let start = Instant::now();
         let restored = rockpoint::restore_backend(
             &*self.store,
@@ -300,7 +352,11 @@ impl Fixture {
             .filter(|p| p.exists())
             .collect();
         let bytes = handle.full_size_bytes();
-        drop_caches_hint(&sources);
+        let copies: Vec<PathBuf> = sources
+            .iter()
+            .map(|p| copy_dir.join(p.file_name().expect("a file name")))
+            .collect();
+        std::process::Command::new("sync").status().expect("sync");
         let start = Instant::now();
         let status = std::process::Command::new("cp")
             .args(&sources)
@@ -308,15 +364,16 @@ impl Fixture {
             .status()
             .expect("cp");
         assert!(status.success());
-        std::process::Command::new("sync").status().expect("sync");
+        std::process::Command::new("sync")
+            .args(&copies)
+            .arg(&copy_dir)
+            .status()
+            .expect("sync");
         let floor = start.elapsed();
         std::fs::remove_dir_all(&copy_dir).expect("remove copy");
         (restore_time, floor, bytes)
     }
 }
-
-/// Nothing portable drops the page cache without root; both sides read warm files.
-fn drop_caches_hint(_files: &[PathBuf]) {}
 
 /// Where bench state lives: `ROCKPOINT_BENCH_DIR` or the system temp directory.
 pub fn bench_dir() -> PathBuf {

@@ -152,7 +152,8 @@ pub struct CheckpointMetrics {
 
 impl Default for CheckpointMetrics {
     fn default() -> Self {
-        let histogram = || Histogram::new(3).expect("3 significant figures is valid");
+        // Bounded, so that recording never resizes or clamps: up to a day in µs, up to 1 PiB.
+        let histogram = || Histogram::new_with_bounds(1, 1 << 50, 3).expect("valid bounds");
         CheckpointMetrics {
             sync_pause_us: histogram(),
             checkpoint_duration_us: histogram(),
