@@ -105,8 +105,10 @@ pub struct CompletedCheckpoint {
     pub metadata: Arc<CheckpointMetadata>,
     /// The longest synchronous pause among its backends.
     pub sync_pause: Duration,
-    /// From trigger to commit.
+    /// From trigger to the commit point (its metadata durable): the checkpoint's latency.
     pub duration: Duration,
+    /// After the commit point: removing its pins and discarding the checkpoints it subsumed.
+    pub cleanup: Duration,
 }
 
 impl CompletedCheckpoint {
@@ -140,7 +142,7 @@ impl CompletedCheckpoint {
 pub struct CheckpointMetrics {
     /// Synchronous pause per backend snapshot, in microseconds.
     pub sync_pause_us: Histogram<u64>,
-    /// Trigger-to-commit time per checkpoint, in microseconds.
+    /// Trigger-to-commit-point time per checkpoint, in microseconds.
     pub checkpoint_duration_us: Histogram<u64>,
     /// Bytes uploaded per checkpoint.
     pub uploaded_bytes: Histogram<u64>,
@@ -509,6 +511,7 @@ impl CheckpointCoordinator {
                 }
             }
         }
+        let committed_after = triggered.elapsed();
         crate::failpoint!(self.inner.faults, "commit::after_metadata");
         let metadata = Arc::new(metadata);
         // C5, C6 (in memory first: from here on the checkpoint is complete whatever fails next).
@@ -578,9 +581,16 @@ impl CheckpointCoordinator {
                     .max()
                     .unwrap_or(0),
             ),
-            duration: triggered.elapsed(),
+            duration: committed_after,
+            cleanup: triggered.elapsed() - committed_after,
             metadata,
         };
+        tracing::debug!(
+            checkpoint = id,
+            committed_us = done.duration.as_micros() as u64,
+            cleanup_us = done.cleanup.as_micros() as u64,
+            "checkpoint committed"
+        );
         {
             let mut metrics = self.inner.metrics.lock().unwrap_or_else(|p| p.into_inner());
             for backend in &done.metadata.backends {

@@ -221,6 +221,7 @@ impl PendingSnapshot {
         // The links now keep every file alive: deletions may resume.
         self.guard = None;
         self.ticket.check_live()?;
+        let prepared_at = start.elapsed();
 
         let ticket = &self.ticket;
         // A5: pin every hash before checking what exists.
@@ -312,6 +313,7 @@ impl PendingSnapshot {
             }
         }
 
+        let uploaded_at = start.elapsed();
         // A7: private files.
         if let Some((name, source, hash, size)) = prepared.options {
             ticket.check_live()?;
@@ -330,6 +332,15 @@ impl PendingSnapshot {
             });
         }
         handle.async_duration_us = start.elapsed().as_micros() as u64;
+        tracing::debug!(
+            checkpoint = ticket.checkpoint_id,
+            key_groups = %handle.key_groups,
+            prepare_us = prepared_at.as_micros() as u64,
+            upload_us = (uploaded_at - prepared_at).as_micros() as u64,
+            total_us = handle.async_duration_us,
+            uploaded_bytes = handle.uploaded_bytes,
+            "asynchronous phase done"
+        );
         Ok(handle)
     }
 
@@ -422,6 +433,7 @@ impl PrepareJob {
             log_files.push(file);
         }
 
+        let linked_at = std::time::Instant::now();
         // A3: a read-only open of the image tells exactly which SSTs the MANIFEST prefix references.
         copy_prefix(
             &manifest_source,
@@ -431,6 +443,7 @@ impl PrepareJob {
         std::fs::write(image.join("CURRENT"), format!("{}\n", self.manifest.name))
             .map_err(|e| Error::io("writing", image.join("CURRENT"), e))?;
         let live = referenced_ssts(&image, &staging.join("rocksdb-log"))?;
+        let opened = linked_at.elapsed();
         let missing: Vec<&String> = live
             .iter()
             .filter(|name| !linked_ssts.contains(name))
@@ -460,6 +473,11 @@ impl PrepareJob {
                 local_name: name.clone(),
             });
         }
+        tracing::debug!(
+            read_only_open_us = opened.as_micros() as u64,
+            hash_us = (linked_at.elapsed() - opened).as_micros() as u64,
+            "staged image inspected and hashed"
+        );
         let options = match options {
             Some(name) => {
                 let path = staging.join(&name);
