@@ -304,6 +304,62 @@ fn publish_via(
     fs.sync_dir(dir).map_err(|e| DurableError::sync(dir, e))
 }
 
+/// Writes a new temporary file in `dir` with the bytes `write` produces and fsyncs it; the caller
+/// publishes it with [`publish_synced_temporary`] or removes it. Returns its path.
+pub(crate) fn write_synced_temporary(
+    fs: &dyn Fs,
+    dir: &Path,
+    write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> Result<PathBuf, DurableError> {
+    create_dir_all_durable(fs, dir)?;
+    let temp = dir.join(format!(".staged.tmp-{}", crate::util::nonce()));
+    let result = (|| {
+        let mut file = fs
+            .create_new(&temp)
+            .map_err(|e| DurableError::io("creating temporary file", &temp, e))?;
+        write(&mut file).map_err(|e| DurableError::io("writing temporary file", &temp, e))?;
+        file.flush()
+            .map_err(|e| DurableError::io("writing temporary file", &temp, e))?;
+        file.sync_all().map_err(|e| DurableError::sync(&temp, e))
+    })();
+    match result {
+        Ok(()) => Ok(temp),
+        Err(e) => {
+            let _ = fs.remove_file(&temp);
+            Err(e)
+        }
+    }
+}
+
+/// Durably publishes a synced temporary file at `target` by hard link, keeping an existing `target`
+/// (content-addressed names hold identical bytes), then removes the temporary and fsyncs the
+/// target's directory.
+pub(crate) fn publish_synced_temporary(
+    fs: &dyn Fs,
+    temp: &Path,
+    target: &Path,
+) -> Result<(), DurableError> {
+    let dir = target.parent().ok_or_else(|| {
+        DurableError::io(
+            "publishing",
+            target,
+            io::Error::from(io::ErrorKind::InvalidInput),
+        )
+    })?;
+    create_dir_all_durable(fs, dir)?;
+    match fs.hard_link(temp, target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(DurableError::io("publishing (link)", target, e)),
+    }
+    match fs.remove_file(temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(DurableError::io("removing temporary file", temp, e)),
+    }
+    fs.sync_dir(dir).map_err(|e| DurableError::sync(dir, e))
+}
+
 /// Durably removes a file: unlink, then fsync its directory. A missing file is not an error.
 pub(crate) fn remove_file_durable(fs: &dyn Fs, path: &Path) -> Result<(), DurableError> {
     match fs.remove_file(path) {

@@ -178,17 +178,13 @@ async fn cancel_during_upload_aborts_cleanly() -> TestResult {
         tokio::spawn(async move { c.shutdown(JobEnd::Cancelled).await })
     };
     // Shut down (every in-flight checkpoint cancelled) before the paused upload may go on.
-    while c
-        .trigger(rockpoint::SnapshotKind::Checkpoint)
-        .err()
-        .map(|e| e.kind())
-        != Some(ErrorKind::Cancelled)
-    {
+    while !c.is_shut_down() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     fail_parallel::cfg(registry.clone(), "snapshot::before_upload", "off")?;
     let outcome = running.await?;
-    assert_eq!(outcome.err().map(|e| e.kind()), Some(ErrorKind::Cancelled));
+    let err = outcome.err().expect("the checkpoint was cancelled");
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
     cancel.await??;
     assert_eq!(
         objects(&*store).await?,

@@ -307,6 +307,11 @@ impl CheckpointCoordinator {
         self.lock().retained.back().cloned()
     }
 
+    /// Whether [`shutdown`](Self::shutdown) has begun (no checkpoint can be triggered any more).
+    pub fn is_shut_down(&self) -> bool {
+        self.lock().closed
+    }
+
     /// A copy of the latency histograms and counters.
     pub fn metrics(&self) -> CheckpointMetrics {
         self.inner

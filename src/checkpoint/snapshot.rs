@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 
 use super::CheckpointTicket;
 use super::logfile::complete_prefix_len;
@@ -26,7 +26,7 @@ use crate::backend::{BackendInner, KeyedStateBackend, STAGING_DIR};
 use crate::error::{Error, Result};
 use crate::settings::WalMode;
 use crate::state::StateDescriptor;
-use crate::store::{ContentHash, Store, WriteMode};
+use crate::store::{ContentHash, Staged, Store, WriteMode};
 
 /// A log file's name and the length recorded in the synchronous phase.
 #[derive(Clone, Debug)]
@@ -160,18 +160,28 @@ impl KeyedStateBackend {
     }
 }
 
-/// A file to ship: where its bytes are and which hash they must have.
-#[derive(Clone, Debug)]
+/// A file to ship: where its bytes are and which hash they must have (and, for a new SST, its
+/// bytes already staged in the store by the single read-hash-copy pass).
+#[derive(Debug)]
 struct Shipment {
     hash: ContentHash,
     size: u64,
     source: PathBuf,
     offset: u64,
+    staged: Option<Staged>,
+}
+
+/// An SST the MANIFEST prefix references, with its hash if this DB instance hashed it before.
+struct LiveSst {
+    name: String,
+    path: PathBuf,
+    size: u64,
+    cached: Option<ContentHash>,
 }
 
 /// What the blocking part of the asynchronous phase (A1–A4) prepared.
 struct Prepared {
-    shared_files: Vec<SharedFile>,
+    ssts: Vec<LiveSst>,
     log_files: Vec<LogFile>,
     shipments: Vec<Shipment>,
     options: Option<(String, PathBuf, ContentHash, u64)>,
@@ -224,8 +234,71 @@ impl PendingSnapshot {
         let prepared_at = start.elapsed();
 
         let ticket = &self.ticket;
+        let Prepared {
+            ssts,
+            log_files,
+            mut shipments,
+            options,
+        } = prepared;
+        // A4 for new SSTs: read, hash and stage in one pass, in parallel.
+        let parallelism = ticket.upload_parallelism.max(1);
+        let work: Vec<(usize, PathBuf, u64)> = ssts
+            .iter()
+            .enumerate()
+            .filter(|(_, sst)| sst.cached.is_none())
+            .map(|(i, sst)| (i, sst.path.clone(), sst.size))
+            .collect();
+        let staged_results: Vec<(usize, Result<Staged>)> = stream::iter(
+            work.into_iter()
+                .map(|(i, path, size)| async move { (i, store.stage_file(&path, 0, size).await) }),
+        )
+        .buffer_unordered(parallelism)
+        .collect()
+        .await;
+        let mut staged: HashMap<usize, Staged> = HashMap::new();
+        let mut failure = None;
+        for (i, result) in staged_results {
+            match result {
+                Ok(object) => {
+                    staged.insert(i, object);
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(e) = failure.or_else(|| ticket.check_live().err()) {
+            discard_all(store, staged.into_values()).await;
+            return Err(e);
+        }
+        let mut shared_files = Vec::with_capacity(ssts.len());
+        for (i, sst) in ssts.into_iter().enumerate() {
+            let (hash, size, staged) = match staged.remove(&i) {
+                Some(object) => {
+                    self.backend
+                        .remember_sst_hash(&sst.name, object.size, object.hash);
+                    (object.hash, object.size, Some(object))
+                }
+                None => (
+                    sst.cached.expect("uncached SSTs were staged"),
+                    sst.size,
+                    None,
+                ),
+            };
+            shared_files.push(SharedFile {
+                hash,
+                size,
+                local_name: sst.name,
+            });
+            shipments.push(Shipment {
+                hash,
+                size,
+                source: sst.path,
+                offset: 0,
+                staged,
+            });
+        }
+
         // A5: pin every hash before checking what exists.
-        let mut hashes: Vec<ContentHash> = prepared.shipments.iter().map(|s| s.hash).collect();
+        let mut hashes: Vec<ContentHash> = shipments.iter().map(|s| s.hash).collect();
         hashes.sort();
         hashes.dedup();
         let pin = PinRecord {
@@ -236,64 +309,55 @@ impl PendingSnapshot {
         };
         let pin_path =
             metadata::snapshot_pin_path(&ticket.job_id, ticket.kind, ticket.checkpoint_id, tag);
-        crate::failpoint!(ticket.faults, "snapshot::before_pin");
-        store
-            .put(
-                &pin_path,
-                Bytes::from(metadata::encode_pin(&pin)?),
-                WriteMode::CreateOnly,
-            )
-            .await?;
-        crate::failpoint!(ticket.faults, "snapshot::after_pin");
-
-        // A6: upload what the store lacks, with bounded parallelism.
-        let mut unique: HashMap<ContentHash, Shipment> = HashMap::new();
-        for shipment in &prepared.shipments {
-            unique
-                .entry(shipment.hash)
-                .or_insert_with(|| shipment.clone());
+        let pinned = async {
+            crate::failpoint!(ticket.faults, "snapshot::before_pin");
+            store
+                .put(
+                    &pin_path,
+                    Bytes::from(metadata::encode_pin(&pin)?),
+                    WriteMode::CreateOnly,
+                )
+                .await?;
+            crate::failpoint!(ticket.faults, "snapshot::after_pin");
+            Ok::<_, Error>(())
         }
-        let outcomes: Vec<(bool, u64)> =
-            stream::iter(unique.into_values().map(|shipment| async move {
-                ticket.check_live()?;
-                if ticket.known.contains(&shipment.hash) {
-                    return Ok((false, shipment.size));
+        .await;
+        if let Err(e) = pinned {
+            discard_all(store, shipments.into_iter().filter_map(|s| s.staged)).await;
+            return Err(e);
+        }
+
+        // A6: upload what the store lacks, with bounded parallelism. Every shipment runs to its
+        // end (a cancelled one stops at once), so no staged temporary is left behind.
+        let mut unique: HashMap<ContentHash, Shipment> = HashMap::new();
+        let mut duplicates = Vec::new();
+        for shipment in shipments {
+            match unique.entry(shipment.hash) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    duplicates.extend(shipment.staged)
                 }
-                let path = shared_path(&shipment.hash);
-                if let Some(info) = store.head(&path).await? {
-                    if info.size == shipment.size {
-                        return Ok((false, shipment.size));
-                    }
-                    tracing::warn!(
-                        path,
-                        expected = shipment.size,
-                        found = info.size,
-                        "shared file has the wrong size; replacing it"
-                    );
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(shipment);
                 }
-                crate::failpoint!(ticket.faults, "snapshot::before_upload");
-                store
-                    .put_file(
-                        &path,
-                        &shipment.source,
-                        shipment.offset,
-                        shipment.size,
-                        shipment.hash,
-                    )
-                    .await?;
-                crate::failpoint!(ticket.faults, "snapshot::after_upload");
-                Ok::<_, Error>((true, shipment.size))
-            }))
-            .buffer_unordered(ticket.upload_parallelism.max(1))
-            .try_collect()
-            .await?;
+            }
+        }
+        discard_all(store, duplicates).await;
+        let results: Vec<Result<(bool, u64)>> = stream::iter(
+            unique
+                .into_values()
+                .map(|shipment| ship(store, ticket, shipment)),
+        )
+        .buffer_unordered(parallelism)
+        .collect()
+        .await;
+        let outcomes: Vec<(bool, u64)> = results.into_iter().collect::<Result<_>>()?;
 
         let mut handle = BackendHandle {
             key_groups: self.backend.key_groups,
             max_parallelism: self.backend.max_parallelism,
             states: self.states.clone(),
-            shared_files: prepared.shared_files,
-            log_files: prepared.log_files,
+            shared_files,
+            log_files,
             private_files: Vec::new(),
             manifest_name: self.manifest.name.clone(),
             uploaded_bytes: 0,
@@ -315,7 +379,7 @@ impl PendingSnapshot {
 
         let uploaded_at = start.elapsed();
         // A7: private files.
-        if let Some((name, source, hash, size)) = prepared.options {
+        if let Some((name, source, hash, size)) = options {
             ticket.check_live()?;
             let path = format!(
                 "{}/{tag}/{name}",
@@ -454,29 +518,26 @@ impl PrepareJob {
             )));
         }
 
-        // A4 for SSTs: hash once per DB instance.
+        // A4 for SSTs: hashes known to this DB instance come from the cache; new SSTs are read,
+        // hashed and staged in one pass by the upload.
         crate::failpoint_sync!(self.faults, "snapshot::before_hash");
-        // New SSTs are hashed on all cores (a hash pass is CPU-bound on page-cached files).
-        let hashed =
-            hash_in_parallel(&live, |name| self.backend.sst_hash(name, &image.join(name)))?;
-        let mut shared_files = Vec::new();
-        for (name, (hash, size)) in live.iter().zip(hashed) {
-            shipments.push(Shipment {
-                hash,
+        let mut ssts = Vec::with_capacity(live.len());
+        for name in &live {
+            let path = image.join(name);
+            let size = std::fs::metadata(&path)
+                .map_err(|e| Error::io("inspecting", &path, e))?
+                .len();
+            let cached = self.backend.cached_sst_hash(name, size);
+            ssts.push(LiveSst {
+                name: name.clone(),
+                path,
                 size,
-                source: image.join(name),
-                offset: 0,
-            });
-            shared_files.push(SharedFile {
-                hash,
-                size,
-                local_name: name.clone(),
+                cached,
             });
         }
         tracing::debug!(
             read_only_open_us = opened.as_micros() as u64,
-            hash_us = (linked_at.elapsed() - opened).as_micros() as u64,
-            "staged image inspected and hashed"
+            "staged image inspected"
         );
         let options = match options {
             Some(name) => {
@@ -487,11 +548,93 @@ impl PrepareJob {
             None => None,
         };
         Ok(Prepared {
-            shared_files,
+            ssts,
             log_files,
             shipments,
             options,
         })
+    }
+}
+
+/// A6 for one shipment: reuse it if the job's committed checkpoints or the store already hold it,
+/// else publish it (a staged copy) or upload it. A staged copy not published is discarded.
+async fn ship(
+    store: &dyn Store,
+    ticket: &CheckpointTicket,
+    shipment: Shipment,
+) -> Result<(bool, u64)> {
+    let Shipment {
+        hash,
+        size,
+        source,
+        offset,
+        staged,
+    } = shipment;
+    let path = shared_path(&hash);
+    let needed = async {
+        ticket.check_live()?;
+        if ticket.known.contains(&hash) {
+            return Ok(false);
+        }
+        match store.head(&path).await? {
+            Some(info) if info.size == size => Ok(false),
+            Some(info) => {
+                tracing::warn!(
+                    path,
+                    expected = size,
+                    found = info.size,
+                    "shared file has the wrong size; replacing it"
+                );
+                Ok(true)
+            }
+            None => Ok(true),
+        }
+    }
+    .await;
+    let needed = match needed {
+        Ok(true) => match before_upload(ticket).await {
+            Ok(()) => true,
+            Err(e) => {
+                discard_all(store, staged).await;
+                return Err(e);
+            }
+        },
+        Ok(false) => false,
+        Err(e) => {
+            discard_all(store, staged).await;
+            return Err(e);
+        }
+    };
+    if !needed {
+        discard_all(store, staged).await;
+        return Ok((false, size));
+    }
+    match staged {
+        Some(object) => store.publish_staged(object, &path).await?,
+        None => store.put_file(&path, &source, offset, size, hash).await?,
+    }
+    after_upload(ticket).await?;
+    Ok((true, size))
+}
+
+async fn before_upload(ticket: &CheckpointTicket) -> Result<()> {
+    let _ = ticket;
+    crate::failpoint!(ticket.faults, "snapshot::before_upload");
+    Ok(())
+}
+
+async fn after_upload(ticket: &CheckpointTicket) -> Result<()> {
+    let _ = ticket;
+    crate::failpoint!(ticket.faults, "snapshot::after_upload");
+    Ok(())
+}
+
+/// Removes staged copies that will not be published (best effort: GC sweeps what remains).
+async fn discard_all(store: &dyn Store, staged: impl IntoIterator<Item = Staged>) {
+    for object in staged {
+        if let Err(e) = store.discard_staged(object).await {
+            tracing::warn!(error = %e, "removing a staged copy failed; GC will sweep it");
+        }
     }
 }
 
@@ -566,42 +709,6 @@ fn referenced_ssts(image: &Path, log_dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Runs `hash` over `names` on up to as many threads as there are cores, keeping the order.
-fn hash_in_parallel(
-    names: &[String],
-    hash: impl Fn(&str) -> Result<(ContentHash, u64)> + Sync,
-) -> Result<Vec<(ContentHash, u64)>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(names.len())
-        .max(1);
-    if threads == 1 {
-        return names.iter().map(|name| hash(name)).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<(ContentHash, u64)>>>> =
-        names.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(name) = names.get(i) else { break };
-                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(hash(name));
-                }
-            });
-        }
-    });
-    results
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .expect("every name was hashed")
-        })
-        .collect()
-}
-
 /// BLAKE3 of `len` bytes (or all bytes) of a file from `offset`, with the byte count.
 pub(crate) fn hash_file(path: &Path, offset: u64, len: Option<u64>) -> Result<(ContentHash, u64)> {
     let mut file =
@@ -626,19 +733,17 @@ pub(crate) fn hash_file(path: &Path, offset: u64, len: Option<u64>) -> Result<(C
 }
 
 impl BackendInner {
-    /// The content hash of an SST, from the per-instance cache or by hashing the staged link.
-    fn sst_hash(&self, name: &str, path: &Path) -> Result<(ContentHash, u64)> {
-        let size = std::fs::metadata(path)
-            .map_err(|e| Error::io("inspecting", path, e))?
-            .len();
-        if let Some(&(cached_size, hash)) = self.hash_cache().get(name)
-            && cached_size == size
-        {
-            return Ok((hash, size));
-        }
-        let (hash, hashed) = hash_file(path, 0, Some(size))?;
-        self.hash_cache().insert(name.to_owned(), (hashed, hash));
-        Ok((hash, hashed))
+    /// Remembers an SST's hash for later snapshots of this DB instance.
+    fn remember_sst_hash(&self, name: &str, size: u64, hash: ContentHash) {
+        self.hash_cache().insert(name.to_owned(), (size, hash));
+    }
+
+    /// The content hash of an SST this DB instance hashed before (same name and size), if any.
+    fn cached_sst_hash(&self, name: &str, size: u64) -> Option<ContentHash> {
+        self.hash_cache()
+            .get(name)
+            .filter(|(cached_size, _)| *cached_size == size)
+            .map(|(_, hash)| *hash)
     }
 
     /// The segments of a log file up to its last complete record at or before `recorded_len`,
@@ -673,6 +778,7 @@ impl BackendInner {
                 size,
                 source: source.to_path_buf(),
                 offset: covered,
+                staged: None,
             });
         }
         // Existing segments are shipped (or found) again like any shared file: they may belong to a
@@ -683,6 +789,7 @@ impl BackendInner {
                 size: segment.size,
                 source: source.to_path_buf(),
                 offset: *offset,
+                staged: None,
             });
         }
         {

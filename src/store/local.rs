@@ -15,8 +15,8 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 
 use super::{
-    ContentHash, ObjectInfo, SMALL_OBJECT_LIMIT_BYTES, Store, SweepMode, WriteMode,
-    validate_object_path,
+    ContentHash, ObjectInfo, SMALL_OBJECT_LIMIT_BYTES, Staged, StagedKind, Store, SweepMode,
+    WriteMode, validate_object_path,
 };
 use crate::error::{Error, Result};
 use crate::fs::{self, DurableError, Fs, FsEntry, Publish, StdFs};
@@ -353,6 +353,68 @@ impl Store for LocalStore {
 
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
+    }
+
+    async fn stage_file(&self, file: &Path, offset: u64, len: u64) -> Result<Staged> {
+        let source = file.to_path_buf();
+        self.blocking(move |this| {
+            let mut input = std::fs::File::open(&source)
+                .map_err(|e| Error::io("opening for upload", &source, e))?;
+            input
+                .seek(SeekFrom::Start(offset))
+                .map_err(|e| Error::io("seeking for upload", &source, e))?;
+            let mut hashed = None;
+            let temp =
+                fs::write_synced_temporary(&*this.fs, &this.root.join("shared"), &mut |out| {
+                    hashed = Some(copy_hashing(&mut input, out, len)?);
+                    Ok(())
+                })
+                .map_err(|e| this.durable_error(e))?;
+            let (hash, size) = hashed.expect("the temporary file was written");
+            if size != len {
+                let _ = this.fs.remove_file(&temp);
+                return Err(Error::corruption(format!(
+                    "{} has {size} bytes from offset {offset}, expected {len}",
+                    source.display()
+                )));
+            }
+            Ok(Staged {
+                hash,
+                size,
+                kind: StagedKind::Temporary(temp),
+            })
+        })
+        .await
+    }
+
+    async fn publish_staged(&self, staged: Staged, path: &str) -> Result<()> {
+        let target = self.path_of(path)?;
+        match staged.kind {
+            StagedKind::Temporary(temp) => {
+                self.blocking(move |this| {
+                    fs::publish_synced_temporary(&*this.fs, &temp, &target)
+                        .map_err(|e| this.durable_error(e))
+                })
+                .await
+            }
+            StagedKind::Source { file, offset } => {
+                self.put_file(path, &file, offset, staged.size, staged.hash)
+                    .await
+            }
+        }
+    }
+
+    async fn discard_staged(&self, staged: Staged) -> Result<()> {
+        if let StagedKind::Temporary(temp) = staged.kind {
+            // Not synced: a temporary file that comes back after a crash is swept by GC.
+            self.blocking(move |this| match this.fs.remove_file(&temp) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io("removing staged file", &temp, e)),
+            })
+            .await?;
+        }
+        Ok(())
     }
 }
 

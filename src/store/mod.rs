@@ -168,6 +168,71 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// A human-readable description of the root (for messages).
     fn describe(&self) -> String;
+
+    /// Reads `len` bytes of `file` from `offset` once, hashing them, and keeps them ready to be
+    /// published under their content hash. A store that can rename cheaply (the local store) copies
+    /// them into a temporary object on the way, so a new file is read, hashed and written in one
+    /// pass; the default only hashes, and publishing uploads the bytes. A staged object that is
+    /// neither published nor discarded is a temporary file that GC sweeps.
+    async fn stage_file(&self, file: &Path, offset: u64, len: u64) -> Result<Staged> {
+        let source = file.to_path_buf();
+        let (hash, size) = tokio::task::spawn_blocking(move || {
+            crate::checkpoint::snapshot::hash_file(&source, offset, Some(len))
+        })
+        .await
+        .map_err(|e| Error::invalid(format!("hashing task failed: {e}")))??;
+        Ok(Staged {
+            hash,
+            size,
+            kind: StagedKind::Source {
+                file: file.to_path_buf(),
+                offset,
+            },
+        })
+    }
+
+    /// Publishes a staged object at `path` (its content address). Replaces nothing that differs:
+    /// an existing object at a content address holds the same bytes.
+    async fn publish_staged(&self, staged: Staged, path: &str) -> Result<()> {
+        match staged.kind {
+            StagedKind::Source { file, offset } => {
+                self.put_file(path, &file, offset, staged.size, staged.hash)
+                    .await
+            }
+            StagedKind::Temporary(temp) => Err(Error::invalid(format!(
+                "store {} cannot publish the temporary object {}",
+                self.describe(),
+                temp.display()
+            ))),
+        }
+    }
+
+    /// Drops a staged object that will not be published.
+    async fn discard_staged(&self, staged: Staged) -> Result<()> {
+        let _ = staged;
+        Ok(())
+    }
+}
+
+/// Bytes read and hashed once by [`Store::stage_file`], ready to publish under their hash.
+#[derive(Debug)]
+pub struct Staged {
+    /// BLAKE3 of the staged bytes.
+    pub hash: ContentHash,
+    /// Number of staged bytes.
+    pub size: u64,
+    pub(crate) kind: StagedKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum StagedKind {
+    /// Only hashed: publishing reads the source again.
+    Source {
+        file: std::path::PathBuf,
+        offset: u64,
+    },
+    /// Copied into a temporary file of the store: publishing links it into place.
+    Temporary(std::path::PathBuf),
 }
 
 /// Checks that `path` is a relative object path the engine could have written: `/`-separated

@@ -126,4 +126,18 @@ impl Store for CheckingStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    async fn stage_file(
+        &self,
+        file: &Path,
+        offset: u64,
+        len: u64,
+    ) -> rockpoint::Result<rockpoint::Staged> {
+        self.inner.stage_file(file, offset, len).await
+    }
+    async fn publish_staged(&self, staged: rockpoint::Staged, path: &str) -> rockpoint::Result<()> {
+        self.inner.publish_staged(staged, path).await
+    }
+    async fn discard_staged(&self, staged: rockpoint::Staged) -> rockpoint::Result<()> {
+        self.inner.discard_staged(staged).await
+    }
 }
