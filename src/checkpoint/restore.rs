@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 
 use super::coordinator::CheckpointCoordinator;
 use super::metadata::{
@@ -267,18 +266,29 @@ async fn fill(
     }
     let bytes = AtomicU64::new(0);
     let files = work.len() as u64;
-    stream::iter(work.into_iter().map(|assembly| {
+    // After the first failure the remaining files are skipped, but every started copy runs to its
+    // end (copies run on blocking threads), so the caller can remove the directory afterwards.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Result<()>> = stream::iter(work.into_iter().map(|assembly| {
         let progress = progress.clone();
-        let bytes = &bytes;
+        let (bytes, failed) = (&bytes, &failed);
         async move {
-            let written = assemble(store, db, &assembly, progress).await?;
+            if failed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let written = assemble(store, db, &assembly, progress)
+                .await
+                .inspect_err(|_| {
+                    failed.store(true, Ordering::SeqCst);
+                })?;
             bytes.fetch_add(written, Ordering::Relaxed);
             Ok::<_, Error>(())
         }
     }))
     .buffer_unordered(parallelism.max(1))
-    .try_collect::<Vec<()>>()
-    .await?;
+    .collect()
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
     let current = db.join("CURRENT");
     write_synced(&current, format!("{}\n", handle.manifest_name).as_bytes())?;
     sync_dir(db)?;
@@ -297,32 +307,27 @@ async fn assemble(
 ) -> Result<u64> {
     // Local names were validated as plain RocksDB names: the join stays inside `db`.
     let path = db.join(&assembly.local_name);
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(|e| Error::io("creating", &path, e))?;
+    std::fs::File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
     let mut total = 0u64;
     for (object, expected, expected_size) in &assembly.parts {
-        let mut chunks = verified_stream(
-            store,
-            object,
-            &assembly.local_name,
-            *expected,
-            *expected_size,
-        )
-        .await?;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| Error::io("writing", &path, e))?;
-            if let Some(progress) = &progress {
-                progress(chunk.len() as u64);
-            }
+        store
+            .append_verified(
+                object,
+                *expected,
+                *expected_size,
+                &path,
+                &assembly.local_name,
+            )
+            .await?;
+        if let Some(progress) = &progress {
+            progress(*expected_size);
         }
         total += expected_size;
     }
-    file.sync_all()
+    let file = path.clone();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&file).and_then(|f| f.sync_all()))
         .await
+        .map_err(|e| Error::invalid(format!("restore task failed: {e}")))?
         .map_err(|e| Error::io("syncing", &path, e))?;
     Ok(total)
 }

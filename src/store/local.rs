@@ -16,7 +16,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 
 use super::{
     ContentHash, ObjectInfo, SMALL_OBJECT_LIMIT_BYTES, Staged, StagedKind, Store, SweepMode,
-    WriteMode, validate_object_path,
+    VerifyLength, WriteMode, missing_as_corruption, validate_object_path,
 };
 use crate::error::{Error, Result};
 use crate::fs::{self, DurableError, Fs, FsEntry, Publish, StdFs};
@@ -353,6 +353,47 @@ impl Store for LocalStore {
 
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
+    }
+
+    async fn append_verified(
+        &self,
+        path: &str,
+        expected: ContentHash,
+        size: u64,
+        target: &Path,
+        label: &str,
+    ) -> Result<()> {
+        let source = self.path_of(path)?;
+        let (object, target, label) = (path.to_owned(), target.to_path_buf(), label.to_owned());
+        self.blocking(move |this| {
+            let mut check = VerifyLength::new(&object, &label, expected, size);
+            let mut input = this.fs.open(&source).map_err(|e| {
+                missing_as_corruption(Error::io("reading", &source, e), &object, &label)
+            })?;
+            let found = this.fs.metadata(&source).map_err(|e| {
+                missing_as_corruption(Error::io("reading", &source, e), &object, &label)
+            })?;
+            check.size_is(found.len)?;
+            let mut output = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&target)
+                .map_err(|e| Error::io("opening", &target, e))?;
+            let mut buf = vec![0u8; CHUNK_BYTES];
+            loop {
+                let n = read_chunk(&mut *input, &mut buf)
+                    .map_err(|e| Error::io("reading", &source, e))?;
+                if n == 0 {
+                    break;
+                }
+                check.update(&buf[..n])?;
+                output
+                    .write_all(&buf[..n])
+                    .map_err(|e| Error::io("writing", &target, e))?;
+            }
+            check.finish()
+        })
+        .await
     }
 
     async fn stage_file(&self, file: &Path, offset: u64, len: u64) -> Result<Staged> {

@@ -207,9 +207,119 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         }
     }
 
+    /// Appends the object at `path` to the local file `target` (created if missing), checking on the
+    /// way that it has `size` bytes hashing to `expected`; `label` names it in errors. On a mismatch
+    /// the error is `Corruption` and `target` may hold partial bytes (the caller discards it).
+    /// The default streams through [`get_stream`](Store::get_stream); the local store copies on a
+    /// blocking thread.
+    async fn append_verified(
+        &self,
+        path: &str,
+        expected: ContentHash,
+        size: u64,
+        target: &Path,
+        label: &str,
+    ) -> Result<()> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let (found, mut chunks) = self
+            .get_stream(path)
+            .await
+            .map_err(|e| missing_as_corruption(e, path, label))?;
+        let mut check = VerifyLength::new(path, label, expected, size);
+        check.size_is(found)?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(target)
+            .await
+            .map_err(|e| Error::io("opening", target, e))?;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            check.update(&chunk)?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io("writing", target, e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Error::io("writing", target, e))?;
+        check.finish()
+    }
+
     /// Drops a staged object that will not be published.
     async fn discard_staged(&self, staged: Staged) -> Result<()> {
         let _ = staged;
+        Ok(())
+    }
+}
+
+/// A missing object that a checkpoint references means the checkpoint is damaged.
+pub(crate) fn missing_as_corruption(e: Error, path: &str, label: &str) -> Error {
+    if e.kind() == crate::ErrorKind::NotFound {
+        Error::corruption(format!(
+            "`{path}` ({label} in the checkpoint) is missing from the store"
+        ))
+    } else {
+        e
+    }
+}
+
+/// Checks a stream of bytes against an expected size and hash.
+pub(crate) struct VerifyLength<'a> {
+    path: &'a str,
+    label: &'a str,
+    expected: ContentHash,
+    size: u64,
+    received: u64,
+    hasher: blake3::Hasher,
+}
+
+impl<'a> VerifyLength<'a> {
+    pub(crate) fn new(path: &'a str, label: &'a str, expected: ContentHash, size: u64) -> Self {
+        VerifyLength {
+            path,
+            label,
+            expected,
+            size,
+            received: 0,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    fn mismatch(&self, actual: String, actual_size: u64) -> Error {
+        crate::error::ErrorDetail::HashMismatch {
+            file: format!("{} ({})", self.path, self.label),
+            expected: self.expected.to_hex(),
+            expected_size: self.size,
+            actual,
+            actual_size,
+        }
+        .into()
+    }
+
+    /// The object's reported size, before reading.
+    pub(crate) fn size_is(&self, found: u64) -> Result<()> {
+        if found != self.size {
+            return Err(self.mismatch("(not read)".into(), found));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn update(&mut self, chunk: &[u8]) -> Result<()> {
+        self.received += chunk.len() as u64;
+        if self.received > self.size {
+            return Err(self.mismatch("(longer than expected)".into(), self.received));
+        }
+        self.hasher.update(chunk);
+        Ok(())
+    }
+
+    pub(crate) fn finish(self) -> Result<()> {
+        let actual = ContentHash::from(self.hasher.finalize());
+        if actual != self.expected || self.received != self.size {
+            return Err(self.mismatch(actual.to_hex(), self.received));
+        }
         Ok(())
     }
 }
