@@ -387,18 +387,10 @@ fn plot(rows: &[Row], sizes: &[(String, u64)]) -> String {
         ("BackupEngine", "#ff7f0e", |c| c.backup),
         ("cp + sync floor", "#2ca02c", |c| c.floor),
     ];
-    let max_ms = rows
-        .iter()
-        .flat_map(|r| {
-            series
-                .iter()
-                .map(move |(_, _, f)| r.med(*f).as_secs_f64() * 1e3)
-        })
-        .fold(1.0f64, f64::max);
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="20" text-anchor="middle" font-size="14">Checkpoint time vs change rate (median ms, linear)</text>
+<text x="{}" y="20" text-anchor="middle" font-size="14">Checkpoint time vs change rate (median ms; linear, one scale per panel)</text>
 "#,
         width / 2.0
     );
@@ -419,6 +411,15 @@ fn plot(rows: &[Row], sizes: &[(String, u64)]) -> String {
             margin + plot_h
         );
         let panel_rows: Vec<&Row> = rows.iter().filter(|r| &r.size_label == label).collect();
+        // Each panel has its own scale: state sizes differ by an order of magnitude.
+        let max_ms = panel_rows
+            .iter()
+            .flat_map(|r| {
+                series
+                    .iter()
+                    .map(move |(_, _, f)| r.med(*f).as_secs_f64() * 1e3)
+            })
+            .fold(1.0f64, f64::max);
         for (i, row) in panel_rows.iter().enumerate() {
             let gx = x0 + 10.0 + i as f64 * 100.0;
             for (j, (_, color, f)) in series.iter().enumerate() {

@@ -152,12 +152,28 @@ impl Fixture {
         self.backend.dir().join("db")
     }
 
-    fn wal_bytes(&self) -> u64 {
+    /// Sizes of the live WAL files, by name.
+    fn wal_sizes(&self) -> std::collections::HashMap<String, u64> {
         std::fs::read_dir(self.db_dir())
             .expect("db dir")
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
-            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .map(|e| {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect()
+    }
+
+    /// WAL bytes written between two measurements: growth of files seen before, all of new ones
+    /// (a WAL that was deleted meanwhile, after a flush, subtracts nothing).
+    fn wal_written(
+        before: &std::collections::HashMap<String, u64>,
+        after: &std::collections::HashMap<String, u64>,
+    ) -> u64 {
+        after
+            .iter()
+            .map(|(name, len)| len.saturating_sub(before.get(name).copied().unwrap_or(0)))
             .sum()
     }
 
@@ -291,9 +307,9 @@ impl Fixture {
     /// WAL written plus SSTs the checkpoint references that its predecessor did not).
     pub async fn unflushed_cycle(&mut self, rate: f64) -> (Duration, Duration, u64, u64) {
         let previous = self.coordinator.latest().expect("a checkpoint");
-        let wal_before = self.wal_bytes();
+        let wal_before = self.wal_sizes();
         self.change(rate);
-        let wal = self.wal_bytes().saturating_sub(wal_before);
+        let wal = Self::wal_written(&wal_before, &self.wal_sizes());
         self.quiesce();
         let done = self
             .coordinator
@@ -315,8 +331,9 @@ impl Fixture {
         )
     }
 
-    /// Restores the latest checkpoint into a fresh directory: (restore time, cp -r + sync time of the
-    /// same files from the live directory, bytes).
+    /// Restores the latest checkpoint into a fresh directory, then copies the very same stored
+    /// objects with `cp` + `sync` (the floor). Page caches are dropped before each (where allowed)
+    /// so both read from disk. Returns (restore time, floor time, bytes).
     pub async fn restore_vs_floor(&mut self) -> (Duration, Duration, u64) {
         let latest = self.coordinator.latest().expect("a checkpoint");
         let target = self
@@ -324,7 +341,7 @@ impl Fixture {
             .path()
             .join(format!("restore-{}", latest.checkpoint_id));
         let handle = latest.backends[0].clone();
-        std::process::Command::new("sync").status().expect("sync");
+        drop_page_cache();
         let start = Instant::now();
         let restored = rockpoint::restore_backend(
             &*self.store,
@@ -342,21 +359,26 @@ impl Fixture {
         let restore_time = start.elapsed();
         drop(restored);
         std::fs::remove_dir_all(&target).expect("remove restore");
-        // The floor: copy the same SSTs (from the floor copies, same bytes) and sync.
+        // The floor: the same stored objects, copied and synced.
+        let root = self.dir.path().join("root");
+        let mut sources: Vec<PathBuf> = handle
+            .shared_hashes()
+            .map(|hash| {
+                let hex = hash.to_hex();
+                root.join("shared").join(&hex[..2]).join(&hex)
+            })
+            .collect();
+        sources.extend(handle.private_files.iter().map(|f| root.join(&f.path)));
+        sources.sort();
+        sources.dedup();
         let copy_dir = self.dir.path().join("floor-restore");
         std::fs::create_dir_all(&copy_dir).expect("dir");
-        let sources: Vec<PathBuf> = handle
-            .shared_files
-            .iter()
-            .map(|f| self.floor_dir.join(&f.local_name))
-            .filter(|p| p.exists())
-            .collect();
         let bytes = handle.full_size_bytes();
         let copies: Vec<PathBuf> = sources
             .iter()
             .map(|p| copy_dir.join(p.file_name().expect("a file name")))
             .collect();
-        std::process::Command::new("sync").status().expect("sync");
+        drop_page_cache();
         let start = Instant::now();
         let status = std::process::Command::new("cp")
             .args(&sources)
@@ -373,6 +395,14 @@ impl Fixture {
         std::fs::remove_dir_all(&copy_dir).expect("remove copy");
         (restore_time, floor, bytes)
     }
+}
+
+/// Writes back dirty pages and drops the page cache, if this process may (root); else only syncs.
+pub fn drop_page_cache() {
+    std::process::Command::new("sync")
+        .status()
+        .expect("sync runs");
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
 /// Where bench state lives: `ROCKPOINT_BENCH_DIR` or the system temp directory.
