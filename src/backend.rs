@@ -67,6 +67,8 @@ pub(crate) struct BackendInner {
     hash_cache: Mutex<HashMap<String, (u64, ContentHash)>>,
     /// Log file name → its segments shipped so far as (offset, segment), for this DB instance.
     log_chains: Mutex<HashMap<String, Vec<(u64, Segment)>>>,
+    /// The SSTs the last inspected MANIFEST prefix (name, length) references, for this DB instance.
+    live_ssts: Mutex<Option<(String, u64, Vec<String>)>>,
 }
 
 impl KeyedStateBackend {
@@ -173,6 +175,7 @@ impl KeyedStateBackend {
                 states: RwLock::new(states),
                 hash_cache: Mutex::new(HashMap::new()),
                 log_chains: Mutex::new(HashMap::new()),
+                live_ssts: Mutex::new(None),
             }),
         })
     }
@@ -322,6 +325,10 @@ impl BackendInner {
 
     pub(crate) fn log_chains(&self) -> MutexGuard<'_, HashMap<String, Vec<(u64, Segment)>>> {
         self.log_chains.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn live_ssts(&self) -> MutexGuard<'_, Option<(String, u64, Vec<String>)>> {
+        self.live_ssts.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

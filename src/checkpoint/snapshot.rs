@@ -499,14 +499,27 @@ impl PrepareJob {
 
         let linked_at = std::time::Instant::now();
         // A3: a read-only open of the image tells exactly which SSTs the MANIFEST prefix references.
-        copy_prefix(
-            &manifest_source,
-            &image.join(&self.manifest.name),
-            manifest_len,
-        )?;
-        std::fs::write(image.join("CURRENT"), format!("{}\n", self.manifest.name))
-            .map_err(|e| Error::io("writing", image.join("CURRENT"), e))?;
-        let live = referenced_ssts(&image, &staging.join("rocksdb-log"))?;
+        // The same MANIFEST prefix (name and length) of this DB instance references the same SSTs,
+        // so an unchanged MANIFEST skips the open.
+        let live = match self
+            .backend
+            .cached_live_ssts(&self.manifest.name, manifest_len)
+        {
+            Some(live) => live,
+            None => {
+                copy_prefix(
+                    &manifest_source,
+                    &image.join(&self.manifest.name),
+                    manifest_len,
+                )?;
+                std::fs::write(image.join("CURRENT"), format!("{}\n", self.manifest.name))
+                    .map_err(|e| Error::io("writing", image.join("CURRENT"), e))?;
+                let live = referenced_ssts(&image, &staging.join("rocksdb-log"))?;
+                self.backend
+                    .remember_live_ssts(&self.manifest.name, manifest_len, live.clone());
+                live
+            }
+        };
         let opened = linked_at.elapsed();
         let missing: Vec<&String> = live
             .iter()
@@ -733,6 +746,20 @@ pub(crate) fn hash_file(path: &Path, offset: u64, len: Option<u64>) -> Result<(C
 }
 
 impl BackendInner {
+    /// The SSTs a MANIFEST prefix of this DB instance was found to reference, if it was inspected.
+    fn cached_live_ssts(&self, manifest: &str, len: u64) -> Option<Vec<String>> {
+        match &*self.live_ssts() {
+            Some((name, cached_len, live)) if name == manifest && *cached_len == len => {
+                Some(live.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn remember_live_ssts(&self, manifest: &str, len: u64, live: Vec<String>) {
+        *self.live_ssts() = Some((manifest.to_owned(), len, live));
+    }
+
     /// Remembers an SST's hash for later snapshots of this DB instance.
     fn remember_sst_hash(&self, name: &str, size: u64, hash: ContentHash) {
         self.hash_cache().insert(name.to_owned(), (size, hash));
