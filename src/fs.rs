@@ -249,6 +249,17 @@ pub(crate) fn is_temporary_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(".tmp-")
 }
 
+/// The directory `target` is published in; a path without one is a caller's error.
+fn parent_dir(target: &Path) -> Result<&Path, DurableError> {
+    target.parent().ok_or_else(|| {
+        DurableError::io(
+            "publishing",
+            target,
+            io::Error::from(io::ErrorKind::InvalidInput),
+        )
+    })
+}
+
 /// Durably publishes the bytes produced by `write` at `target` (see the module docs for the steps).
 /// `write` fills the temporary file; on any failure the temporary file is removed.
 pub(crate) fn publish_file(
@@ -257,13 +268,7 @@ pub(crate) fn publish_file(
     mode: Publish,
     write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
 ) -> Result<(), DurableError> {
-    let dir = target.parent().ok_or_else(|| {
-        DurableError::io(
-            "publishing",
-            target,
-            io::Error::from(io::ErrorKind::InvalidInput),
-        )
-    })?;
+    let dir = parent_dir(target)?;
     create_dir_all_durable(fs, dir)?;
     let temp = temporary_path(target);
     let result = publish_via(fs, &temp, target, dir, mode, write);
@@ -339,13 +344,7 @@ pub(crate) fn publish_synced_temporary(
     temp: &Path,
     target: &Path,
 ) -> Result<(), DurableError> {
-    let dir = target.parent().ok_or_else(|| {
-        DurableError::io(
-            "publishing",
-            target,
-            io::Error::from(io::ErrorKind::InvalidInput),
-        )
-    })?;
+    let dir = parent_dir(target)?;
     create_dir_all_durable(fs, dir)?;
     match fs.hard_link(temp, target) {
         Ok(()) => {}

@@ -194,6 +194,8 @@ async fn under_load(size: u64, secs: Duration) -> Load {
             n
         })
     };
+    // Only the checkpoints taken under load count: the fixture's first (full) one is subtracted.
+    let setup = fixture.coordinator.metrics();
     let start = Instant::now();
     let mut checkpoints = 0;
     while start.elapsed() < secs {
@@ -207,7 +209,15 @@ async fn under_load(size: u64, secs: Duration) -> Load {
     }
     stop.store(true, Ordering::Relaxed);
     let writes = writer.join().expect("writer");
-    let metrics = fixture.coordinator.metrics();
+    let mut metrics = fixture.coordinator.metrics();
+    metrics
+        .sync_pause_us
+        .subtract(&setup.sync_pause_us)
+        .expect("same histogram bounds");
+    metrics
+        .checkpoint_duration_us
+        .subtract(&setup.checkpoint_duration_us)
+        .expect("same histogram bounds");
     Load {
         size,
         checkpoints,

@@ -207,11 +207,18 @@ pub async fn download_backend(
     let temp = parent.join(format!("{stale_prefix}{}", crate::util::nonce()));
     let db = temp.join(DB_DIR);
     std::fs::create_dir_all(&db).map_err(|e| Error::io("creating", &db, e))?;
+    let started = std::time::Instant::now();
     let result = fill(store, handle, &db, parallelism, progress).await;
     let result = match result {
         Ok(report) => publish(&temp, &target, &parent).map(|()| report),
         Err(e) => Err(e),
     };
+    tracing::debug!(
+        key_groups = %handle.key_groups,
+        download_us = started.elapsed().as_micros() as u64,
+        ok = result.is_ok(),
+        "restore download done"
+    );
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&temp);
     }
@@ -545,6 +552,7 @@ pub async fn restore_backend(
 
 /// Opens a downloaded backend and checks it holds the states the checkpoint recorded.
 fn open_restored(handle: &BackendHandle, target: &RestoreTarget) -> Result<KeyedStateBackend> {
+    let started = std::time::Instant::now();
     let backend = KeyedStateBackend::open(
         &target.dir,
         handle.max_parallelism,
@@ -568,6 +576,11 @@ fn open_restored(handle: &BackendHandle, target: &RestoreTarget) -> Result<Keyed
             .map(|f| (f.local_name.clone(), f.size, f.hash)),
     );
     backend.seed_log_chains(&handle.log_files);
+    tracing::debug!(
+        key_groups = %handle.key_groups,
+        open_us = started.elapsed().as_micros() as u64,
+        "restored backend opened"
+    );
     Ok(backend)
 }
 

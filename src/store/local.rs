@@ -5,7 +5,7 @@
 //! delete is followed by a directory fsync, so a deleted commit record stays deleted after a crash.
 //! A failed fsync poisons the store (G6): every later call fails with `Poisoned`.
 
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -169,11 +169,7 @@ impl Store for LocalStore {
         let target = self.path_of(path)?;
         let source = file.to_path_buf();
         self.blocking(move |this| {
-            let mut input = std::fs::File::open(&source)
-                .map_err(|e| Error::io("opening for upload", &source, e))?;
-            input
-                .seek(SeekFrom::Start(offset))
-                .map_err(|e| Error::io("seeking for upload", &source, e))?;
+            let mut input = super::open_for_upload(&source, offset)?;
             let mut mismatch = None;
             let result = fs::publish_file(&*this.fs, &target, Publish::Replace, &mut |out| {
                 let actual = copy_hashing(&mut input, out, len)?;
@@ -399,11 +395,7 @@ impl Store for LocalStore {
     async fn stage_file(&self, file: &Path, offset: u64, len: u64) -> Result<Staged> {
         let source = file.to_path_buf();
         self.blocking(move |this| {
-            let mut input = std::fs::File::open(&source)
-                .map_err(|e| Error::io("opening for upload", &source, e))?;
-            input
-                .seek(SeekFrom::Start(offset))
-                .map_err(|e| Error::io("seeking for upload", &source, e))?;
+            let mut input = super::open_for_upload(&source, offset)?;
             let mut hashed = None;
             let temp =
                 fs::write_synced_temporary(&*this.fs, &this.root.join("shared"), &mut |out| {

@@ -255,6 +255,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 }
 
 /// A missing object that a checkpoint references means the checkpoint is damaged.
+/// Opens the local file `file` for an upload of its bytes from `offset` on.
+pub(crate) fn open_for_upload(file: &Path, offset: u64) -> Result<std::fs::File> {
+    use std::io::{Seek, SeekFrom};
+    let mut input =
+        std::fs::File::open(file).map_err(|e| Error::io("opening for upload", file, e))?;
+    input
+        .seek(SeekFrom::Start(offset))
+        .map_err(|e| Error::io("seeking for upload", file, e))?;
+    Ok(input)
+}
+
 pub(crate) fn missing_as_corruption(e: Error, path: &str, label: &str) -> Error {
     if e.kind() == crate::ErrorKind::NotFound {
         Error::corruption(format!(

@@ -6,7 +6,7 @@
 //! overwrites a create-only object (G5). Large files go up as streamed multipart uploads, checked
 //! against their content hash before the upload is completed.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -168,11 +168,7 @@ impl Store for ObjectStoreStore {
         expected: ContentHash,
     ) -> Result<()> {
         let location = self.location(path)?;
-        let mut source =
-            std::fs::File::open(file).map_err(|e| Error::io("opening for upload", file, e))?;
-        source
-            .seek(SeekFrom::Start(offset))
-            .map_err(|e| Error::io("seeking for upload", file, e))?;
+        let mut source = super::open_for_upload(file, offset)?;
         let mut hasher = blake3::Hasher::new();
         let mismatch = |actual: ContentHash, actual_size: u64| -> Error {
             ErrorDetail::HashMismatch {
