@@ -303,6 +303,61 @@ async fn flink_30461_interrupted_upload_is_cleaned_by_recovery_and_gc() -> TestR
     Ok(())
 }
 
+/// An upload that lands but reports failure fails its checkpoint; the abort removes what landed
+/// (nothing references it), the previous checkpoint still restores, and the next checkpoint of the
+/// same state uploads the file again and restores exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_upload_fails_the_checkpoint_and_leaves_nothing_behind() -> TestResult {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir()?;
+    let test_store = TestStore::new(local_store(&dir.path().join("root"))?);
+    let store: Arc<dyn Store> = test_store.clone();
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 1, 2_000)?;
+    job.write(3_000)?;
+    let first = c.checkpoint(&job.refs()).await?;
+    let first_scan = job.scan()?;
+    job.write(3_000)?;
+    job.backends[0].flush()?; // a new SST, so the next checkpoint certainly uploads
+    let started = test_store.uploads_started.load(Ordering::SeqCst);
+    test_store
+        .ambiguous_uploads_after
+        .store(started, Ordering::SeqCst);
+    let failed = c.checkpoint(&job.refs()).await;
+    test_store
+        .ambiguous_uploads_after
+        .store(u64::MAX, Ordering::SeqCst);
+    assert!(failed.is_err(), "an upload reported failed: {failed:?}");
+    assert!(
+        test_store.uploads_started.load(Ordering::SeqCst) > started,
+        "the failed checkpoint did upload"
+    );
+    // Nothing of the failed checkpoint survives: no pin, no record, no unreferenced shared file.
+    let after_abort = objects(&*store).await?;
+    assert!(
+        after_abort
+            .iter()
+            .all(|p| !p.starts_with("pins/") && !p.contains("chk-00000000000000000002")),
+        "{after_abort:?}"
+    );
+    let (referenced, present) = shared_sets(&*store).await?;
+    assert_eq!(referenced, present, "the ambiguous upload was removed");
+    assert!(collect_garbage(&*store, &gc_now()).await?.is_empty());
+    assert_eq!(c.latest().map(|m| m.checkpoint_id), Some(first.id()));
+    assert_eq!(
+        restore_scan(&*store, &first.path(), dir.path()).await?,
+        first_scan
+    );
+    // The same state checkpoints fine once the store behaves.
+    let next = c.checkpoint(&job.refs()).await?;
+    assert!(next.uploaded_bytes() > 0);
+    assert_eq!(
+        restore_scan(&*store, &next.path(), dir.path()).await?,
+        job.scan()?
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_commit_is_treated_as_committed() -> TestResult {
     let dir = tempfile::tempdir()?;

@@ -259,12 +259,14 @@ pub async fn shared_sets(
 }
 
 /// A store wrapper for scripting races and failures: uploads can be held at a gate, fail after a
-/// number of successful uploads, and the commit record's write can be made ambiguous.
+/// number of successful uploads, succeed but report failure (ambiguous outcome) after a number of
+/// uploads, and the commit record's write can be made ambiguous.
 pub struct TestStore {
     pub inner: Arc<dyn Store>,
     gate: tokio::sync::watch::Sender<bool>,
     pub uploads_started: std::sync::atomic::AtomicU64,
     pub fail_uploads_after: std::sync::atomic::AtomicU64,
+    pub ambiguous_uploads_after: std::sync::atomic::AtomicU64,
     pub ambiguous_metadata: std::sync::atomic::AtomicBool,
 }
 
@@ -281,6 +283,7 @@ impl TestStore {
             gate: tokio::sync::watch::channel(true).0,
             uploads_started: 0.into(),
             fail_uploads_after: u64::MAX.into(),
+            ambiguous_uploads_after: u64::MAX.into(),
             ambiguous_metadata: false.into(),
         })
     }
@@ -346,7 +349,17 @@ impl Store for TestStore {
         if n >= self.fail_uploads_after.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("injected upload failure").into());
         }
-        self.inner.put_file(path, file, offset, len, expected).await
+        self.inner
+            .put_file(path, file, offset, len, expected)
+            .await?;
+        if n >= self.ambiguous_uploads_after.load(Ordering::SeqCst) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "ambiguous: uploaded, reported failed",
+            )
+            .into());
+        }
+        Ok(())
     }
     async fn get(&self, path: &str) -> rockpoint::Result<bytes::Bytes> {
         self.inner.get(path).await
