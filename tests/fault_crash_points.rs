@@ -15,6 +15,11 @@
 //! * recovery is idempotent: a crash in the middle of recovery, then recovery again, passes the same
 //!   checks.
 //!
+//! The workloads that exist to delete (subsume — after a compaction replaced the first checkpoint's
+//! SSTs —, abort, cancel with delete, GC) must delete shared files in their trace, or the test fails:
+//! a workload that deletes nothing would prove nothing about deletion. Reversing the discard order
+//! (shared files before the commit record) makes the delete-time check fail in four workloads.
+//!
 //! The default run explores every crash point of every workload. `ROCKPOINT_CRASH_STRIDE=N` explores
 //! every N-th only (for quick local iterations).
 
@@ -158,8 +163,14 @@ async fn workload(name: &str, ctx: &mut Ctx) -> TestResult<Jobs> {
             let s = settings(1, retain);
             let c = CheckpointCoordinator::open(ctx.store.clone(), "a", s.clone()).await?;
             let mut job = ctx.job("a", 1)?;
-            for _ in 0..3 {
+            for round in 0..3 {
                 Ctx::change(&mut job)?;
+                if round == 1 {
+                    // Compaction replaces the SSTs of checkpoint 1, so subsuming it deletes them.
+                    for b in &job.backends {
+                        b.compact()?;
+                    }
+                }
                 ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
             }
             Ok(vec![("a", s)])
@@ -376,11 +387,35 @@ async fn recovery_ops(fs: &SimFs, jobs: &Jobs) -> TestResult<u64> {
     Ok(copy.ops())
 }
 
-async fn explore(name: &str) -> TestResult<(usize, usize)> {
+/// Workloads whose point is deleting shared files (checked on their trace).
+const DELETING_WORKLOADS: &[&str] = &["subsume", "abort", "cancel_delete", "gc"];
+
+/// A committed content-addressed object `shared/<h0h1>/<hash>` (not a temporary file).
+fn is_shared_object(path: &Path) -> bool {
+    let parent = path.parent().and_then(|p| p.parent());
+    parent.and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new("shared"))
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Explores every crash point of workload `name`: (operations, shared files deleted, crash states).
+async fn explore(name: &str) -> TestResult<(usize, usize, usize)> {
     let dir = tempfile::tempdir()?;
     let mut ctx = Ctx::new(&dir.path().join("run"))?;
     let jobs = workload(name, &mut ctx).await?;
     let trace: Vec<TraceOp> = ctx.sim.trace();
+    let shared_deletes = trace
+        .iter()
+        .filter(|op| matches!(op, TraceOp::Unlink(p) if is_shared_object(p)))
+        .count();
+    if DELETING_WORKLOADS.contains(&name) {
+        assert!(
+            shared_deletes > 0,
+            "{name}: the workload must delete shared files, or its crash points prove nothing about deletion"
+        );
+    }
     let violations = ctx.checker.violations();
     assert!(
         violations.is_empty(),
@@ -446,15 +481,15 @@ async fn explore(name: &str) -> TestResult<(usize, usize)> {
             explored += 1;
         }
     }
-    Ok((trace.len(), explored))
+    Ok((trace.len(), shared_deletes, explored))
 }
 
 macro_rules! crash_points {
     ($($test:ident => $name:literal),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $test() -> TestResult {
-            let (ops, explored) = explore($name).await?;
-            println!("crash points: workload {} has {ops} operations; explored {explored} crash states, 0 violations", $name);
+            let (ops, deletes, explored) = explore($name).await?;
+            println!("crash points: workload {} has {ops} operations ({deletes} deletions of shared files); explored {explored} crash states, 0 violations", $name);
             Ok(())
         }
     )*};
