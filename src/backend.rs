@@ -44,6 +44,10 @@ struct BackendInfo {
     key_groups: KeyGroupRange,
 }
 
+/// Every row of every state as raw bytes: state name → `(row key, value)` in row-key order
+/// (see [`KeyedStateBackend::scan_raw`]).
+pub type RawScan = BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
+
 /// A keyed state backend: typed states over one RocksDB instance for one key-group range.
 ///
 /// Cheap to clone; clones and the state handles it returns share the same RocksDB instance, which
@@ -244,7 +248,7 @@ impl KeyedStateBackend {
 
     /// Every row of every state as raw bytes, by state name then row key: the reference scan that
     /// tests and verification compare whole states with.
-    pub fn scan_raw(&self) -> Result<BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>> {
+    pub fn scan_raw(&self) -> Result<RawScan> {
         let mut out = BTreeMap::new();
         for name in self.inner.states_read().keys() {
             let core = StateCore::new(self.inner.clone(), name.clone())?;

@@ -29,7 +29,7 @@ mod state;
 mod store;
 mod util;
 
-pub use backend::KeyedStateBackend;
+pub use backend::{KeyedStateBackend, RawScan};
 pub use checkpoint::CheckpointTicket;
 pub use checkpoint::coordinator::{
     CancellationPolicy, CheckpointCoordinator, CheckpointMetrics, CheckpointSettings,

@@ -105,6 +105,9 @@ pub(crate) struct StateCore {
 
 type RowIter<'a> = DBIteratorWithThreadMode<'a, DB>;
 
+/// One raw row: the row key and the stored bytes.
+pub(crate) type RawRow = (Box<[u8]>, Box<[u8]>);
+
 impl StateCore {
     /// The state's core; fails if its column family does not exist (it is created on registration).
     pub(crate) fn new(inner: Arc<BackendInner>, name: String) -> Result<Self> {
@@ -195,7 +198,7 @@ impl StateCore {
     pub(crate) fn raw_rows(
         &self,
         range: Option<KeyGroupRange>,
-    ) -> Result<impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + '_> {
+    ) -> Result<impl Iterator<Item = Result<RawRow>> + '_> {
         let (lower, upper) = match range {
             Some(range) => {
                 let (lower, upper) = codec::range_bounds(range);
@@ -211,7 +214,7 @@ impl StateCore {
     fn rows_with_prefix(
         &self,
         prefix: Vec<u8>,
-    ) -> Result<impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + '_> {
+    ) -> Result<impl Iterator<Item = Result<RawRow>> + '_> {
         let upper = codec::prefix_successor(&prefix);
         let iter = self.rows_between(prefix, upper)?;
         Ok(iter.map(move |row| row.map_err(|e| self.rocks("iterating", e))))
@@ -347,10 +350,14 @@ impl KeyedStateBackend {
     }
 }
 
+/// Marks the types a state handle is for without owning values of them (so the handle is `Send`
+/// and `Sync` whatever the types).
+type Types<T> = PhantomData<fn(T) -> T>;
+
 /// One value per key.
 pub struct ValueState<K, V> {
     core: StateCore,
-    _types: PhantomData<fn(K, V) -> (K, V)>,
+    _types: Types<(K, V)>,
 }
 
 impl<K, V> Clone for ValueState<K, V> {
@@ -398,7 +405,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> ValueStat
 /// A list per key. Appending is a RocksDB merge: no read-modify-write.
 pub struct ListState<K, T> {
     core: StateCore,
-    _types: PhantomData<fn(K, T) -> (K, T)>,
+    _types: Types<(K, T)>,
 }
 
 impl<K, T> Clone for ListState<K, T> {
@@ -496,7 +503,7 @@ impl<K: Serialize + DeserializeOwned, T: Serialize + DeserializeOwned> ListState
 /// A map per key; every entry is its own row, so entries are read and written one at a time.
 pub struct MapState<K, UK, UV> {
     core: StateCore,
-    _types: PhantomData<fn(K, UK, UV) -> (K, UK, UV)>,
+    _types: Types<(K, UK, UV)>,
 }
 
 impl<K, UK, UV> Clone for MapState<K, UK, UV> {
@@ -641,7 +648,7 @@ type ReduceFn<V> = Arc<dyn Fn(V, V) -> V + Send + Sync>;
 pub struct ReducingState<K, V> {
     core: StateCore,
     reduce: ReduceFn<V>,
-    _types: PhantomData<fn(K, V) -> (K, V)>,
+    _types: Types<(K, V)>,
 }
 
 impl<K, V> Clone for ReducingState<K, V> {

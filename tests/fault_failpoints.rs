@@ -183,7 +183,7 @@ async fn cancel_during_upload_aborts_cleanly() -> TestResult {
     }
     fail_parallel::cfg(registry.clone(), "snapshot::before_upload", "off")?;
     let outcome = running.await?;
-    let err = outcome.err().expect("the checkpoint was cancelled");
+    let err = outcome.expect_err("the checkpoint was cancelled");
     assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
     cancel.await??;
     assert_eq!(

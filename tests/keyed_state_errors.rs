@@ -106,19 +106,17 @@ fn corrupt_bytes_give_a_corruption_error_naming_the_state() -> TestResult {
     let err = backend
         .value_state::<String, (u64, String)>("pairs")?
         .get(&key)
-        .err()
-        .expect("corrupt value");
+        .expect_err("corrupt value");
     assert_eq!(err.kind(), ErrorKind::Corruption);
     assert!(err.to_string().contains("pairs"), "{err}");
     let err = backend
         .list_state::<String, u64>("lists")?
         .get(&key)
-        .err()
-        .expect("corrupt list");
+        .expect_err("corrupt list");
     assert_eq!(err.kind(), ErrorKind::Corruption);
     assert!(err.to_string().contains("lists"), "{err}");
     let maps = backend.map_state::<String, u32, u64>("maps")?;
-    let err = maps.get(&key, &1).err().expect("corrupt map value");
+    let err = maps.get(&key, &1).expect_err("corrupt map value");
     assert_eq!(err.kind(), ErrorKind::Corruption);
     assert!(err.to_string().contains("maps"), "{err}");
     let scan: Vec<_> = maps.all_entries(None)?.collect();
@@ -138,7 +136,7 @@ fn keys_outside_the_backend_range_are_refused() -> TestResult {
     let inside = (0u64..)
         .find(|k| key_group_of(&rmp_serde::to_vec(k).unwrap(), 128) < 64)
         .unwrap();
-    let err = state.put(&outside, &1).err().expect("outside range");
+    let err = state.put(&outside, &1).expect_err("outside range");
     assert_eq!(err.kind(), ErrorKind::Invalid);
     assert!(err.to_string().contains("outside"), "{err}");
     state.put(&inside, &1)?;

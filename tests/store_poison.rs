@@ -112,8 +112,7 @@ async fn a_failed_fsync_poisons_the_store_and_is_never_retried() -> TestResult {
     let err = c
         .checkpoint(&job.refs())
         .await
-        .err()
-        .expect("the checkpoint fails");
+        .expect_err("the checkpoint fails");
     assert_eq!(err.kind(), ErrorKind::Poisoned, "{err}");
     assert!(err.to_string().contains("fsync"), "{err}");
 
@@ -128,11 +127,7 @@ async fn a_failed_fsync_poisons_the_store_and_is_never_retried() -> TestResult {
         store.list("").await.err().map(|e| e.kind()),
         Some(ErrorKind::Poisoned)
     );
-    let again = c
-        .checkpoint(&job.refs())
-        .await
-        .err()
-        .expect("still poisoned");
+    let again = c.checkpoint(&job.refs()).await.expect_err("still poisoned");
     assert_eq!(again.kind(), ErrorKind::Poisoned);
     assert_eq!(
         calls.load(Ordering::SeqCst),

@@ -389,10 +389,13 @@ fn render(
     out
 }
 
+/// A contender in the plot: name, colour, and its time in a cycle.
+type Series = (&'static str, &'static str, fn(&Cycle) -> Duration);
+
 /// Grouped bars per size: checkpoint time (median, ms) per change rate for the three contenders.
 fn plot(rows: &[Row], sizes: &[(String, u64)]) -> String {
     let (width, height, margin) = (360.0 * sizes.len() as f64 + 80.0, 380.0, 60.0);
-    let series: [(&str, &str, fn(&Cycle) -> Duration); 3] = [
+    let series: [Series; 3] = [
         ("rockpoint", "#1f77b4", |c| c.e2e),
         ("BackupEngine", "#ff7f0e", |c| c.backup),
         ("cp + sync floor", "#2ca02c", |c| c.floor),

@@ -384,39 +384,28 @@ async fn verified_stream(
                 if done {
                     return Ok(None);
                 }
-                loop {
-                    match chunks.next().await {
-                        Some(chunk) => {
-                            let chunk = chunk?;
-                            received += chunk.len() as u64;
-                            if received > expected_size {
-                                return Err(mismatch("(longer than expected)".into(), received));
-                            }
-                            hasher.update(&chunk);
-                            match held {
-                                Some(previous) => {
-                                    return Ok(Some((
-                                        previous,
-                                        (chunks, hasher, received, Some(chunk), false),
-                                    )));
-                                }
-                                None => {
-                                    return Ok(Some((
-                                        Bytes::new(),
-                                        (chunks, hasher, received, Some(chunk), false),
-                                    )));
-                                }
-                            }
+                match chunks.next().await {
+                    Some(chunk) => {
+                        let chunk = chunk?;
+                        received += chunk.len() as u64;
+                        if received > expected_size {
+                            return Err(mismatch("(longer than expected)".into(), received));
                         }
-                        None => {
-                            let actual = ContentHash::from(hasher.finalize());
-                            if actual != expected || received != expected_size {
-                                return Err(mismatch(actual.to_hex(), received));
-                            }
-                            return Ok(held.map(|last| {
-                                (last, (chunks, blake3::Hasher::new(), received, None, true))
-                            }));
+                        hasher.update(&chunk);
+                        // The first chunk releases nothing (an empty chunk, filtered below).
+                        Ok(Some((
+                            held.unwrap_or_default(),
+                            (chunks, hasher, received, Some(chunk), false),
+                        )))
+                    }
+                    None => {
+                        let actual = ContentHash::from(hasher.finalize());
+                        if actual != expected || received != expected_size {
+                            return Err(mismatch(actual.to_hex(), received));
                         }
+                        Ok(held.map(|last| {
+                            (last, (chunks, blake3::Hasher::new(), received, None, true))
+                        }))
                     }
                 }
             }
