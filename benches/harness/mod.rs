@@ -140,12 +140,81 @@ impl Fixture {
 
     /// Overwrites `rate` of the keys (chosen at random) with new values.
     pub fn change(&mut self, rate: f64) {
+        let values = self.values.clone();
+        self.change_in(&values, rate);
+    }
+
+    /// Overwrites `rate` of the keys of `values` (chosen at random) with new values.
+    fn change_in(&mut self, values: &ValueState<u64, Vec<u8>>, rate: f64) {
         let count = ((self.keys as f64) * rate).ceil() as u64;
         for _ in 0..count {
             let key = self.next() % self.keys;
             let value = self.value();
-            self.values.put(&key, &value).expect("write");
+            values.put(&key, &value).expect("write");
         }
+    }
+
+    /// Restores the latest checkpoint into a new job without claiming it, changes `rate` of the
+    /// keys there and checkpoints that job once (it is then finished, which discards its
+    /// checkpoint). Returns (bytes its first checkpoint uploaded, WAL written since the restore +
+    /// bytes of SSTs the restored checkpoint did not hold, bytes the restore brought back).
+    pub async fn first_checkpoint_after_restore(&mut self, rate: f64) -> (u64, u64, u64) {
+        let latest = self.coordinator.latest().expect("a checkpoint");
+        let coordinator = CheckpointCoordinator::open(
+            self.store.clone(),
+            "bench-restored",
+            CheckpointSettings::default(),
+        )
+        .await
+        .expect("coordinator of the restored job");
+        let target = self
+            .dir
+            .path()
+            .join(format!("restored-job-{}", latest.checkpoint_id));
+        let backend = coordinator
+            .restore(
+                &rockpoint::RestoreSource::Metadata(latest.metadata_path()),
+                &[rockpoint::RestoreTarget {
+                    dir: target.clone(),
+                    key_groups: KeyGroupRange::all(128).unwrap(),
+                    settings: settings(),
+                }],
+                rockpoint::ClaimMode::NoClaim,
+            )
+            .await
+            .expect("restore")
+            .pop()
+            .expect("one backend");
+        let values = backend
+            .value_state::<u64, Vec<u8>>("values")
+            .expect("restored state");
+        let db_dir = backend.dir().join("db");
+        let wal_before = Self::wal_sizes_in(&db_dir);
+        self.change_in(&values, rate);
+        let wal = Self::wal_written(&wal_before, &Self::wal_sizes_in(&db_dir));
+        let done = coordinator
+            .checkpoint(&[&backend])
+            .await
+            .expect("first checkpoint after the restore");
+        let known: HashSet<_> = latest.shared_hashes().collect();
+        let new_ssts: u64 = done.metadata.backends[0]
+            .shared_files
+            .iter()
+            .filter(|f| !known.contains(&f.hash))
+            .map(|f| f.size)
+            .sum();
+        coordinator
+            .shutdown(rockpoint::JobEnd::Finished)
+            .await
+            .expect("finish the restored job");
+        drop(values);
+        drop(backend);
+        std::fs::remove_dir_all(&target).expect("remove the restored job");
+        (
+            done.uploaded_bytes(),
+            wal + new_ssts,
+            latest.backends[0].full_size_bytes(),
+        )
     }
 
     fn db_dir(&self) -> PathBuf {
@@ -154,7 +223,12 @@ impl Fixture {
 
     /// Sizes of the live WAL files, by name.
     fn wal_sizes(&self) -> std::collections::HashMap<String, u64> {
-        std::fs::read_dir(self.db_dir())
+        Self::wal_sizes_in(&self.db_dir())
+    }
+
+    /// Sizes of the live WAL files of the DB in `db_dir`, by name.
+    fn wal_sizes_in(db_dir: &std::path::Path) -> std::collections::HashMap<String, u64> {
+        std::fs::read_dir(db_dir)
             .expect("db dir")
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
