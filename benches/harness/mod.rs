@@ -196,13 +196,7 @@ impl Fixture {
             .checkpoint(&[&backend])
             .await
             .expect("first checkpoint after the restore");
-        let known: HashSet<_> = latest.shared_hashes().collect();
-        let new_ssts: u64 = done.metadata.backends[0]
-            .shared_files
-            .iter()
-            .filter(|f| !known.contains(&f.hash))
-            .map(|f| f.size)
-            .sum();
+        let new_ssts = new_shared_bytes(&done.metadata, &latest);
         coordinator
             .shutdown(rockpoint::JobEnd::Finished)
             .await
@@ -390,13 +384,7 @@ impl Fixture {
             .checkpoint(&[&self.backend])
             .await
             .expect("checkpoint");
-        let known: HashSet<_> = previous.shared_hashes().collect();
-        let new_ssts: u64 = done.metadata.backends[0]
-            .shared_files
-            .iter()
-            .filter(|f| !known.contains(&f.hash))
-            .map(|f| f.size)
-            .sum();
+        let new_ssts = new_shared_bytes(&done.metadata, &previous);
         (
             done.sync_pause,
             done.duration,
@@ -469,6 +457,20 @@ impl Fixture {
         std::fs::remove_dir_all(&copy_dir).expect("remove copy");
         (restore_time, floor, bytes)
     }
+}
+
+/// Bytes of the shared files of `checkpoint` that `previous` did not hold.
+fn new_shared_bytes(
+    checkpoint: &rockpoint::CheckpointMetadata,
+    previous: &rockpoint::CheckpointMetadata,
+) -> u64 {
+    let known: HashSet<_> = previous.shared_hashes().collect();
+    checkpoint.backends[0]
+        .shared_files
+        .iter()
+        .filter(|f| !known.contains(&f.hash))
+        .map(|f| f.size)
+        .sum()
 }
 
 /// Writes back dirty pages and drops the page cache, if this process may (root); else only syncs.
