@@ -39,6 +39,24 @@ fn rates() -> Vec<f64> {
     }
 }
 
+/// Total time of `iters` runs of `contender`, each on a fresh delta: `rate` of the keys changed,
+/// flushed, compactions waited for and dirty pages synced (all untimed).
+fn after_each_flushed_change(
+    fixture: &mut Fixture,
+    rate: f64,
+    iters: u64,
+    mut contender: impl FnMut(&mut Fixture) -> Duration,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        fixture.change(rate);
+        fixture.backend.flush().unwrap();
+        fixture.quiesce();
+        total += contender(fixture);
+    }
+    total
+}
+
 fn checkpoint_benches(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     for (label, bytes) in sizes() {
@@ -96,42 +114,23 @@ fn checkpoint_benches(c: &mut Criterion) {
                 .measurement_time(Duration::from_secs(10));
             group.bench_function("rockpoint", |b| {
                 b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        fixture.change(rate);
-                        fixture.backend.flush().unwrap();
-                        fixture.quiesce();
+                    after_each_flushed_change(&mut fixture, rate, iters, |f| {
                         let start = Instant::now();
                         runtime
-                            .block_on(fixture.coordinator.checkpoint(&[&fixture.backend]))
+                            .block_on(f.coordinator.checkpoint(&[&f.backend]))
                             .unwrap();
-                        total += start.elapsed();
-                    }
-                    total
+                        start.elapsed()
+                    })
                 })
             });
             group.bench_function("backup_engine", |b| {
                 b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        fixture.change(rate);
-                        fixture.backend.flush().unwrap();
-                        fixture.quiesce();
-                        total += fixture.backup_once();
-                    }
-                    total
+                    after_each_flushed_change(&mut fixture, rate, iters, Fixture::backup_once)
                 })
             });
             group.bench_function("cp_sync_floor", |b| {
                 b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        fixture.change(rate);
-                        fixture.backend.flush().unwrap();
-                        fixture.quiesce();
-                        total += fixture.floor_once();
-                    }
-                    total
+                    after_each_flushed_change(&mut fixture, rate, iters, Fixture::floor_once)
                 })
             });
             group.finish();

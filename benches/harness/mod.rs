@@ -288,20 +288,7 @@ impl Fixture {
                 self.floor_seen.insert(name);
             }
         }
-        let start = Instant::now();
-        if !new.is_empty() {
-            let status = std::process::Command::new("cp")
-                .args(&new)
-                .arg(&self.floor_dir)
-                .status()
-                .expect("cp runs");
-            assert!(status.success(), "cp failed");
-        }
-        let status = std::process::Command::new("sync")
-            .status()
-            .expect("sync runs");
-        assert!(status.success(), "sync failed");
-        let elapsed = start.elapsed();
+        let elapsed = cp_and_sync(&new, &self.floor_dir);
         // Keep the floor's copies to the live set, like the other two keep theirs.
         let live: HashSet<String> = std::fs::read_dir(self.db_dir())
             .expect("db dir")
@@ -436,27 +423,36 @@ impl Fixture {
         let copy_dir = self.dir.path().join("floor-restore");
         std::fs::create_dir_all(&copy_dir).expect("dir");
         let bytes = handle.full_size_bytes();
-        let copies: Vec<PathBuf> = sources
-            .iter()
-            .map(|p| copy_dir.join(p.file_name().expect("a file name")))
-            .collect();
         drop_page_cache();
-        let start = Instant::now();
-        let status = std::process::Command::new("cp")
-            .args(&sources)
-            .arg(&copy_dir)
-            .status()
-            .expect("cp");
-        assert!(status.success());
-        std::process::Command::new("sync")
-            .args(&copies)
-            .arg(&copy_dir)
-            .status()
-            .expect("sync");
-        let floor = start.elapsed();
+        let floor = cp_and_sync(&sources, &copy_dir);
         std::fs::remove_dir_all(&copy_dir).expect("remove copy");
         (restore_time, floor, bytes)
     }
+}
+
+/// The copy floor: `cp` of `sources` into `dir`, then `sync` of exactly the copies and `dir`.
+/// Returns the time both took.
+fn cp_and_sync(sources: &[PathBuf], dir: &std::path::Path) -> Duration {
+    let start = Instant::now();
+    if sources.is_empty() {
+        return start.elapsed();
+    }
+    let status = std::process::Command::new("cp")
+        .args(sources)
+        .arg(dir)
+        .status()
+        .expect("cp runs");
+    assert!(status.success(), "cp failed");
+    let copies = sources
+        .iter()
+        .map(|p| dir.join(p.file_name().expect("a file name")));
+    let status = std::process::Command::new("sync")
+        .args(copies)
+        .arg(dir)
+        .status()
+        .expect("sync runs");
+    assert!(status.success(), "sync failed");
+    start.elapsed()
 }
 
 /// Bytes of the shared files of `checkpoint` that `previous` did not hold.
