@@ -241,13 +241,8 @@ struct Assembly {
     parts: Vec<(String, ContentHash, u64)>,
 }
 
-async fn fill(
-    store: &dyn Store,
-    handle: &BackendHandle,
-    db: &Path,
-    parallelism: usize,
-    progress: Option<Progress>,
-) -> Result<DownloadReport> {
+/// Every local file of a backend with the stored objects it is made of, in order.
+fn assemblies(handle: &BackendHandle) -> Vec<Assembly> {
     let mut work = Vec::new();
     for file in &handle.shared_files {
         work.push(Assembly {
@@ -271,6 +266,17 @@ async fn fill(
             parts: vec![(file.path.clone(), file.hash, file.size)],
         });
     }
+    work
+}
+
+async fn fill(
+    store: &dyn Store,
+    handle: &BackendHandle,
+    db: &Path,
+    parallelism: usize,
+    progress: Option<Progress>,
+) -> Result<DownloadReport> {
+    let work = assemblies(handle);
     let bytes = AtomicU64::new(0);
     let files = work.len() as u64;
     // After the first failure the remaining files are skipped, but every started copy runs to its
@@ -437,35 +443,18 @@ pub async fn verify_checkpoint(
     parallelism: usize,
 ) -> Result<VerifyReport> {
     let (path, metadata) = read_metadata(store, source).await?;
-    let mut work: Vec<(String, String, ContentHash, u64)> = Vec::new();
-    for backend in &metadata.backends {
-        for file in &backend.shared_files {
-            work.push((
-                shared_path(&file.hash),
-                file.local_name.clone(),
-                file.hash,
-                file.size,
-            ));
-        }
-        for log in &backend.log_files {
-            for segment in &log.segments {
-                work.push((
-                    shared_path(&segment.hash),
-                    log.local_name.clone(),
-                    segment.hash,
-                    segment.size,
-                ));
-            }
-        }
-        for file in &backend.private_files {
-            work.push((
-                file.path.clone(),
-                file.local_name.clone(),
-                file.hash,
-                file.size,
-            ));
-        }
-    }
+    let mut work: Vec<(String, String, ContentHash, u64)> = metadata
+        .backends
+        .iter()
+        .flat_map(assemblies)
+        .flat_map(|assembly| {
+            let local_name = assembly.local_name;
+            assembly
+                .parts
+                .into_iter()
+                .map(move |(object, hash, size)| (object, local_name.clone(), hash, size))
+        })
+        .collect();
     work.sort();
     work.dedup();
     let outcomes: Vec<std::result::Result<u64, String>> = stream::iter(work.into_iter().map(
