@@ -6,10 +6,11 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::checking::CheckingStore;
+use common::checking::{CheckingStore, shared};
 use common::*;
 use rockpoint::{
     CheckpointCoordinator, CheckpointSettings, ErrorKind, FailPointRegistry, FaultRegistry,
@@ -215,7 +216,7 @@ async fn subsumption_while_a_paused_checkpoint_reuses_the_same_files() -> TestRe
     for b in &job.backends {
         b.flush()?;
     }
-    c.checkpoint(&job.refs()).await?; // 1: its SSTs are reused by 2
+    let first = c.checkpoint(&job.refs()).await?; // 1: its SSTs are reused by 2
     // Checkpoint 2 pauses right after pinning the files it reuses (one evaluation per backend
     // snapshot, so the single pause is certainly its own).
     job.write(50)?;
@@ -238,9 +239,26 @@ async fn subsumption_while_a_paused_checkpoint_reuses_the_same_files() -> TestRe
     job.write(6_000)?;
     for b in &job.backends {
         b.flush()?;
+        b.compact()?;
     }
     let third = c.checkpoint(&job.refs()).await?;
     let expected = job.scan()?;
+    let kept: HashSet<_> = third.metadata.shared_hashes().collect();
+    let only_first: Vec<_> = first
+        .metadata
+        .shared_hashes()
+        .filter(|h| !kept.contains(h))
+        .collect();
+    assert!(
+        !only_first.is_empty(),
+        "compaction left 1 with files 3 does not reference: only 2's pin protects them"
+    );
+    for hash in &only_first {
+        assert!(
+            store.head(&shared(hash)).await?.is_some(),
+            "1 was discarded but 2's pin still lists {hash:?}"
+        );
+    }
     fail_parallel::cfg(registry.clone(), "snapshot::after_pin", "off")?;
     let second = paused.await?;
     assert_eq!(
