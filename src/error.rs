@@ -24,8 +24,13 @@ pub enum ErrorKind {
     /// A durability error (a failed fsync) poisoned the engine. Nothing more is written; drop it and
     /// reopen, then recover from the last complete checkpoint.
     Poisoned,
-    /// Someone else got there first (an object that must be created exactly once already exists).
+    /// Someone else got there first (an object that must be created exactly once already exists,
+    /// or a compare-and-swap found another version).
     Conflict,
+    /// Another coordinator of the same job took over (a newer epoch), or GC fenced this one after its
+    /// lease expired. Nothing more is committed or deleted by this coordinator: drop it; the job's
+    /// live coordinator (or a reopen) carries on from the store.
+    Fenced,
 }
 
 /// The public error: a kind plus a message naming what went wrong.
@@ -105,6 +110,8 @@ pub(crate) enum ErrorDetail {
     Cancelled(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl Error {
@@ -144,6 +151,7 @@ impl Error {
             ErrorDetail::Poisoned(_) => ErrorKind::Poisoned,
             ErrorDetail::Cancelled(_) => ErrorKind::Cancelled,
             ErrorDetail::Conflict(_) => ErrorKind::Conflict,
+            ErrorDetail::Fenced(_) => ErrorKind::Fenced,
         }
     }
 
@@ -165,6 +173,10 @@ impl Error {
 
     pub(crate) fn conflict(msg: impl Into<String>) -> Self {
         ErrorDetail::Conflict(msg.into()).into()
+    }
+
+    pub(crate) fn fenced(msg: impl Into<String>) -> Self {
+        ErrorDetail::Fenced(msg.into()).into()
     }
 
     pub(crate) fn poisoned(msg: impl Into<String>) -> Self {

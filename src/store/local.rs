@@ -15,8 +15,8 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 
 use super::{
-    ContentHash, ObjectInfo, SMALL_OBJECT_LIMIT_BYTES, Staged, StagedKind, Store, SweepMode,
-    VerifyLength, WriteMode, missing_as_corruption, validate_object_path,
+    ContentHash, ObjectInfo, ObjectVersion, SMALL_OBJECT_LIMIT_BYTES, Staged, StagedKind, Store,
+    SweepMode, VerifyLength, WriteMode, missing_as_corruption, validate_object_path,
 };
 use crate::error::{Error, Result};
 use crate::fs::{self, DurableError, Fs, FsEntry, Publish, StdFs};
@@ -69,6 +69,75 @@ impl LocalStore {
         &self.root
     }
 
+    /// Serialises compare-and-swaps on this root across threads and processes: an exclusive
+    /// `flock` on `<root>/.rockpoint-cas.lock` (flock locks are per open file, so two stores on one
+    /// root in one process exclude each other too). A root that is not on the real filesystem
+    /// (the simulated one of the tests) falls back to a lock shared by this process.
+    fn cas_lock(&self) -> Result<CasGuard> {
+        let lock_path = self.root.join(".rockpoint-cas.lock");
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+        {
+            Ok(file) => {
+                file.lock()
+                    .map_err(|e| Error::io("locking", &lock_path, e))?;
+                Ok(CasGuard::File(file))
+            }
+            Err(_) => {
+                static PROCESS_LOCK: Mutex<()> = Mutex::new(());
+                Ok(CasGuard::Process(
+                    PROCESS_LOCK.lock().unwrap_or_else(|p| p.into_inner()),
+                ))
+            }
+        }
+    }
+
+    fn read_small(&self, target: &Path) -> Result<Option<Vec<u8>>> {
+        let meta = match self.fs.metadata(target) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("reading", target, e)),
+        };
+        if meta.len > SMALL_OBJECT_LIMIT_BYTES {
+            return Err(Error::corruption(format!(
+                "`{}` is {} bytes, more than the {} bytes a metadata object may have",
+                target.display(),
+                meta.len,
+                SMALL_OBJECT_LIMIT_BYTES
+            )));
+        }
+        let mut data = Vec::with_capacity(meta.len as usize);
+        match self.fs.open(target).and_then(|mut f| f.read_to_end(&mut data)) {
+            Ok(_) => Ok(Some(data)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("reading", target, e)),
+        }
+    }
+}
+
+/// Held while a compare-and-swap runs; see [`LocalStore::cas_lock`].
+enum CasGuard {
+    File(std::fs::File),
+    Process(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>),
+}
+
+impl Drop for CasGuard {
+    fn drop(&mut self) {
+        if let CasGuard::File(file) = self {
+            let _ = file.unlock();
+        }
+    }
+}
+
+/// The local store's version of an object: the BLAKE3 of its bytes.
+fn content_version(bytes: &[u8]) -> ObjectVersion {
+    ObjectVersion(ContentHash::of(bytes).to_hex())
+}
+
+impl LocalStore {
     fn check_poison(&self) -> Result<()> {
         match &*self.poison.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(reason) => Err(Error::poisoned(reason.clone())),
@@ -218,6 +287,57 @@ impl Store for LocalStore {
                 .and_then(|mut f| f.read_to_end(&mut data))
                 .map_err(|e| Error::io("reading", &target, e))?;
             Ok(Bytes::from(data))
+        })
+        .await
+    }
+
+    async fn get_versioned(&self, path: &str) -> Result<Option<(Bytes, ObjectVersion)>> {
+        let target = self.path_of(path)?;
+        self.blocking(move |this| {
+            Ok(this.read_small(&target)?.map(|data| {
+                let version = content_version(&data);
+                (Bytes::from(data), version)
+            }))
+        })
+        .await
+    }
+
+    async fn put_if(
+        &self,
+        path: &str,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<ObjectVersion> {
+        let target = self.path_of(path)?;
+        let object = path.to_owned();
+        let expected = expected.cloned();
+        self.blocking(move |this| {
+            let _guard = this.cas_lock()?;
+            let current = this.read_small(&target)?.map(|d| content_version(&d));
+            if current != expected {
+                return Err(Error::conflict(format!(
+                    "object `{object}` is at version {current:?}, not {expected:?}"
+                )));
+            }
+            let new = content_version(&data);
+            if expected.as_ref() == Some(&new) {
+                // Same bytes: nothing to write (and renaming onto itself would change nothing).
+                return Ok(new);
+            }
+            let publish = if expected.is_none() {
+                Publish::CreateOnly
+            } else {
+                Publish::Replace
+            };
+            fs::publish_file(&*this.fs, &target, publish, &mut |out| out.write_all(&data))
+                .map_err(|e| {
+                    if e.is_already_exists() {
+                        Error::conflict(format!("object `{object}` already exists"))
+                    } else {
+                        this.durable_error(e)
+                    }
+                })?;
+            Ok(new)
         })
         .await
     }

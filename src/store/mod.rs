@@ -119,6 +119,11 @@ pub struct ObjectInfo {
     pub modified: SystemTime,
 }
 
+/// The version of an object, for compare-and-swap ([`Store::put_if`]): an entity tag for object
+/// stores, the content hash for the local store. Opaque: compare, never parse.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectVersion(pub String);
+
 /// Whether a sweep only reports or also deletes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -149,6 +154,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The whole object (for small objects: metadata, pins).
     async fn get(&self, path: &str) -> Result<Bytes>;
+
+    /// A small object with its version, or `None` if it does not exist (job records).
+    async fn get_versioned(&self, path: &str) -> Result<Option<(Bytes, ObjectVersion)>>;
+
+    /// Compare-and-swap: durably stores `data` at `path` only if the object is still at `expected`
+    /// (`None`: only if it does not exist), and returns the new version. Fails with
+    /// [`ErrorKind::Conflict`](crate::ErrorKind) and changes nothing otherwise. Job records are
+    /// written only this way, which is what fences a stale coordinator (G7).
+    async fn put_if(
+        &self,
+        path: &str,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<ObjectVersion>;
 
     /// The object as a stream of chunks, with its size.
     async fn get_stream(&self, path: &str) -> Result<(u64, BoxStream<'static, Result<Bytes>>)>;

@@ -18,7 +18,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
 use super::{
-    ContentHash, ObjectInfo, SMALL_OBJECT_LIMIT_BYTES, Store, SweepMode, WriteMode,
+    ContentHash, ObjectInfo, ObjectVersion, SMALL_OBJECT_LIMIT_BYTES, Store, SweepMode, WriteMode,
     validate_object_path,
 };
 use crate::error::{Error, ErrorDetail, Result};
@@ -246,6 +246,69 @@ impl Store for ObjectStoreStore {
             .bytes()
             .await
             .map_err(|e| store_error("reading", path, e))
+    }
+
+    async fn get_versioned(&self, path: &str) -> Result<Option<(Bytes, ObjectVersion)>> {
+        let location = self.location(path)?;
+        let result = match self.inner.get(&location).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store_error("reading", path, e)),
+        };
+        if result.meta.size > SMALL_OBJECT_LIMIT_BYTES {
+            return Err(Error::corruption(format!(
+                "`{path}` is {} bytes, more than the {SMALL_OBJECT_LIMIT_BYTES} bytes a record may have",
+                result.meta.size
+            )));
+        }
+        let version = result.meta.e_tag.clone().ok_or_else(|| {
+            Error::invalid(format!(
+                "store {} returned no entity tag for `{path}`: it cannot compare-and-swap",
+                self.describe()
+            ))
+        })?;
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|e| store_error("reading", path, e))?;
+        Ok(Some((bytes, ObjectVersion(version))))
+    }
+
+    async fn put_if(
+        &self,
+        path: &str,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<ObjectVersion> {
+        let location = self.location(path)?;
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(version) => PutMode::Update(object_store::UpdateVersion {
+                e_tag: Some(version.0.clone()),
+                version: None,
+            }),
+        };
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self
+            .inner
+            .put_opts(&location, PutPayload::from(data), opts)
+            .await
+        {
+            Ok(result) => result.e_tag.map(ObjectVersion).ok_or_else(|| {
+                Error::invalid(format!(
+                    "store {} returned no entity tag for `{path}`: it cannot compare-and-swap",
+                    self.describe()
+                ))
+            }),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Err(Error::conflict(format!(
+                "object `{path}` changed since it was read (compare-and-swap failed)"
+            ))),
+            Err(e) => Err(store_error("writing", path, e)),
+        }
     }
 
     async fn get_stream(&self, path: &str) -> Result<(u64, BoxStream<'static, Result<Bytes>>)> {
