@@ -398,3 +398,4 @@ impl Store for TestStore {
 
 pub mod checking;
 pub mod simfs;
+pub mod simstore;
