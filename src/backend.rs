@@ -111,6 +111,13 @@ impl KeyedStateBackend {
             .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
         let db = DB::open_cf_descriptors(&db_options, &db_dir, descriptors)
             .map_err(|e| Error::rocksdb(format!("opening RocksDB in {}", db_dir.display()), e))?;
+        // RocksDB's LOCK now excludes every other instance of this directory, so no snapshot of it
+        // is in flight: a staging directory left by a killed process only pins compacted-away SSTs.
+        let staging = dir.join(STAGING_DIR);
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .map_err(|e| Error::io("removing leftover staging directory", &staging, e))?;
+        }
 
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(settings.wal == WalMode::Disabled);

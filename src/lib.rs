@@ -36,6 +36,7 @@ pub use checkpoint::coordinator::{
     CompletedCheckpoint, CoordinatorBuilder, JobEnd,
 };
 pub use checkpoint::gc::{GcOptions, GcReport, collect_garbage};
+pub use checkpoint::job::{JobRecord, job_record};
 pub use checkpoint::metadata::{
     BackendHandle, CheckpointMetadata, LogFile, METADATA_FORMAT_VERSION, PrivateFile, Segment,
     SharedFile, SnapshotKind,

@@ -31,6 +31,7 @@ fn gc_now() -> GcOptions {
     GcOptions {
         grace_period: Duration::ZERO,
         mode: SweepMode::Delete,
+        ..GcOptions::default()
     }
 }
 

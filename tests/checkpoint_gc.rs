@@ -56,6 +56,7 @@ async fn gc_removes_exactly_the_orphans_and_is_idempotent() -> TestResult {
         &GcOptions {
             grace_period: Duration::from_secs(3600),
             mode: SweepMode::Delete,
+            ..GcOptions::default()
         },
     )
     .await?;
@@ -66,6 +67,7 @@ async fn gc_removes_exactly_the_orphans_and_is_idempotent() -> TestResult {
         &GcOptions {
             grace_period: Duration::ZERO,
             mode: SweepMode::DryRun,
+            ..GcOptions::default()
         },
     )
     .await?;
@@ -80,6 +82,7 @@ async fn gc_removes_exactly_the_orphans_and_is_idempotent() -> TestResult {
         &GcOptions {
             grace_period: Duration::ZERO,
             mode: SweepMode::Delete,
+            ..GcOptions::default()
         },
     )
     .await?;
@@ -99,6 +102,7 @@ async fn gc_removes_exactly_the_orphans_and_is_idempotent() -> TestResult {
         &GcOptions {
             grace_period: Duration::ZERO,
             mode: SweepMode::Delete,
+            ..GcOptions::default()
         },
     )
     .await?;
@@ -139,6 +143,7 @@ async fn gc_during_an_uncommitted_upload_keeps_its_files() -> TestResult {
         &GcOptions {
             grace_period: Duration::from_secs(3600),
             mode: SweepMode::Delete,
+            ..GcOptions::default()
         },
     )
     .await?;

@@ -131,6 +131,7 @@ fn settings(retained: usize, cancellation: CancellationPolicy) -> CheckpointSett
         max_concurrent: 2,
         cancellation,
         transfer_parallelism: 1,
+        ..CheckpointSettings::default()
     }
 }
 
@@ -269,6 +270,7 @@ fn gc_now() -> GcOptions {
     GcOptions {
         grace_period: Duration::ZERO,
         mode: SweepMode::Delete,
+        ..GcOptions::default()
     }
 }
 

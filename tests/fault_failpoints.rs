@@ -61,6 +61,7 @@ async fn check_after_recovery(
     let gc = GcOptions {
         grace_period: Duration::ZERO,
         mode: SweepMode::Delete,
+        ..GcOptions::default()
     };
     collect_garbage(&**store, &gc).await?;
     let latest = c.latest().expect("a checkpoint survives");
@@ -311,6 +312,7 @@ async fn gc_during_a_paused_upload_keeps_what_it_pinned() -> TestResult {
         &GcOptions {
             grace_period: Duration::from_secs(3600),
             mode: SweepMode::Delete,
+            ..GcOptions::default()
         },
     )
     .await?;

@@ -331,6 +331,7 @@ async fn verify(dir: &Path, seed: u64, attempt: u32) -> Result<u64> {
     let gc = GcOptions {
         grace_period: Duration::ZERO,
         mode: SweepMode::Delete,
+        ..GcOptions::default()
     };
     collect_garbage(&*store, &gc).await?;
     let second = collect_garbage(&*store, &gc).await?;

@@ -60,9 +60,11 @@ enum Command {
         target: PathBuf,
     },
     /// Find (and with --confirm delete) unreferenced shared files, leftovers of failed checkpoints,
-    /// stale pins and temporary files older than the grace period.
+    /// dead pins and temporary files older than the grace period. Safe against live jobs at any
+    /// grace period: files that in-flight checkpoints and restores use are pinned, and a job whose
+    /// lease expired is fenced before its pins count as dead.
     Gc {
-        /// Keep unreferenced objects younger than this many seconds.
+        /// Keep unreferenced objects younger than this many seconds (a margin, not a safety need).
         #[arg(long, default_value_t = 3600)]
         grace_secs: u64,
         /// Delete. Without it, only report.
@@ -108,9 +110,14 @@ async fn committed(
     let mut out = Vec::new();
     for object in store.list(&prefix).await? {
         if object.path.ends_with("/_metadata") {
-            let (_, metadata) =
-                rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path)).await?;
-            out.push(metadata);
+            match rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path.clone()))
+                .await
+            {
+                Ok((_, metadata)) => out.push(metadata),
+                // Not complete (aborted, discarded meanwhile, or a fenced writer's): not listed.
+                Err(e) if e.kind() == rockpoint::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("warning: skipping {}: {e}", object.path),
+            }
         }
     }
     Ok(out)
@@ -253,6 +260,7 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 } else {
                     SweepMode::DryRun
                 },
+                ..GcOptions::default()
             };
             let report = rockpoint::collect_garbage(&*store, &options).await?;
             if json {
@@ -271,13 +279,20 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                     report.metadata_records, report.referenced_shared_files
                 );
                 println!(
-                    "{verb}: {} shared files, {} private files, {} stale pins, {} temporary files; {} bytes",
+                    "{verb}: {} shared files, {} records of incomplete checkpoints, {} dead pins, {} temporary files; {} bytes",
                     report.shared_files.len(),
                     report.private_files.len(),
                     report.pins.len(),
                     report.incomplete.len(),
                     report.reclaimed_bytes
                 );
+                for job in &report.fenced_jobs {
+                    println!("fenced job `{job}`: its coordinator's lease had expired");
+                }
+                for record in &report.unreadable {
+                    println!("UNREADABLE (no shared file deleted while it is): {record}");
+                }
+                println!("{} store requests", report.requests);
             }
         }
         Command::Du => {

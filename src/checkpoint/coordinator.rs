@@ -1,11 +1,14 @@
 //! The coordinator side of a job's checkpoints: ids, commit, retention and subsumption, abort,
 //! cancellation and job end, startup recovery. Steps C, D, B, O and E of `docs/protocols.md`.
 //!
-//! Safety: the coordinator deletes a shared file only after removing the commit record that held it
-//! (or establishing there is none) and then listing every metadata and pin record in the root; it
-//! never trusts a count it kept in memory. One coordinator per job runs at a time.
+//! Safety: every decision (claim, commit, subsumption, discard at job end, lease renewal) is a
+//! compare-and-swap of the job record, and every delete follows a decision that succeeded, so a
+//! fenced coordinator (a zombie of an older epoch) commits and deletes nothing the live one keeps
+//! (G7). The coordinator deletes only its job's own records — metadata, private files, pins —;
+//! shared files are GC's (`docs/protocols.md`, "References, reuse and deletion"). A retained
+//! checkpoint's metadata outlives every in-flight ticket that was given its hashes.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,16 +18,16 @@ use futures::future::try_join_all;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use super::job::{self, ID_BLOCK, ID_LOW_WATER, JobRecord};
 use super::metadata::{
     self, BackendHandle, CheckpointMetadata, SnapshotKind, checkpoint_dir, metadata_path,
-    parse_checkpoint_path, shared_path, snapshot_pin_prefix,
+    parse_checkpoint_path, reader_pin_prefix, snapshot_pin_prefix,
 };
-use super::refs::{RefIndex, load_pins};
 use super::{CheckpointTicket, TicketState};
 use crate::backend::KeyedStateBackend;
 use crate::error::{Error, Result};
 use crate::faults::FaultRegistry;
-use crate::store::{ContentHash, Store, WriteMode};
+use crate::store::{ContentHash, ObjectVersion, Store, WriteMode};
 
 /// What happens to a job's retained checkpoints when it is cancelled (Flink's
 /// `ExternalizedCheckpointCleanup`).
@@ -63,6 +66,10 @@ pub struct CheckpointSettings {
     pub cancellation: CancellationPolicy,
     /// Files uploaded (or downloaded on restore) at once per backend. Default: 4.
     pub transfer_parallelism: usize,
+    /// How long the coordinator's claim on the job lasts without renewal; it renews every third of
+    /// it. A GC pass fences a job whose lease expired (plus a clock margin) before it treats the
+    /// job's pins as dead. Default: 5 minutes.
+    pub lease: Duration,
 }
 
 impl Default for CheckpointSettings {
@@ -72,6 +79,7 @@ impl Default for CheckpointSettings {
             max_concurrent: 1,
             cancellation: CancellationPolicy::RetainOnCancellation,
             transfer_parallelism: 4,
+            lease: Duration::from_secs(300),
         }
     }
 }
@@ -87,6 +95,11 @@ impl CheckpointSettings {
         if self.max_concurrent == 0 || self.max_concurrent > 64 {
             return Err(Error::invalid(
                 "checkpoint settings: max_concurrent must be in 1..=64",
+            ));
+        }
+        if self.lease < Duration::from_millis(300) || self.lease > Duration::from_secs(86_400) {
+            return Err(Error::invalid(
+                "checkpoint settings: lease must be in 300 ms..=1 day",
             ));
         }
         if self.transfer_parallelism == 0 || self.transfer_parallelism > 256 {
@@ -173,17 +186,42 @@ struct PendingEntry {
     driven: bool,
     committing: bool,
     triggered: Instant,
+    /// Retained checkpoints whose hashes the ticket was given: their metadata stays until it ends.
+    known_ids: Vec<u64>,
+    /// Whether the ticket was given the hashes of a restore without claim.
+    knows_restore: bool,
 }
 
 struct CoordState {
+    /// The next id to hand out; below the record's `next_id`.
     next_id: u64,
-    /// Oldest first.
-    retained: VecDeque<Arc<CheckpointMetadata>>,
-    savepoints: Vec<Arc<CheckpointMetadata>>,
+    /// The record's `next_id` as last written: the end of the reserved block.
+    reserved_until: u64,
+    /// Metadata of the retained checkpoints and savepoints, by id.
+    metadata: BTreeMap<u64, Arc<CheckpointMetadata>>,
+    /// Retained checkpoint ids, ascending (the record's `retained`).
+    retained: Vec<u64>,
+    /// Savepoint ids, ascending.
+    savepoints: Vec<u64>,
     pending: BTreeMap<u64, PendingEntry>,
+    /// In-flight tickets per retained checkpoint they were given the hashes of.
+    users: HashMap<u64, usize>,
+    /// Ids removed from `retained` whose records are still to be deleted (D1–D3).
+    discard_queue: BTreeSet<u64>,
+    /// Ids whose D1–D3 are done: dropped from the record's `discarding` with the next swap.
+    discarded: BTreeSet<u64>,
     restore_pins: Vec<String>,
     restored_hashes: HashSet<ContentHash>,
+    /// A checkpoint committed after the restore: the restore pins may go once no ticket needs them.
+    restore_superseded: bool,
     closed: bool,
+    fenced: Option<String>,
+}
+
+/// The job record as this coordinator last wrote or read it.
+struct RecordCell {
+    record: JobRecord,
+    version: ObjectVersion,
 }
 
 pub(crate) struct CoordInner {
@@ -191,8 +229,11 @@ pub(crate) struct CoordInner {
     pub(crate) job_id: String,
     pub(crate) settings: CheckpointSettings,
     pub(crate) faults: FaultRegistry,
-    pub(crate) refs: RefIndex,
+    /// This coordinator instance (the record's `owner` while it holds the job).
+    instance: String,
+    epoch: std::sync::atomic::AtomicU64,
     state: Mutex<CoordState>,
+    record: tokio::sync::Mutex<Option<RecordCell>>,
     metrics: Mutex<CheckpointMetrics>,
     pending_changed: tokio::sync::Notify,
 }
@@ -207,6 +248,7 @@ impl std::fmt::Debug for CheckpointCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CheckpointCoordinator")
             .field("job_id", &self.inner.job_id)
+            .field("epoch", &self.epoch())
             .field("store", &self.inner.store)
             .finish()
     }
@@ -233,7 +275,8 @@ impl CoordinatorBuilder {
         self
     }
 
-    /// Opens the coordinator and runs startup recovery (O1–O4).
+    /// Claims the job (a new epoch: every older coordinator of the job is fenced from here on),
+    /// runs startup recovery (O1–O3) and starts renewing the lease.
     pub async fn open(self) -> Result<CheckpointCoordinator> {
         metadata::validate_job_id(&self.job_id)?;
         self.settings.validate()?;
@@ -243,22 +286,62 @@ impl CoordinatorBuilder {
                 job_id: self.job_id,
                 settings: self.settings,
                 faults: self.faults,
-                refs: RefIndex::default(),
+                instance: crate::util::nonce(),
+                epoch: 0.into(),
                 state: Mutex::new(CoordState {
                     next_id: 1,
-                    retained: VecDeque::new(),
+                    reserved_until: 1,
+                    metadata: BTreeMap::new(),
+                    retained: Vec::new(),
                     savepoints: Vec::new(),
                     pending: BTreeMap::new(),
+                    users: HashMap::new(),
+                    discard_queue: BTreeSet::new(),
+                    discarded: BTreeSet::new(),
                     restore_pins: Vec::new(),
                     restored_hashes: HashSet::new(),
+                    restore_superseded: false,
                     closed: false,
+                    fenced: None,
                 }),
+                record: tokio::sync::Mutex::new(None),
                 metrics: Mutex::new(CheckpointMetrics::default()),
                 pending_changed: tokio::sync::Notify::new(),
             }),
         };
+        coordinator.claim().await?;
         coordinator.recover().await?;
+        coordinator.spawn_lease_renewal();
         Ok(coordinator)
+    }
+}
+
+/// Aborts a ticket whose `checkpoint()` future was dropped before it finished (B-steps, spawned).
+struct AbortOnDrop {
+    coordinator: CheckpointCoordinator,
+    ticket: CheckpointTicket,
+    armed: bool,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.ticket.state.cancelled.store(true, Ordering::SeqCst);
+        let coordinator = self.coordinator.clone();
+        let ticket = self.ticket.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = coordinator.finish_dropped(&ticket).await {
+                        tracing::warn!(checkpoint = ticket.checkpoint_id, error = %e, "cleaning up a dropped checkpoint failed; recovery or GC will finish it");
+                    }
+                });
+            }
+            // No runtime to clean up on: free the slot; recovery and GC remove the leftovers.
+            Err(_) => coordinator.remove_pending(ticket.checkpoint_id),
+        }
     }
 }
 
@@ -287,6 +370,11 @@ impl CheckpointCoordinator {
         &self.inner.job_id
     }
 
+    /// The epoch this coordinator claimed the job with.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::SeqCst)
+    }
+
     /// The store the job checkpoints to.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
@@ -294,22 +382,37 @@ impl CheckpointCoordinator {
 
     /// The retained checkpoints, oldest first.
     pub fn retained(&self) -> Vec<Arc<CheckpointMetadata>> {
-        self.lock().retained.iter().cloned().collect()
+        let state = self.lock();
+        state
+            .retained
+            .iter()
+            .filter_map(|id| state.metadata.get(id).cloned())
+            .collect()
     }
 
     /// The job's savepoints.
     pub fn savepoints(&self) -> Vec<Arc<CheckpointMetadata>> {
-        self.lock().savepoints.clone()
+        let state = self.lock();
+        state
+            .savepoints
+            .iter()
+            .filter_map(|id| state.metadata.get(id).cloned())
+            .collect()
     }
 
     /// The newest retained checkpoint.
     pub fn latest(&self) -> Option<Arc<CheckpointMetadata>> {
-        self.lock().retained.back().cloned()
+        self.retained().pop()
     }
 
     /// Whether [`shutdown`](Self::shutdown) has begun (no checkpoint can be triggered any more).
     pub fn is_shut_down(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Whether another coordinator of the job (or GC, after the lease expired) fenced this one.
+    pub fn is_fenced(&self) -> bool {
+        self.lock().fenced.is_some()
     }
 
     /// A copy of the latency histograms and counters.
@@ -329,6 +432,231 @@ impl CheckpointCoordinator {
         &*self.inner.store
     }
 
+    fn fenced_error(&self, why: &str) -> Error {
+        Error::fenced(format!(
+            "coordinator of job `{}` (epoch {}) was fenced: {why}",
+            self.inner.job_id,
+            self.epoch()
+        ))
+    }
+
+    fn check_not_fenced(&self) -> Result<()> {
+        match &self.lock().fenced {
+            Some(why) => Err(self.fenced_error(why)),
+            None => Ok(()),
+        }
+    }
+
+    fn mark_fenced(&self, why: String) -> Error {
+        let error = self.fenced_error(&why);
+        let mut state = self.lock();
+        if state.fenced.is_none() {
+            tracing::warn!(job = self.inner.job_id, why, "coordinator fenced");
+            state.fenced = Some(why);
+        }
+        for entry in state.pending.values() {
+            entry.state.cancelled.store(true, Ordering::SeqCst);
+        }
+        error
+    }
+
+    /// O1: takes the job with a new epoch and a new block of ids.
+    async fn claim(&self) -> Result<()> {
+        let job = self.inner.job_id.clone();
+        for _ in 0..32 {
+            let (current, version) = match job::read_job(self.st(), &job).await? {
+                Some((record, version)) => (record, Some(version)),
+                None => (self.migrate_record().await?, None),
+            };
+            let mut next = current.clone();
+            next.epoch += 1;
+            next.owner = Some(self.inner.instance.clone());
+            next.lease_until_ms = self.lease_until();
+            next.epoch_first_id = current.next_id;
+            next.next_id = current.next_id + ID_BLOCK;
+            next.updated_at_ms = crate::util::now_ms();
+            if let Some(version) = job::swap_job(self.st(), &next, version.as_ref()).await? {
+                self.inner.epoch.store(next.epoch, Ordering::SeqCst);
+                {
+                    let mut state = self.lock();
+                    state.next_id = next.epoch_first_id;
+                    state.reserved_until = next.next_id;
+                    state.retained = next.retained.clone();
+                    state.savepoints = next.savepoints.clone();
+                }
+                tracing::info!(job, epoch = next.epoch, "claimed the job");
+                *self.inner.record.lock().await = Some(RecordCell {
+                    record: next,
+                    version,
+                });
+                return Ok(());
+            }
+        }
+        Err(Error::conflict(format!(
+            "job `{job}`: its record kept changing while claiming it"
+        )))
+    }
+
+    /// A job without a record (a root written before job records existed, or a new job): adopt
+    /// the committed metadata found under `jobs/<job>/`.
+    async fn migrate_record(&self) -> Result<JobRecord> {
+        let job = &self.inner.job_id;
+        let mut record = JobRecord::new(job);
+        let mut max_id = 0;
+        for object in self.st().list(&format!("jobs/{job}/")).await? {
+            let Some((_, kind, id, rest)) = parse_checkpoint_path(&object.path) else {
+                continue;
+            };
+            if id >= u64::MAX / 4 {
+                tracing::warn!(
+                    path = object.path,
+                    "ignoring an object whose id is outside the range the engine uses"
+                );
+                continue;
+            }
+            max_id = max_id.max(id);
+            if rest == "_metadata" {
+                match kind {
+                    SnapshotKind::Checkpoint => record.retained.push(id),
+                    SnapshotKind::Savepoint => record.savepoints.push(id),
+                }
+            }
+        }
+        record.retained.sort_unstable();
+        record.savepoints.sort_unstable();
+        record.next_id = max_id + 1;
+        record.epoch_first_id = record.next_id;
+        Ok(record)
+    }
+
+    fn lease_until(&self) -> u64 {
+        crate::util::now_ms() + self.inner.settings.lease.as_millis() as u64
+    }
+
+    /// Applies `change` to the job record by compare-and-swap, re-reading and re-applying it when
+    /// the record moved under the same epoch (a claim by another job); fails with `Fenced` if a
+    /// newer epoch holds the job. Keeps the in-memory view in step with what was written.
+    async fn update_record(
+        &self,
+        change: impl Fn(&mut JobRecord) -> Result<()>,
+    ) -> Result<JobRecord> {
+        let mut cell = self.inner.record.lock().await;
+        self.check_not_fenced()?;
+        for _ in 0..32 {
+            let current = cell
+                .as_ref()
+                .ok_or_else(|| Error::invalid("the coordinator has not claimed its job"))?;
+            let mut next = current.record.clone();
+            change(&mut next)?;
+            let (done, next_id) = {
+                let state = self.lock();
+                (state.discarded.clone(), state.next_id)
+            };
+            next.discarding.retain(|id| !done.contains(id));
+            if next.next_id.saturating_sub(next_id) < ID_LOW_WATER {
+                next.next_id += ID_BLOCK;
+            }
+            next.updated_at_ms = crate::util::now_ms();
+            match job::swap_job(self.st(), &next, Some(&current.version)).await? {
+                Some(version) => {
+                    self.adopt_record(&next, &done);
+                    *cell = Some(RecordCell {
+                        record: next.clone(),
+                        version,
+                    });
+                    return Ok(next);
+                }
+                None => match job::read_job(self.st(), &self.inner.job_id).await? {
+                    Some((found, version))
+                        if found.epoch == self.epoch()
+                            && found.owner.as_deref() == Some(&self.inner.instance) =>
+                    {
+                        self.adopt_record(&found, &BTreeSet::new());
+                        *cell = Some(RecordCell {
+                            record: found,
+                            version,
+                        });
+                    }
+                    Some((found, _)) => {
+                        return Err(self.mark_fenced(format!(
+                            "the job record is at epoch {} ({})",
+                            found.epoch,
+                            found.owner.as_deref().unwrap_or("fenced by GC")
+                        )));
+                    }
+                    None => return Err(self.mark_fenced("the job record vanished".into())),
+                },
+            }
+        }
+        Err(Error::conflict(format!(
+            "job `{}`: its record kept changing",
+            self.inner.job_id
+        )))
+    }
+
+    /// Brings the in-memory view in step with a record this coordinator's epoch holds.
+    fn adopt_record(&self, record: &JobRecord, written_discards: &BTreeSet<u64>) {
+        let mut state = self.lock();
+        state.reserved_until = record.next_id;
+        for id in written_discards {
+            state.discarded.remove(id);
+        }
+        // Ids that left `retained` without being discarded by us were claimed by another job:
+        // their records are that job's now.
+        let gone: Vec<u64> = state
+            .retained
+            .iter()
+            .copied()
+            .filter(|id| !record.retained.contains(id) && !record.discarding.contains(id))
+            .collect();
+        for id in gone {
+            state.metadata.remove(&id);
+        }
+        for id in &record.discarding {
+            if !state.discarded.contains(id) {
+                state.discard_queue.insert(*id);
+            }
+        }
+        state.retained = record.retained.clone();
+        state.savepoints = record.savepoints.clone();
+    }
+
+    /// Renews the lease every third of it until the coordinator shuts down or is fenced.
+    fn spawn_lease_renewal(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                job = self.inner.job_id,
+                "no tokio runtime: the lease is not renewed"
+            );
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let period = self.inner.settings.lease / 3;
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(inner) = weak.upgrade() else { break };
+                let coordinator = CheckpointCoordinator { inner };
+                if coordinator.is_shut_down() || coordinator.is_fenced() {
+                    break;
+                }
+                let lease_until = coordinator.lease_until();
+                if let Err(e) = coordinator
+                    .update_record(|record| {
+                        record.lease_until_ms = lease_until;
+                        Ok(())
+                    })
+                    .await
+                {
+                    tracing::warn!(job = coordinator.inner.job_id, error = %e, "renewing the lease failed");
+                    if e.kind() == crate::ErrorKind::Fenced {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
     /// Starts a checkpoint or savepoint: allocates its id and hands out the ticket that every
     /// backend's [`snapshot`](KeyedStateBackend::snapshot) takes.
     pub fn trigger(&self, kind: SnapshotKind) -> Result<CheckpointTicket> {
@@ -343,29 +671,40 @@ impl CheckpointCoordinator {
                 self.inner.job_id
             )));
         }
+        if let Some(why) = &state.fenced {
+            return Err(self.fenced_error(why));
+        }
         if state.pending.len() >= self.inner.settings.max_concurrent {
-            return Err(crate::error::ErrorDetail::Io {
-                context: "triggering a checkpoint",
-                path: format!("job {}", self.inner.job_id).into(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::ResourceBusy,
-                    format!(
-                        "{} checkpoints already in flight (max_concurrent)",
-                        state.pending.len()
-                    ),
+            return Err(busy(
+                &self.inner.job_id,
+                format!(
+                    "{} checkpoints already in flight (max_concurrent)",
+                    state.pending.len()
                 ),
-            }
-            .into());
+            ));
+        }
+        if state.next_id >= state.reserved_until {
+            return Err(busy(
+                &self.inner.job_id,
+                "the reserved block of checkpoint ids is used up; the next commit or lease renewal reserves more".into(),
+            ));
         }
         let id = state.next_id;
         state.next_id += 1;
         let mut known: HashSet<ContentHash> = state.restored_hashes.clone();
-        for committed in state.retained.iter().chain(state.savepoints.iter()) {
-            known.extend(committed.shared_hashes());
+        let known_ids = state.retained.clone();
+        for committed in known_ids.iter().chain(state.savepoints.iter()) {
+            if let Some(metadata) = state.metadata.get(committed) {
+                known.extend(metadata.shared_hashes());
+            }
+        }
+        for id in &known_ids {
+            *state.users.entry(*id).or_default() += 1;
         }
         let ticket_state = Arc::new(TicketState {
             cancelled: AtomicBool::new(false),
         });
+        let knows_restore = !state.restored_hashes.is_empty();
         state.pending.insert(
             id,
             PendingEntry {
@@ -374,11 +713,14 @@ impl CheckpointCoordinator {
                 driven,
                 committing: false,
                 triggered: Instant::now(),
+                known_ids,
+                knows_restore,
             },
         );
         Ok(CheckpointTicket {
             job_id: self.inner.job_id.as_str().into(),
             checkpoint_id: id,
+            epoch: self.epoch(),
             kind,
             known: Arc::new(known),
             state: ticket_state,
@@ -389,7 +731,7 @@ impl CheckpointCoordinator {
 
     /// Takes a checkpoint of `backends` (the job's backends, disjoint key-group ranges): every
     /// synchronous phase first, then the uploads concurrently, then the commit. On failure the
-    /// checkpoint is aborted and its uploads cleaned up.
+    /// checkpoint is aborted and its uploads cleaned up; so it is if the future is dropped.
     pub async fn checkpoint(&self, backends: &[&KeyedStateBackend]) -> Result<CompletedCheckpoint> {
         self.snapshot_and_complete(SnapshotKind::Checkpoint, backends)
             .await
@@ -407,7 +749,13 @@ impl CheckpointCoordinator {
         backends: &[&KeyedStateBackend],
     ) -> Result<CompletedCheckpoint> {
         let ticket = self.trigger_inner(kind, true)?;
+        let mut guard = AbortOnDrop {
+            coordinator: self.clone(),
+            ticket: ticket.clone(),
+            armed: true,
+        };
         let result = self.drive(&ticket, backends).await;
+        guard.armed = false;
         match result {
             Ok(done) => Ok(done),
             Err(e) => {
@@ -446,6 +794,9 @@ impl CheckpointCoordinator {
         // C1
         let triggered = {
             let mut state = self.lock();
+            if let Some(why) = &state.fenced {
+                return Err(self.fenced_error(why));
+            }
             let entry = state.pending.get_mut(&id).filter(|e| e.kind == ticket.kind);
             match entry {
                 Some(entry)
@@ -465,7 +816,14 @@ impl CheckpointCoordinator {
         };
         let result = self.commit(ticket, handles, triggered).await;
         self.remove_pending(id);
-        result
+        let released = self.release_ready().await;
+        let done = result?;
+        if let Err(e) = released
+            && e.kind() == crate::ErrorKind::Poisoned
+        {
+            return Err(e);
+        }
+        Ok(done)
     }
 
     async fn commit(
@@ -490,75 +848,106 @@ impl CheckpointCoordinator {
             full_size_bytes: handles.iter().map(BackendHandle::full_size_bytes).sum(),
             backends: handles,
         };
-        let bytes = metadata::encode_metadata(&metadata)
-            .map_err(|e| Error::invalid(format!("checkpoint {id}: {e}")))?;
+        let bytes = Bytes::from(
+            metadata::encode_metadata(&metadata)
+                .map_err(|e| Error::invalid(format!("checkpoint {id}: {e}")))?,
+        );
         let path = metadata.metadata_path();
         crate::failpoint!(self.inner.faults, "commit::before_metadata");
-        // C3: the commit point.
+        // C3: durable, but not complete until the record lists it.
         if let Err(e) = self
             .st()
-            .put(&path, Bytes::from(bytes), WriteMode::CreateOnly)
+            .put(&path, bytes.clone(), WriteMode::CreateOnly)
             .await
         {
-            // The outcome may be ambiguous (written, but reported failed): ask the store.
-            match self.st().head(&path).await {
-                Ok(Some(_)) => {
-                    tracing::warn!(path, error = %e, "metadata write reported failure but the record exists; treating as committed")
+            // The outcome may be ambiguous (written, but reported failed): read it back. Ids are
+            // reserved per epoch, so an existing record can only be this attempt's.
+            match self.st().get(&path).await {
+                Ok(found) if found == bytes => {
+                    tracing::warn!(path, error = %e, "metadata write reported failure but the record exists; going on")
                 }
-                Ok(None) => {
+                Ok(_) => {
+                    return Err(Error::conflict(format!(
+                        "`{path}` exists with other contents: another writer used checkpoint id {id}"
+                    )));
+                }
+                Err(probe) if probe.kind() == crate::ErrorKind::NotFound => {
                     self.abort_by_id(ticket.kind, id).await.ok();
                     return Err(e);
                 }
                 Err(probe) => {
-                    // Unknown outcome: delete nothing. Startup recovery or GC resolves it later.
-                    tracing::error!(path, error = %e, probe = %probe, "commit outcome unknown; leaving files in place");
+                    // Unknown outcome: delete nothing. Recovery or GC resolves it later.
+                    tracing::error!(path, error = %e, probe = %probe, "metadata write outcome unknown; leaving files in place");
                     return Err(e);
                 }
             }
         }
-        let committed_after = triggered.elapsed();
         crate::failpoint!(self.inner.faults, "commit::after_metadata");
-        let metadata = Arc::new(metadata);
-        // C5, C6 (in memory first: from here on the checkpoint is complete whatever fails next).
-        let (subsumed_pending, discard, restore_pins) = {
-            let mut state = self.lock();
-            let mut subsumed = Vec::new();
-            let mut discard = Vec::new();
-            let mut restore_pins = Vec::new();
-            match ticket.kind {
-                SnapshotKind::Savepoint => state.savepoints.push(metadata.clone()),
-                SnapshotKind::Checkpoint => {
-                    state.retained.push_back(metadata.clone());
-                    restore_pins = std::mem::take(&mut state.restore_pins);
-                    state.restored_hashes.clear();
-                    for (pending_id, entry) in state.pending.iter() {
-                        if *pending_id < id
-                            && entry.kind == SnapshotKind::Checkpoint
-                            && !entry.committing
-                        {
-                            entry.state.cancelled.store(true, Ordering::SeqCst);
-                            subsumed.push(*pending_id);
+        // C4: the commit point.
+        let retained_max = self.inner.settings.retained;
+        let kind = ticket.kind;
+        let swapped = self
+            .update_record(|record| {
+                match kind {
+                    SnapshotKind::Savepoint => {
+                        record.savepoints.push(id);
+                        record.savepoints.sort_unstable();
+                    }
+                    SnapshotKind::Checkpoint => {
+                        if let Some(newer) = record.retained.iter().find(|&&r| r > id) {
+                            return Err(Error::cancelled(format!(
+                                "checkpoint {id} was subsumed by checkpoint {newer}, which completed first"
+                            )));
+                        }
+                        record.retained.push(id);
+                        while record.retained.len() > retained_max {
+                            let oldest = record.retained.remove(0);
+                            record.discarding.push(oldest);
                         }
                     }
-                    while state.retained.len() > self.inner.settings.retained {
-                        discard.extend(state.retained.pop_front());
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = swapped {
+            match e.kind() {
+                // Fenced: the live coordinator's recovery owns our leftovers; delete nothing.
+                crate::ErrorKind::Fenced => {}
+                crate::ErrorKind::Cancelled => {
+                    self.abort_by_id(ticket.kind, id).await.ok();
+                }
+                _ => tracing::error!(path, error = %e, "commit outcome unknown; leaving files in place"),
+            }
+            return Err(e);
+        }
+        let committed_after = triggered.elapsed();
+        crate::failpoint!(self.inner.faults, "commit::after_record");
+        let metadata = Arc::new(metadata);
+        // C5 (in memory first: from here on the checkpoint is complete whatever fails next).
+        let subsumed_pending = {
+            let mut state = self.lock();
+            state.metadata.insert(id, metadata.clone());
+            let mut subsumed = Vec::new();
+            if ticket.kind == SnapshotKind::Checkpoint {
+                state.restored_hashes.clear();
+                state.restore_superseded = true;
+                for (pending_id, entry) in state.pending.iter() {
+                    if *pending_id < id
+                        && entry.kind == SnapshotKind::Checkpoint
+                        && !entry.committing
+                    {
+                        entry.state.cancelled.store(true, Ordering::SeqCst);
+                        subsumed.push(*pending_id);
                     }
                 }
             }
-            (subsumed, discard, restore_pins)
+            subsumed
         };
-        // C4: the metadata now holds the references. A pin left behind by a failure here only delays
-        // deletions until startup recovery or GC removes it.
         if let Err(e) = self
             .delete_pins(&snapshot_pin_prefix(&self.inner.job_id, ticket.kind, id))
             .await
         {
             tracing::warn!(checkpoint = id, error = %e, "removing pins of a committed checkpoint failed");
-        }
-        for pin in restore_pins {
-            if let Err(e) = self.st().delete(&pin).await {
-                tracing::warn!(pin, error = %e, "removing a restore pin failed");
-            }
         }
         for pending_id in subsumed_pending {
             tracing::info!(
@@ -566,16 +955,6 @@ impl CheckpointCoordinator {
                 by = id,
                 "pending checkpoint subsumed"
             );
-        }
-        for old in discard {
-            crate::failpoint!(self.inner.faults, "subsume::before_discard");
-            // A failed discard leaves orphans for GC, never a dangling reference (D1 goes first).
-            if let Err(e) = self.discard(&old).await {
-                tracing::warn!(checkpoint = old.checkpoint_id, error = %e, "discarding a subsumed checkpoint failed");
-                if e.kind() == crate::ErrorKind::Poisoned {
-                    return Err(e);
-                }
-            }
         }
         let done = CompletedCheckpoint {
             sync_pause: Duration::from_micros(
@@ -593,7 +972,6 @@ impl CheckpointCoordinator {
         tracing::debug!(
             checkpoint = id,
             committed_us = done.duration.as_micros() as u64,
-            cleanup_us = done.cleanup.as_micros() as u64,
             "checkpoint committed"
         );
         {
@@ -615,12 +993,71 @@ impl CheckpointCoordinator {
     }
 
     fn remove_pending(&self, id: u64) {
-        self.lock().pending.remove(&id);
+        {
+            let mut state = self.lock();
+            if let Some(entry) = state.pending.remove(&id) {
+                for known in entry.known_ids {
+                    if let Some(users) = state.users.get_mut(&known) {
+                        *users = users.saturating_sub(1);
+                    }
+                }
+            }
+            state.users.retain(|_, users| *users > 0);
+        }
         self.inner.pending_changed.notify_waiters();
     }
 
-    /// Aborts an in-flight checkpoint (B1–B4): its uploads stop, nothing of it is committed, and the
-    /// files only it referenced are deleted.
+    /// C6: runs the discards (D1–D3) that no in-flight ticket holds back any more, and releases
+    /// the restore pins once a checkpoint superseded them and no ticket still needs their hashes.
+    async fn release_ready(&self) -> Result<()> {
+        let (ready, pins) = {
+            let mut state = self.lock();
+            let ready: Vec<u64> = state
+                .discard_queue
+                .iter()
+                .copied()
+                .filter(|id| !state.users.contains_key(id))
+                .collect();
+            for id in &ready {
+                state.discard_queue.remove(id);
+            }
+            let pins = if state.restore_superseded
+                && !state.pending.values().any(|e| e.knows_restore)
+            {
+                std::mem::take(&mut state.restore_pins)
+            } else {
+                Vec::new()
+            };
+            (ready, pins)
+        };
+        let mut first_error = None;
+        for id in ready {
+            crate::failpoint!(self.inner.faults, "subsume::before_discard");
+            // A failed discard leaves orphans for recovery or GC, never a dangling reference:
+            // the record no longer lists the checkpoint (D0 came first).
+            match self.discard(SnapshotKind::Checkpoint, id).await {
+                Ok(()) => {
+                    let mut state = self.lock();
+                    state.metadata.remove(&id);
+                    state.discarded.insert(id);
+                }
+                Err(e) => {
+                    tracing::warn!(checkpoint = id, error = %e, "discarding a subsumed checkpoint failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        for pin in pins {
+            if let Err(e) = self.st().delete(&pin).await {
+                tracing::warn!(pin, error = %e, "removing a restore pin failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Aborts an in-flight checkpoint (B1–B2): its uploads stop, nothing of it is committed, and
+    /// its records (pins, private files) are deleted; what it uploaded is left to GC.
     pub async fn abort(&self, ticket: &CheckpointTicket) -> Result<()> {
         ticket.state.cancelled.store(true, Ordering::SeqCst);
         let committing = self
@@ -633,80 +1070,64 @@ impl CheckpointCoordinator {
         }
         let result = self.abort_by_id(ticket.kind, ticket.checkpoint_id).await;
         self.remove_pending(ticket.checkpoint_id);
-        result
+        let released = self.release_ready().await;
+        result.and(released)
     }
 
-    /// B2–B4 for checkpoint `id`, from what the store holds (also used by startup recovery).
+    /// The cleanup of a ticket whose `checkpoint()` future was dropped: if its commit may have
+    /// been cut off mid-swap, a no-op swap first makes sure no late write of that swap can land.
+    async fn finish_dropped(&self, ticket: &CheckpointTicket) -> Result<()> {
+        let id = ticket.checkpoint_id;
+        let committing = self.lock().pending.get(&id).is_some_and(|e| e.committing);
+        let complete = if committing {
+            match self.update_record(|_| Ok(())).await {
+                Ok(record) => record.is_complete(id),
+                Err(e) => {
+                    self.remove_pending(id);
+                    return Err(e);
+                }
+            }
+        } else {
+            false
+        };
+        let result = if complete {
+            Ok(())
+        } else {
+            self.abort_by_id(ticket.kind, id).await
+        };
+        self.remove_pending(id);
+        let released = self.release_ready().await;
+        result.and(released)
+    }
+
+    /// B2 for checkpoint `id`: its pins, private files and an orphan metadata record. Never touches
+    /// a checkpoint the job record lists as complete.
     async fn abort_by_id(&self, kind: SnapshotKind, id: u64) -> Result<()> {
         let job = &self.inner.job_id;
         {
             let mut metrics = self.inner.metrics.lock().unwrap_or_else(|p| p.into_inner());
             metrics.aborted += 1;
         }
-        // A commit record means it is not in flight: only its pins are left to remove.
-        if self
-            .st()
-            .head(&metadata_path(job, kind, id))
-            .await?
-            .is_some()
-        {
-            return self.delete_pins(&snapshot_pin_prefix(job, kind, id)).await;
-        }
-        // B2
-        let pins = load_pins(self.st(), &snapshot_pin_prefix(job, kind, id)).await?;
-        for private in self
-            .st()
-            .list(&format!("{}/", checkpoint_dir(job, kind, id)))
-            .await?
-        {
-            self.st().delete(&private.path).await?;
-        }
-        // B3: the pins go first, so that from here on nothing in the root lists what only this
-        // checkpoint used (a crash now leaves orphans for GC, never a dangling reference).
-        let pin_paths: HashSet<String> = pins.iter().map(|p| p.path.clone()).collect();
-        for pin in &pin_paths {
-            self.st().delete(pin).await?;
-        }
+        let complete = self
+            .inner
+            .record
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|cell| cell.record.is_complete(id));
+        self.delete_pins(&snapshot_pin_prefix(job, kind, id))
+            .await?;
         crate::failpoint!(self.inner.faults, "abort::before_shared_delete");
-        // B4
-        let refs = self.inner.refs.load(self.st(), &HashSet::new()).await?;
-        let candidates: HashSet<ContentHash> = pins
-            .iter()
-            .flat_map(|p| p.record.hashes.iter().copied())
-            .collect();
-        for hash in candidates {
-            if !refs.is_referenced(&hash) {
-                self.st().delete(&shared_path(&hash)).await?;
-            }
+        if complete {
+            return Ok(());
         }
-        Ok(())
+        self.discard(kind, id).await
     }
 
-    /// D1–D4: discards a committed checkpoint.
-    pub(crate) async fn discard(&self, metadata: &CheckpointMetadata) -> Result<()> {
-        // D1: the commit point of the discard.
-        self.st().delete(&metadata.metadata_path()).await?;
-        crate::failpoint!(self.inner.faults, "discard::after_metadata");
-        // D2
-        let refs = self.inner.refs.load(self.st(), &HashSet::new()).await?;
-        // D3
-        let hashes: HashSet<ContentHash> = metadata.shared_hashes().collect();
-        for hash in hashes {
-            if !refs.is_referenced(&hash) {
-                self.st().delete(&shared_path(&hash)).await?;
-            }
-        }
-        // D4
-        for backend in &metadata.backends {
-            for private in &backend.private_files {
-                self.st().delete(&private.path).await?;
-            }
-        }
-        let dir = checkpoint_dir(&metadata.job_id, metadata.kind, metadata.checkpoint_id);
-        for leftover in self.st().list(&format!("{dir}/")).await? {
-            self.st().delete(&leftover.path).await?;
-        }
-        Ok(())
+    /// D1–D3: removes the records of a checkpoint that no job record lists (any more): its
+    /// metadata, then — unless a reader pinned it — its private files. Shared files are GC's.
+    pub(crate) async fn discard(&self, kind: SnapshotKind, id: u64) -> Result<()> {
+        discard_records(self.st(), &self.inner.job_id, kind, id).await
     }
 
     async fn delete_pins(&self, prefix: &str) -> Result<()> {
@@ -716,81 +1137,90 @@ impl CheckpointCoordinator {
         Ok(())
     }
 
-    /// O1–O4: rebuilds the job's state from the store and finishes what a crash interrupted.
+    /// O2–O3: removes what aborted and fenced checkpoints left and loads the retained metadata.
     async fn recover(&self) -> Result<()> {
         let job = self.inner.job_id.clone();
-        // O1
-        let listed = self.st().list(&format!("jobs/{job}/")).await?;
-        let pins = self.st().list(&format!("pins/{job}/")).await?;
-        let mut committed: BTreeMap<(SnapshotKind, u64), String> = BTreeMap::new();
-        let mut seen: BTreeMap<u64, SnapshotKind> = BTreeMap::new();
-        for object in &listed {
-            if let Some((_, kind, id, rest)) = parse_checkpoint_path(&object.path) {
-                seen.insert(id, kind);
-                if rest == "_metadata" {
-                    committed.insert((kind, id), object.path.clone());
-                }
-            }
-        }
-        let mut restore_pins = Vec::new();
-        for pin in &pins {
-            let name = pin.path.rsplit('/').next().unwrap_or_default();
-            let parsed = name
-                .split_once('-')
-                .and_then(|(prefix, rest)| Some((prefix, rest.get(..20)?.parse::<u64>().ok()?)));
-            match parsed {
-                Some(("chk", id)) => {
-                    seen.entry(id).or_insert(SnapshotKind::Checkpoint);
-                }
-                Some(("sp", id)) => {
-                    seen.entry(id).or_insert(SnapshotKind::Savepoint);
-                }
-                _ => restore_pins.push(pin.path.clone()),
-            }
-        }
+        let record = self
+            .inner
+            .record
+            .lock()
+            .await
+            .as_ref()
+            .map(|cell| cell.record.clone())
+            .ok_or_else(|| Error::invalid("the coordinator has not claimed its job"))?;
         // O2
-        let next_id = seen.keys().next_back().map_or(1, |max| max + 1);
-        self.lock().next_id = next_id;
-        // O3
-        for (&id, &kind) in &seen {
-            if !committed.contains_key(&(kind, id)) {
-                tracing::info!(
-                    job,
-                    checkpoint = id,
-                    "aborting a checkpoint interrupted by a crash"
+        let mut leftovers: BTreeSet<(SnapshotKind, u64)> = BTreeSet::new();
+        for object in self.st().list(&format!("jobs/{job}/")).await? {
+            let Some((_, kind, id, _)) = parse_checkpoint_path(&object.path) else {
+                continue;
+            };
+            let complete = match kind {
+                SnapshotKind::Checkpoint => record.retained.contains(&id),
+                SnapshotKind::Savepoint => record.savepoints.contains(&id),
+            };
+            if complete {
+                continue;
+            }
+            if id >= record.epoch_first_id {
+                tracing::warn!(
+                    path = object.path,
+                    "an object whose id no epoch of the job reserved; left in place"
                 );
-                self.abort_by_id(kind, id).await?;
-            } else {
-                self.delete_pins(&snapshot_pin_prefix(&job, kind, id))
-                    .await?;
+                continue;
             }
+            leftovers.insert((kind, id));
         }
-        for pin in restore_pins {
-            self.st().delete(&pin).await?;
-        }
-        // O4
-        let mut retained = VecDeque::new();
-        let mut savepoints = Vec::new();
-        for ((kind, _), path) in &committed {
-            let metadata = self.inner.refs.metadata(self.st(), path).await?;
-            match kind {
-                SnapshotKind::Checkpoint => retained.push_back(metadata),
-                SnapshotKind::Savepoint => savepoints.push(metadata),
+        for object in self.st().list(&format!("pins/{job}/")).await? {
+            let name = object.path.rsplit('/').next().unwrap_or_default();
+            if name.starts_with("read-") {
+                continue; // another actor's reader pin on one of our checkpoints
             }
+            // Snapshot pins and restore pins of older epochs: this epoch has none yet.
+            self.st().delete(&object.path).await?;
         }
-        let mut discard = Vec::new();
-        while retained.len() > self.inner.settings.retained {
-            discard.extend(retained.pop_front());
+        for (kind, id) in leftovers {
+            tracing::info!(job, checkpoint = id, "removing what an aborted or fenced checkpoint left");
+            self.discard(kind, id).await?;
         }
         {
             let mut state = self.lock();
-            state.retained = retained;
-            state.savepoints = savepoints;
+            state.discarded.extend(record.discarding.iter().copied());
         }
-        for old in discard {
-            self.discard(&old).await?;
+        // O3
+        let mut loaded = BTreeMap::new();
+        for (kind, ids) in [
+            (SnapshotKind::Checkpoint, &record.retained),
+            (SnapshotKind::Savepoint, &record.savepoints),
+        ] {
+            for &id in ids {
+                let path = metadata_path(&job, kind, id);
+                match self.st().get(&path).await {
+                    Ok(bytes) => match metadata::decode_metadata(&bytes, &path) {
+                        Ok(decoded) => {
+                            loaded.insert(id, Arc::new(decoded));
+                        }
+                        Err(e) => {
+                            tracing::error!(path, error = %e, "a retained checkpoint's metadata is unreadable; kept, never restored")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::error!(path, error = %e, "a retained checkpoint's metadata cannot be read; kept")
+                    }
+                }
+            }
         }
-        Ok(())
+        self.lock().metadata = loaded;
+        // Retention may have shrunk since the last run; `discarding` is cleaned with this swap.
+        let retained_max = self.inner.settings.retained;
+        self.update_record(|record| {
+            while record.retained.len() > retained_max {
+                let oldest = record.retained.remove(0);
+                record.discarding.push(oldest);
+            }
+            Ok(())
+        })
+        .await?;
+        self.release_ready().await
     }
 
     /// Ends the job (E1–E3): aborts in-flight checkpoints, then keeps or discards the retained
@@ -807,13 +1237,16 @@ impl CheckpointCoordinator {
                     manual.push((entry.kind, *id));
                 }
             }
-            for (_, id) in &manual {
-                state.pending.remove(id);
-            }
             manual
         };
         for (kind, id) in manual {
-            self.abort_by_id(kind, id).await?;
+            let result = self.abort_by_id(kind, id).await;
+            self.remove_pending(id);
+            if let Err(e) = result
+                && e.kind() != crate::ErrorKind::Fenced
+            {
+                return Err(e);
+            }
         }
         loop {
             let notified = self.inner.pending_changed.notified();
@@ -824,6 +1257,7 @@ impl CheckpointCoordinator {
             }
             notified.await;
         }
+        self.check_not_fenced()?;
         // E2
         let discard_all = match end {
             JobEnd::Finished => true,
@@ -833,23 +1267,29 @@ impl CheckpointCoordinator {
             JobEnd::Failed | JobEnd::Suspended => false,
         };
         if discard_all {
-            loop {
-                let oldest = self.lock().retained.pop_front();
-                match oldest {
-                    Some(old) => self.discard(&old).await?,
-                    None => break,
-                }
-            }
+            self.update_record(|record| {
+                let all: Vec<u64> = record.retained.drain(..).collect();
+                record.discarding.extend(all);
+                Ok(())
+            })
+            .await?;
         }
-        // E3
-        let restore_pins = std::mem::take(&mut self.lock().restore_pins);
-        for pin in restore_pins {
-            self.st().delete(&pin).await?;
+        {
+            // E3: nothing of this job is in flight; what it kept its own metadata references.
+            let mut state = self.lock();
+            state.restore_superseded = true;
+            state.restored_hashes.clear();
         }
+        self.release_ready().await?;
+        self.update_record(|record| {
+            record.lease_until_ms = 0;
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 
-    /// Records a restore pin and the hashes it protects (R4, without claim).
+    /// Records a restore pin and the hashes it protects (R7, without claim).
     pub(crate) fn add_restore_pin(
         &self,
         path: String,
@@ -858,30 +1298,93 @@ impl CheckpointCoordinator {
         let mut state = self.lock();
         state.restore_pins.push(path);
         state.restored_hashes.extend(hashes);
+        state.restore_superseded = false;
     }
 
-    /// Allocates a checkpoint id (R4, with claim).
-    pub(crate) fn allocate_id(&self) -> u64 {
+    /// Allocates a checkpoint id from the reserved block (R6, with claim).
+    pub(crate) fn allocate_id(&self) -> Result<u64> {
         let mut state = self.lock();
+        if let Some(why) = &state.fenced {
+            return Err(self.fenced_error(why));
+        }
+        if state.next_id >= state.reserved_until {
+            return Err(busy(
+                &self.inner.job_id,
+                "the reserved block of checkpoint ids is used up".into(),
+            ));
+        }
         let id = state.next_id;
         state.next_id += 1;
-        id
+        Ok(id)
     }
 
-    /// Adds a claimed checkpoint to the retained list (R4, with claim).
+    /// Makes a claimed checkpoint this job's (R6): the swap is the claim's commit point.
     pub(crate) async fn adopt(&self, metadata: Arc<CheckpointMetadata>) -> Result<()> {
-        let discard = {
-            let mut state = self.lock();
-            state.retained.push_back(metadata);
-            let mut discard = Vec::new();
-            while state.retained.len() > self.inner.settings.retained {
-                discard.extend(state.retained.pop_front());
+        let id = metadata.checkpoint_id;
+        let retained_max = self.inner.settings.retained;
+        self.update_record(|record| {
+            if let Some(newer) = record.retained.iter().find(|&&r| r > id) {
+                return Err(Error::conflict(format!(
+                    "checkpoint {newer} of this job is newer than the claimed one"
+                )));
             }
-            discard
-        };
-        for old in discard {
-            self.discard(&old).await?;
-        }
-        Ok(())
+            record.retained.push(id);
+            while record.retained.len() > retained_max {
+                let oldest = record.retained.remove(0);
+                record.discarding.push(oldest);
+            }
+            Ok(())
+        })
+        .await?;
+        self.lock().metadata.insert(id, metadata);
+        self.release_ready().await
     }
+
+    /// The epoch-owned identity of this coordinator's pins.
+    pub(crate) fn pin_owner(&self) -> metadata::PinOwner {
+        metadata::PinOwner::Epoch {
+            job: self.inner.job_id.clone(),
+            epoch: self.epoch(),
+        }
+    }
+}
+
+/// D1–D3 for checkpoint `id` of `job`, whose job record no longer lists it.
+pub(crate) async fn discard_records(
+    store: &dyn Store,
+    job: &str,
+    kind: SnapshotKind,
+    id: u64,
+) -> Result<()> {
+    // D1
+    store.delete(&metadata_path(job, kind, id)).await?;
+    // D2: a reader that pinned before this listing keeps the private files; one that pins after
+    // it finds the metadata gone when it re-checks.
+    if !store
+        .list(&reader_pin_prefix(job, kind, id))
+        .await?
+        .is_empty()
+    {
+        tracing::debug!(
+            job,
+            checkpoint = id,
+            "a reader holds the checkpoint; its private files stay for GC"
+        );
+        return Ok(());
+    }
+    // D3
+    let dir = checkpoint_dir(job, kind, id);
+    for leftover in store.list(&format!("{dir}/")).await? {
+        store.delete(&leftover.path).await?;
+    }
+    Ok(())
+}
+
+fn busy(job: &str, why: String) -> Error {
+    crate::error::ErrorDetail::Io {
+        context: "triggering a checkpoint",
+        path: format!("job {job}").into(),
+        source: std::io::Error::new(std::io::ErrorKind::ResourceBusy, why),
+    }
+    .into()
 }

@@ -1,27 +1,40 @@
-//! GC of a whole root (G1–G4 of `docs/protocols.md`): the orphan sweeper.
+//! GC of a whole root (G1–G4 of `docs/protocols.md`): the only deleter of shared files.
 //!
-//! Safety: a shared file is removed only if no metadata record and no pin lists it, *and* it is
-//! older than the grace period, *and* a re-listing of metadata and pins right before deleting still
-//! does not list it. The grace period protects uploads of other processes whose pin GC has not seen
-//! (SlateDB RFC-0029); it must exceed the longest checkpoint upload. Dry run is the default.
+//! Safety: a shared file is deleted only if no metadata record and no live pin references it, it
+//! is older than the grace period, a deletion intent naming it was durable *before* a second
+//! listing of metadata and pins that still does not reference it, and the intent has not expired.
+//! Reusers pin first and then wait out intents (the reuser rule), so a reuser and GC never both
+//! win — at any grace period. A pin is live while its owner is: a job epoch that is still the
+//! job's current one (GC fences a job whose lease expired before it calls its pins dead), or a
+//! reader whose expiry has not passed. A record GC cannot read could reference anything: it is
+//! reported, and it blocks every shared-file deletion of the pass, nothing else. Dry run is the
+//! default.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::metadata::{parse_checkpoint_path, parse_shared_path};
-use super::refs::RefIndex;
-use crate::error::Result;
-use crate::store::{ContentHash, Store, SweepMode};
+use super::job::{self, CLOCK_MARGIN_MS, DeletionIntent, INTENT_LEASE, JobRecord};
+use super::metadata::{
+    self, CheckpointMetadata, PinOwner, PinRecord, SnapshotKind, parse_checkpoint_path,
+    parse_shared_path,
+};
+use crate::error::{ErrorKind, Result};
+use crate::store::{ContentHash, ObjectInfo, Store, SweepMode, WriteMode};
 
 /// What GC may remove.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GcOptions {
-    /// Unreferenced objects younger than this are kept. Default: one hour.
+    /// Unreferenced shared files and orphaned records younger than this are kept (an extra
+    /// margin; safety does not depend on it). Default: one hour.
     pub grace_period: Duration,
     /// Report only, or delete. Default: `DryRun`.
     pub mode: SweepMode,
+    /// How far the clocks of the machines sharing the root may disagree: a lease or a reader
+    /// pin counts as expired only this long after its expiry. Default: 30 seconds.
+    pub clock_margin: Duration,
 }
 
 impl Default for GcOptions {
@@ -29,6 +42,7 @@ impl Default for GcOptions {
         GcOptions {
             grace_period: Duration::from_secs(3600),
             mode: SweepMode::DryRun,
+            clock_margin: Duration::from_millis(CLOCK_MARGIN_MS),
         }
     }
 }
@@ -38,20 +52,26 @@ impl Default for GcOptions {
 pub struct GcReport {
     /// Whether anything was deleted.
     pub dry_run: bool,
-    /// Committed metadata records (checkpoints and savepoints) in the root.
+    /// Metadata records (checkpoints and savepoints, committed or orphaned) in the root.
     pub metadata_records: usize,
     /// Distinct shared files they and the live pins reference.
     pub referenced_shared_files: usize,
     /// Unreferenced shared files (removed unless dry run).
     pub shared_files: Vec<String>,
-    /// Private files of checkpoints that never committed.
+    /// Records of checkpoints that no job record lists: orphaned metadata and private files.
     pub private_files: Vec<String>,
-    /// Pins older than the grace period.
+    /// Dead pins (their owner's epoch was fenced, or a reader's pin expired) and expired intents.
     pub pins: Vec<String>,
     /// Temporary files and empty directories.
     pub incomplete: Vec<String>,
+    /// Jobs whose lease had expired, fenced by this pass.
+    pub fenced_jobs: Vec<String>,
+    /// Records that could not be read, with why; while any is listed, no shared file is deleted.
+    pub unreadable: Vec<String>,
     /// Bytes of everything listed above.
     pub reclaimed_bytes: u64,
+    /// Store requests this pass made.
+    pub requests: u64,
 }
 
 impl GcReport {
@@ -64,63 +84,159 @@ impl GcReport {
     }
 }
 
+/// Everything that references shared files, read afresh.
+#[derive(Default)]
+struct View {
+    metadata: Vec<(String, CheckpointMetadata)>,
+    pins: Vec<(ObjectInfo, PinRecord)>,
+    records: HashMap<String, Option<JobRecord>>,
+    unreadable: Vec<String>,
+    requests: u64,
+}
+
+impl View {
+    async fn load(store: &dyn Store, jobs: &[ObjectInfo]) -> Result<View> {
+        let mut view = View::default();
+        for object in jobs {
+            if let Some(job) = object
+                .path
+                .strip_prefix("jobs/")
+                .and_then(|rest| rest.strip_suffix("/_job"))
+            {
+                view.requests += 1;
+                let record = match job::read_job(store, job).await {
+                    Ok(record) => record.map(|(r, _)| r),
+                    Err(e) => {
+                        view.unreadable.push(format!("{}: {e}", object.path));
+                        None
+                    }
+                };
+                view.records.insert(job.to_owned(), record);
+            } else if object.path.ends_with("/_metadata") {
+                view.requests += 1;
+                match store.get(&object.path).await {
+                    Ok(bytes) => match metadata::decode_metadata(&bytes, &object.path) {
+                        Ok(decoded) => view.metadata.push((object.path.clone(), decoded)),
+                        Err(e) => view.unreadable.push(format!("{}: {e}", object.path)),
+                    },
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => view.unreadable.push(format!("{}: {e}", object.path)),
+                }
+            }
+        }
+        view.requests += 1;
+        for object in store.list("pins/").await? {
+            view.requests += 1;
+            match store.get(&object.path).await {
+                Ok(bytes) => match metadata::decode_pin(&bytes, &object.path) {
+                    Ok(pin) => view.pins.push((object, pin)),
+                    Err(e) => view.unreadable.push(format!("{}: {e}", object.path)),
+                },
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => view.unreadable.push(format!("{}: {e}", object.path)),
+            }
+        }
+        Ok(view)
+    }
+
+    /// Whether a pin's owner still lives (see the module docs).
+    fn pin_live(&self, pin: &PinRecord, now_ms: u64, margin_ms: u64) -> bool {
+        match &pin.owner {
+            PinOwner::Reader { expires_at_ms } => expires_at_ms.saturating_add(margin_ms) >= now_ms,
+            // Dead only when provably so: an older epoch than the record's, or the record's own
+            // epoch with its lease expired. A record read before a newer claim, or not read at
+            // all, cannot prove a pin dead.
+            PinOwner::Epoch { job, epoch } => match self.records.get(job) {
+                Some(Some(record)) => {
+                    *epoch > record.epoch
+                        || *epoch == record.epoch
+                            && record.lease_until_ms.saturating_add(margin_ms) >= now_ms
+                }
+                _ => true,
+            },
+        }
+    }
+
+    /// What the metadata (except `ignored` orphans, which this pass deletes) and the live pins
+    /// reference.
+    fn referenced(
+        &self,
+        now_ms: u64,
+        margin_ms: u64,
+        ignored: &HashSet<String>,
+    ) -> HashSet<ContentHash> {
+        let mut referenced: HashSet<ContentHash> = self
+            .metadata
+            .iter()
+            .filter(|(path, _)| !ignored.contains(path))
+            .flat_map(|(_, m)| m.shared_hashes())
+            .collect();
+        for (_, pin) in &self.pins {
+            if self.pin_live(pin, now_ms, margin_ms) {
+                referenced.extend(pin.hashes.iter().copied());
+            }
+        }
+        referenced
+    }
+}
+
 /// Sweeps `store` (G1–G4).
 pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<GcReport> {
+    let deleting = options.mode == SweepMode::Delete;
+    let margin_ms = options.clock_margin.as_millis() as u64;
     let cutoff = SystemTime::now()
         .checked_sub(options.grace_period)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let index = RefIndex::default();
+    let old = |info: &ObjectInfo| info.modified <= cutoff;
+    let mut report = GcReport {
+        dry_run: !deleting,
+        ..GcReport::default()
+    };
     // G1
     let shared = store.list("shared/").await?;
     let jobs = store.list("jobs/").await?;
-    // G2
-    let refs = index.load(store, &HashSet::new()).await?;
-    let live_pins: Vec<_> = refs.pins.iter().filter(|p| p.modified > cutoff).collect();
-    let mut referenced: HashSet<ContentHash> = refs
-        .committed
+    let intents = store.list("gc/").await?;
+    report.requests += 3;
+    let mut view = View::load(store, &jobs).await?;
+    report.requests += view.requests;
+
+    // G2: fence the jobs whose lease expired, so that their pins are really dead.
+    let now = crate::util::now_ms();
+    let expired: Vec<String> = view
+        .records
         .iter()
-        .flat_map(|m| m.shared_hashes())
-        .collect();
-    referenced.extend(
-        live_pins
-            .iter()
-            .flat_map(|p| p.record.hashes.iter().copied()),
-    );
-    let referenced_private: HashSet<&str> = refs
-        .committed
-        .iter()
-        .flat_map(|m| m.backends.iter())
-        .flat_map(|b| b.private_files.iter().map(|f| f.path.as_str()))
-        .collect();
-    let committed_dirs: HashSet<String> = refs
-        .committed
-        .iter()
-        .map(|m| m.metadata_path().trim_end_matches("/_metadata").to_owned())
-        .collect();
-    let pinned_dirs: HashSet<String> = live_pins
-        .iter()
-        .filter_map(|p| {
-            let (_, name) = p.path.rsplit_once('/')?;
-            let (kind, rest) = name.split_once('-')?;
-            Some(format!(
-                "jobs/{}/{kind}-{}",
-                p.record.job_id,
-                rest.get(..20)?
-            ))
+        .filter_map(|(job, record)| {
+            let record = record.as_ref()?;
+            (record.owner.is_some() && record.lease_until_ms.saturating_add(margin_ms) < now)
+                .then(|| job.clone())
         })
         .collect();
+    for job in expired {
+        report.fenced_jobs.push(job.clone());
+        if deleting {
+            report.requests += 2;
+            if let Some(record) = fence(store, &job, margin_ms).await? {
+                view.records.insert(job, Some(record));
+            }
+        }
+    }
 
     // G3
-    let mut report = GcReport {
-        dry_run: options.mode == SweepMode::DryRun,
-        metadata_records: refs.committed.len(),
-        referenced_shared_files: referenced.len(),
-        ..GcReport::default()
-    };
+    let now = crate::util::now_ms();
+    let private_candidates = orphaned_records(&view, &jobs, now, margin_ms, &old);
+    let orphans: HashSet<String> = private_candidates
+        .iter()
+        .filter(|(path, _)| path.ends_with("/_metadata"))
+        .map(|(path, _)| path.clone())
+        .collect();
+    let referenced = view.referenced(now, margin_ms, &orphans);
+    report.metadata_records = view.metadata.len();
+    report.referenced_shared_files = referenced.len();
+    report.unreadable = view.unreadable.clone();
     let mut shared_candidates: BTreeMap<String, (ContentHash, u64)> = BTreeMap::new();
     for object in &shared {
         match parse_shared_path(&object.path) {
-            Some(hash) if !referenced.contains(&hash) && object.modified <= cutoff => {
+            Some(hash) if !referenced.contains(&hash) && old(object) => {
                 shared_candidates.insert(object.path.clone(), (hash, object.size));
             }
             Some(_) => {}
@@ -131,60 +247,202 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
             ),
         }
     }
-    let mut private_candidates = Vec::new();
-    for object in &jobs {
-        let Some((job, kind, id, rest)) = parse_checkpoint_path(&object.path) else {
-            continue;
-        };
-        let dir = format!("jobs/{job}/{}-{id:020}", kind.dir_prefix());
-        let orphan = rest != "_metadata"
-            && !committed_dirs.contains(&dir)
-            && !pinned_dirs.contains(&dir)
-            && !referenced_private.contains(object.path.as_str())
-            && object.modified <= cutoff;
-        if orphan {
-            private_candidates.push((object.path.clone(), object.size));
-        }
-    }
-    let stale_pins: Vec<(String, u64)> = refs
+    let mut dead: Vec<(String, u64)> = view
         .pins
         .iter()
-        .filter(|p| p.modified <= cutoff)
-        .map(|p| (p.path.clone(), 0))
+        .filter(|(info, pin)| !view.pin_live(pin, now, margin_ms) && old(info))
+        .map(|(info, _)| (info.path.clone(), info.size))
         .collect();
-
-    if options.mode == SweepMode::Delete {
-        // G4: stale pins first (nothing may list a file while it is deleted), then re-list: a pin or
-        // commit that appeared since G2 protects what it lists.
-        for (path, _) in &stale_pins {
-            store.delete(path).await?;
+    for object in &intents {
+        report.requests += 1;
+        let expired = match store.get(&object.path).await {
+            Ok(bytes) => job::decode_intent(&bytes, &object.path)
+                .map(|i| i.expired(now))
+                .unwrap_or_else(|_| object.modified.elapsed().is_ok_and(|a| a > INTENT_LEASE)),
+            Err(_) => false,
+        };
+        if expired {
+            dead.push((object.path.clone(), object.size));
         }
-        let now = index.load(store, &HashSet::new()).await?;
-        let protected: HashSet<ContentHash> = now.counts.keys().copied().collect();
-        shared_candidates.retain(|_, (hash, _)| !protected.contains(hash));
-        for (path, (_, size)) in &shared_candidates {
-            store.delete(path).await?;
-            report.reclaimed_bytes += size;
-        }
-        for (path, size) in &private_candidates {
-            store.delete(path).await?;
-            report.reclaimed_bytes += size;
-        }
-    } else {
-        report.reclaimed_bytes = shared_candidates
-            .values()
-            .map(|(_, size)| size)
-            .sum::<u64>()
-            + private_candidates.iter().map(|(_, size)| size).sum::<u64>();
     }
-    report.shared_files = shared_candidates.into_keys().collect();
-    report.private_files = private_candidates
-        .into_iter()
-        .map(|(path, _)| path)
-        .collect();
-    report.pins = stale_pins.into_iter().map(|(path, _)| path).collect();
+
+    report.pins = dead.iter().map(|(p, _)| p.clone()).collect();
+    report.private_files = private_candidates.iter().map(|(p, _)| p.clone()).collect();
+    let blocked = !view.unreadable.is_empty();
+    if blocked {
+        tracing::warn!(
+            records = ?view.unreadable,
+            "records GC cannot read could reference any shared file: no shared file is deleted in this pass"
+        );
+        shared_candidates.clear();
+    }
+    if !deleting {
+        report.reclaimed_bytes = shared_candidates.values().map(|(_, s)| s).sum::<u64>()
+            + private_candidates.iter().map(|(_, s)| s).sum::<u64>();
+        report.shared_files = shared_candidates.into_keys().collect();
+        report.incomplete = store
+            .sweep_incomplete(options.grace_period, options.mode)
+            .await?;
+        return Ok(report);
+    }
+
+    // G4: records first (nothing here is referenced by a live owner), then shared files under the
+    // deleter rule.
+    for (path, size) in dead.iter().chain(private_candidates.iter()) {
+        report.requests += 1;
+        store.delete(path).await?;
+        report.reclaimed_bytes += size;
+    }
+    if !shared_candidates.is_empty() {
+        let intent = DeletionIntent {
+            created_at_ms: crate::util::now_ms(),
+            expires_at_ms: crate::util::now_ms() + INTENT_LEASE.as_millis() as u64,
+            hashes: shared_candidates.values().map(|(h, _)| *h).collect(),
+        };
+        let intent_path = format!("gc/{}", crate::util::nonce());
+        report.requests += 1;
+        store
+            .put(&intent_path, job::encode_intent(&intent)?, WriteMode::CreateOnly)
+            .await?;
+        let result = delete_shared(store, &intent, &mut shared_candidates, &mut report, margin_ms).await;
+        report.requests += 1;
+        let removed = store.delete(&intent_path).await;
+        result?;
+        removed?;
+        report.shared_files = shared_candidates.into_keys().collect();
+    }
     report.incomplete = store
         .sweep_incomplete(options.grace_period, options.mode)
         .await?;
     Ok(report)
+}
+
+/// The second listing and the deletes of G4, while the intent is durable.
+async fn delete_shared(
+    store: &dyn Store,
+    intent: &DeletionIntent,
+    candidates: &mut BTreeMap<String, (ContentHash, u64)>,
+    report: &mut GcReport,
+    margin_ms: u64,
+) -> Result<()> {
+    report.requests += 1;
+    let jobs = store.list("jobs/").await?;
+    let view = View::load(store, &jobs).await?;
+    report.requests += view.requests;
+    if !view.unreadable.is_empty() {
+        report.unreadable.extend(view.unreadable.iter().cloned());
+        candidates.clear();
+        return Ok(());
+    }
+    let protected = view.referenced(crate::util::now_ms(), margin_ms, &HashSet::new());
+    candidates.retain(|_, (hash, _)| !protected.contains(hash));
+    let mut removed = BTreeMap::new();
+    for (path, (hash, size)) in std::mem::take(candidates) {
+        // The one timing assumption: a pass never deletes after its intent expired.
+        if crate::util::now_ms() >= intent.expires_at_ms {
+            tracing::warn!("GC deletion intent expired; the rest waits for the next pass");
+            break;
+        }
+        report.requests += 1;
+        store.delete(&path).await?;
+        report.reclaimed_bytes += size;
+        removed.insert(path, (hash, size));
+    }
+    *candidates = removed;
+    Ok(())
+}
+
+/// Swaps an expired job's record to a new epoch without owner: its pins are dead from here on.
+async fn fence(store: &dyn Store, job: &str, margin_ms: u64) -> Result<Option<JobRecord>> {
+    let Some((record, version)) = job::read_job(store, job).await? else {
+        return Ok(None);
+    };
+    let now = crate::util::now_ms();
+    if record.owner.is_none() || record.lease_until_ms.saturating_add(margin_ms) >= now {
+        return Ok(Some(record));
+    }
+    let mut next = record.clone();
+    next.epoch += 1;
+    next.owner = None;
+    next.lease_until_ms = 0;
+    next.epoch_first_id = next.next_id;
+    next.updated_at_ms = now;
+    match job::swap_job(store, &next, Some(&version)).await? {
+        Some(_) => {
+            tracing::info!(job, epoch = next.epoch, "fenced a job whose lease expired");
+            Ok(Some(next))
+        }
+        None => Ok(job::read_job(store, job).await?.map(|(r, _)| r)),
+    }
+}
+
+/// Metadata and private files of checkpoints that no job record lists and no live epoch may still
+/// commit, without a live reader pin. Jobs without a record (or with an unreadable one) are left
+/// alone.
+fn orphaned_records(
+    view: &View,
+    jobs: &[ObjectInfo],
+    now_ms: u64,
+    margin_ms: u64,
+    old: &dyn Fn(&ObjectInfo) -> bool,
+) -> Vec<(String, u64)> {
+    let read: BTreeSet<(String, SnapshotKind, u64)> = view
+        .pins
+        .iter()
+        .filter(|(_, pin)| view.pin_live(pin, now_ms, margin_ms))
+        .filter(|(info, _)| {
+            info.path
+                .rsplit('/')
+                .next()
+                .is_some_and(|name| name.starts_with("read-"))
+        })
+        .filter_map(|(_, pin)| {
+            let id = pin.checkpoint_id?;
+            let kind = if pin_names_savepoint(pin, view) {
+                SnapshotKind::Savepoint
+            } else {
+                SnapshotKind::Checkpoint
+            };
+            Some((pin.job_id.clone(), kind, id))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for object in jobs {
+        let Some((job, kind, id, _)) = parse_checkpoint_path(&object.path) else {
+            continue;
+        };
+        let Some(Some(record)) = view.records.get(&job) else {
+            continue;
+        };
+        let complete = match kind {
+            SnapshotKind::Checkpoint => record.retained.contains(&id),
+            SnapshotKind::Savepoint => record.savepoints.contains(&id),
+        };
+        // The live owner may still be committing ids of its own block, or deleting what it
+        // discards; a fenced or expired owner may not.
+        let owner_live = record.owner.is_some()
+            && record.lease_until_ms.saturating_add(margin_ms) >= now_ms;
+        let owners_business =
+            owner_live && (id >= record.epoch_first_id || record.discarding.contains(&id));
+        if complete
+            || owners_business
+            || id >= record.next_id
+            || read.contains(&(job.clone(), kind, id))
+            || read.contains(&(job.clone(), SnapshotKind::Checkpoint, id))
+            || !old(object)
+        {
+            continue;
+        }
+        out.push((object.path.clone(), object.size));
+    }
+    out
+}
+
+/// Reader pins carry the source checkpoint's id; a savepoint and a checkpoint never share an id
+/// within a job, so the job record tells which one it is.
+fn pin_names_savepoint(pin: &PinRecord, view: &View) -> bool {
+    matches!(
+        (view.records.get(&pin.job_id), pin.checkpoint_id),
+        (Some(Some(record)), Some(id)) if record.savepoints.contains(&id)
+    )
 }

@@ -147,7 +147,7 @@ impl BackendHandle {
         backend_tag(self.key_groups)
     }
 
-    fn validate(&self, job_id: &str) -> Result<()> {
+    fn validate(&self, job_id: &str, kind: SnapshotKind, id: u64) -> Result<()> {
         check_max_parallelism(self.max_parallelism)?;
         if self.key_groups.end() > self.max_parallelism {
             return Err(Error::corruption(format!(
@@ -213,9 +213,18 @@ impl BackendHandle {
                     file.path
                 ))
             })?;
-            if !file.path.starts_with("jobs/") {
+            // A private file lives in its own checkpoint's directory, under its own name: a discard
+            // or claim deletes these paths, so one pointing anywhere else would delete someone
+            // else's record.
+            let own = format!(
+                "{}/{}/{}",
+                checkpoint_dir(job_id, kind, id),
+                self.tag(),
+                file.local_name
+            );
+            if file.path != own {
                 return Err(Error::corruption(format!(
-                    "private file `{}` of job `{job_id}` lies outside `jobs/`",
+                    "private file `{}` of checkpoint {id} of job `{job_id}` is not `{own}`",
                     file.path
                 )));
             }
@@ -273,8 +282,11 @@ impl CheckpointMetadata {
     /// Checks every field (run before writing and after reading).
     pub(crate) fn validate(&self) -> Result<()> {
         validate_job_id(&self.job_id).map_err(|e| Error::corruption(e.to_string()))?;
-        if self.checkpoint_id == 0 {
-            return Err(Error::corruption("checkpoint id 0 is reserved"));
+        if self.checkpoint_id == 0 || self.checkpoint_id >= u64::MAX / 2 {
+            return Err(Error::corruption(format!(
+                "checkpoint id {} is outside 1..2^63",
+                self.checkpoint_id
+            )));
         }
         check_max_parallelism(self.max_parallelism)?;
         if self.backends.is_empty() || self.backends.len() > MAX_BACKENDS {
@@ -302,19 +314,32 @@ impl CheckpointMetadata {
                 )));
             }
             ranges.push(backend.key_groups);
-            backend.validate(&self.job_id)?;
+            backend.validate(&self.job_id, self.kind, self.checkpoint_id)?;
         }
         Ok(())
     }
 }
 
-/// What an in-flight snapshot or a restore without claim holds on to.
+/// What an in-flight snapshot or a restore holds on to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PinRecord {
+    /// The job whose checkpoint the pin is about (the snapshotting job, or the restore's source).
     pub job_id: String,
     pub checkpoint_id: Option<u64>,
     pub created_at_ms: u64,
     pub hashes: Vec<ContentHash>,
+    /// Who holds it: the pin is live exactly as long as its owner.
+    pub owner: PinOwner,
+}
+
+/// The holder of a pin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PinOwner {
+    /// A coordinator: live while `epoch` is the current epoch of `job` and its lease holds.
+    Epoch { job: String, epoch: u64 },
+    /// A standalone reader (`restore`, `verify`): live until `expires_at_ms` (it renews).
+    Reader { expires_at_ms: u64 },
 }
 
 /// Wraps a MessagePack body in the checksummed envelope.
@@ -474,6 +499,20 @@ pub(crate) fn backend_tag(range: KeyGroupRange) -> String {
 /// `pins/<job>/<chk|sp>-<id:020>-<tag>` — the pin of one backend's in-flight snapshot.
 pub(crate) fn snapshot_pin_path(job_id: &str, kind: SnapshotKind, id: u64, tag: &str) -> String {
     format!("pins/{job_id}/{}-{id:020}-{tag}", kind.dir_prefix())
+}
+
+/// `pins/<src>/read-<chk|sp>-<id:020>-<nonce>` — a reader's pin on a checkpoint of job `src`.
+pub(crate) fn reader_pin_path(src_job: &str, kind: SnapshotKind, id: u64) -> String {
+    format!(
+        "{}{}",
+        reader_pin_prefix(src_job, kind, id),
+        crate::util::nonce()
+    )
+}
+
+/// The prefix of every reader pin on one checkpoint.
+pub(crate) fn reader_pin_prefix(src_job: &str, kind: SnapshotKind, id: u64) -> String {
+    format!("pins/{src_job}/read-{}-{id:020}-", kind.dir_prefix())
 }
 
 /// The prefix of every pin of one in-flight checkpoint.

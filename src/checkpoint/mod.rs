@@ -1,12 +1,12 @@
 //! Incremental checkpoints: the task side (`snapshot`), the coordinator side (`coordinator`),
-//! their shared vocabulary (`metadata`), reference counting (`refs`), restore and GC.
+//! their shared vocabulary (`metadata`), the job record and GC intents (`job`), restore and GC.
 //! The procedures are specified step by step in `docs/protocols.md`.
 
 pub(crate) mod coordinator;
 pub(crate) mod gc;
+pub(crate) mod job;
 mod logfile;
 pub(crate) mod metadata;
-pub(crate) mod refs;
 pub(crate) mod restore;
 pub(crate) mod snapshot;
 
@@ -33,6 +33,8 @@ pub(crate) struct TicketState {
 pub struct CheckpointTicket {
     pub(crate) job_id: Arc<str>,
     pub(crate) checkpoint_id: u64,
+    /// The epoch of the coordinator that handed it out (the owner of its pins).
+    pub(crate) epoch: u64,
     pub(crate) kind: SnapshotKind,
     pub(crate) known: Arc<HashSet<ContentHash>>,
     pub(crate) state: Arc<TicketState>,

@@ -15,6 +15,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::coordinator::CheckpointCoordinator;
+use super::job;
 use super::metadata::{
     self, BackendHandle, CheckpointMetadata, PinRecord, SnapshotKind, checkpoint_dir,
     parse_checkpoint_path, shared_path,
@@ -118,12 +119,140 @@ pub async fn read_metadata(
         Err(e) => return Err(e),
     };
     let metadata = metadata::decode_metadata(&bytes, &path)?;
+    ensure_complete(store, &metadata).await?;
     Ok((path, metadata))
+}
+
+/// A `_metadata` is a complete checkpoint only if its job record lists it (roots written before
+/// job records existed have none: there the metadata is the commit point).
+async fn ensure_complete(store: &dyn Store, metadata: &CheckpointMetadata) -> Result<()> {
+    match job::read_job(store, &metadata.job_id).await? {
+        Some((record, _)) => {
+            let complete = match metadata.kind {
+                SnapshotKind::Checkpoint => record.retained.contains(&metadata.checkpoint_id),
+                SnapshotKind::Savepoint => record.savepoints.contains(&metadata.checkpoint_id),
+            };
+            if complete {
+                Ok(())
+            } else {
+                Err(Error::not_found(format!(
+                    "`{}` is not a complete checkpoint: the record of job `{}` does not list it \
+                     (it was discarded, aborted, or its commit never finished)",
+                    metadata.metadata_path(),
+                    metadata.job_id
+                )))
+            }
+        }
+        None => match store.head(&metadata.metadata_path()).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found(format!(
+                "checkpoint `{}` was discarded",
+                metadata.metadata_path()
+            ))),
+        },
+    }
+}
+
+/// R4, the reuser rule for readers: pins every hash `handles` reference on behalf of `owner`, then
+/// checks that the checkpoint is still complete (a discard that ran before the pin was seen is
+/// reported as `NotFound`, never as a missing file), then waits out GC intents naming its files.
+/// Returns the pin's path; the caller deletes it when done.
+pub(crate) async fn pin_for_reading(
+    store: &dyn Store,
+    metadata: &CheckpointMetadata,
+    hashes: &[ContentHash],
+    owner: metadata::PinOwner,
+) -> Result<String> {
+    let path = metadata::reader_pin_path(&metadata.job_id, metadata.kind, metadata.checkpoint_id);
+    let pin = PinRecord {
+        job_id: metadata.job_id.clone(),
+        checkpoint_id: Some(metadata.checkpoint_id),
+        created_at_ms: crate::util::now_ms(),
+        hashes: hashes.to_vec(),
+        owner,
+    };
+    store
+        .put(
+            &path,
+            Bytes::from(metadata::encode_pin(&pin)?),
+            WriteMode::CreateOnly,
+        )
+        .await?;
+    let checked = async {
+        ensure_complete(store, metadata).await.map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::not_found(format!(
+                    "checkpoint `{}` was discarded while it was being restored",
+                    metadata.metadata_path()
+                ))
+            } else {
+                e
+            }
+        })?;
+        job::wait_for_intents(store, &hashes.iter().copied().collect()).await
+    }
+    .await;
+    match checked {
+        Ok(_) => Ok(path),
+        Err(e) => {
+            store.delete(&path).await.ok();
+            Err(e)
+        }
+    }
+}
+
+/// How long a standalone reader's pin lives; it is renewed every third of it while reading.
+const READER_PIN_LIFETIME_MS: u64 = 3_600_000;
+
+fn reader_owner() -> metadata::PinOwner {
+    metadata::PinOwner::Reader {
+        expires_at_ms: crate::util::now_ms() + READER_PIN_LIFETIME_MS,
+    }
+}
+
+/// Keeps a standalone reader's pin alive while `work` runs, then deletes it.
+async fn with_reader_pin<T>(
+    store: &dyn Store,
+    metadata: &CheckpointMetadata,
+    hashes: &[ContentHash],
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let path = pin_for_reading(store, metadata, hashes, reader_owner()).await?;
+    let renew = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(READER_PIN_LIFETIME_MS / 3)).await;
+            let pin = PinRecord {
+                job_id: metadata.job_id.clone(),
+                checkpoint_id: Some(metadata.checkpoint_id),
+                created_at_ms: crate::util::now_ms(),
+                hashes: hashes.to_vec(),
+                owner: reader_owner(),
+            };
+            if let Ok(bytes) = metadata::encode_pin(&pin) {
+                if let Err(e) = store.put(&path, Bytes::from(bytes), WriteMode::Replace).await {
+                    tracing::warn!(pin = path, error = %e, "renewing a reader pin failed");
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = work => result,
+        () = renew => unreachable!("the renewal loop never ends"),
+    };
+    if let Err(e) = store.delete(&path).await {
+        tracing::warn!(pin = path, error = %e, "removing a reader pin failed; GC removes it after it expires");
+    }
+    result
 }
 
 /// The metadata path of a job's newest committed checkpoint.
 pub async fn latest_checkpoint(store: &dyn Store, job: &str) -> Result<Option<String>> {
     metadata::validate_job_id(job)?;
+    if let Some((record, _)) = job::read_job(store, job).await? {
+        return Ok(record
+            .latest()
+            .map(|id| metadata::metadata_path(job, SnapshotKind::Checkpoint, id)));
+    }
     let mut best: Option<(u64, String)> = None;
     for object in store.list(&format!("jobs/{job}/")).await? {
         if let Some((_, SnapshotKind::Checkpoint, id, rest)) = parse_checkpoint_path(&object.path)
@@ -514,7 +643,8 @@ fn publish(temp: &Path, target: &Path, parent: &Path) -> Result<()> {
 }
 
 /// Downloads the backend of `source` owning `key_groups` into `target` and opens it, outside any
-/// job (the `rockpoint restore` command). Nothing is pinned: do not run a job's GC meanwhile.
+/// job (the `rockpoint restore` command). A reader pin, renewed while the download runs, keeps the
+/// checkpoint's files from GC and its job's discards; it is removed at the end.
 pub async fn restore_backend(
     store: &dyn Store,
     source: &RestoreSource,
@@ -524,7 +654,16 @@ pub async fn restore_backend(
 ) -> Result<KeyedStateBackend> {
     let (_, metadata) = read_metadata(store, source).await?;
     let handle = backend_for(&metadata, target.key_groups)?;
-    download_backend(store, handle, &target.dir, parallelism, progress).await?;
+    let mut hashes: Vec<ContentHash> = handle.shared_hashes().collect();
+    hashes.sort();
+    hashes.dedup();
+    with_reader_pin(
+        store,
+        &metadata,
+        &hashes,
+        download_backend(store, handle, &target.dir, parallelism, progress),
+    )
+    .await?;
     open_restored(handle, target)
 }
 
@@ -587,38 +726,45 @@ impl CheckpointCoordinator {
             all.dedup();
             all
         };
-        // R4 (without claim): pin, then check the source still exists.
-        if mode == ClaimMode::NoClaim {
-            let pin_path = format!("pins/{}/restore-{}", self.job_id(), crate::util::nonce());
-            let pin = PinRecord {
-                job_id: self.job_id().to_owned(),
-                checkpoint_id: None,
-                created_at_ms: crate::util::now_ms(),
-                hashes: hashes.clone(),
-            };
-            store
-                .put(
-                    &pin_path,
-                    Bytes::from(metadata::encode_pin(&pin)?),
-                    WriteMode::CreateOnly,
-                )
-                .await?;
-            if store.head(&source_path).await?.is_none() {
-                store.delete(&pin_path).await?;
-                return Err(Error::not_found(format!(
-                    "checkpoint `{source_path}` was discarded while it was being restored"
-                )));
-            }
-            self.add_restore_pin(pin_path, hashes.iter().copied());
+        if mode == ClaimMode::Claim && metadata.kind == SnapshotKind::Savepoint {
+            return Err(Error::invalid(format!(
+                "`{source_path}` is a savepoint: a savepoint belongs to its user and is never \
+                 claimed; restore it without claim"
+            )));
         }
-        // R5, R6
+        // R4: pin as a reader (owned by this coordinator's epoch), then check the source is still
+        // complete, then wait out GC intents on its files.
+        let pin_path = pin_for_reading(store, &metadata, &hashes, self.pin_owner()).await?;
+        // R5
         let parallelism = self.inner.settings.transfer_parallelism;
+        let mut done = Vec::new();
         for (handle, target) in handles.iter().zip(targets) {
-            download_backend(store, handle, &target.dir, parallelism, None).await?;
+            let downloaded =
+                download_backend(store, handle, &target.dir, parallelism, None).await;
+            if let Err(e) = downloaded {
+                // All or nothing: the backends restored so far go too.
+                for dir in done {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                store.delete(&pin_path).await.ok();
+                return Err(e);
+            }
+            done.push(target.dir.clone());
         }
-        // R4 (with claim): re-commit under this job, then drop the old record.
-        if mode == ClaimMode::Claim {
-            self.claim(&source_path, &metadata, targets).await?;
+        match mode {
+            ClaimMode::NoClaim => self.add_restore_pin(pin_path, hashes.iter().copied()),
+            // R6: the reader pin protects every file until this job's record references them.
+            ClaimMode::Claim => {
+                let claimed = self.claim_checkpoint(&metadata, targets).await;
+                store.delete(&pin_path).await.ok();
+                if let Err(e) = claimed {
+                    for dir in done {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                    return Err(e);
+                }
+                self.release_source(&metadata).await?;
+            }
         }
         // R7
         handles
@@ -628,14 +774,13 @@ impl CheckpointCoordinator {
             .collect()
     }
 
-    async fn claim(
+    async fn claim_checkpoint(
         &self,
-        source_path: &str,
         metadata: &CheckpointMetadata,
         targets: &[RestoreTarget],
     ) -> Result<()> {
         let store = &**self.store();
-        let id = self.allocate_id();
+        let id = self.allocate_id()?;
         let mut adopted = metadata.clone();
         adopted.job_id = self.job_id().to_owned();
         adopted.checkpoint_id = id;
@@ -680,13 +825,30 @@ impl CheckpointCoordinator {
                 WriteMode::CreateOnly,
             )
             .await?;
-        store.delete(source_path).await?;
-        for backend in &metadata.backends {
-            for private in &backend.private_files {
-                store.delete(&private.path).await?;
+        self.adopt(Arc::new(adopted)).await
+    }
+
+    /// R6, after the claim committed: the source job's record stops listing the checkpoint, and
+    /// its records go (D1–D3). The shared files are referenced by this job's copy.
+    async fn release_source(&self, source: &CheckpointMetadata) -> Result<()> {
+        let store = &**self.store();
+        let job = &source.job_id;
+        let id = source.checkpoint_id;
+        for _ in 0..32 {
+            let Some((record, version)) = job::read_job(store, job).await? else {
+                break;
+            };
+            if !record.retained.contains(&id) {
+                break;
+            }
+            let mut next = record.clone();
+            next.retained.retain(|&r| r != id);
+            next.updated_at_ms = crate::util::now_ms();
+            if job::swap_job(store, &next, Some(&version)).await?.is_some() {
+                break;
             }
         }
-        self.adopt(Arc::new(adopted)).await
+        super::coordinator::discard_records(store, job, source.kind, id).await
     }
 }
 

@@ -226,10 +226,13 @@ impl PendingSnapshot {
             self.ticket.kind.dir_prefix(),
             self.ticket.checkpoint_id
         ));
+        // A8 (also on failure, and when this future is dropped — a failed sibling upload drops
+        // it): staging pins disk space for every SST it links.
+        let mut cleanup = StagingCleanup(Some(staging.clone()));
         let result = self.upload_inner(store, &staging, &tag, start).await;
-        // A8 (also on failure): staging pins disk space for every SST it links.
-        let cleanup = staging.clone();
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(cleanup)).await;
+        if let Some(dir) = cleanup.0.take() {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
         result
     }
 
@@ -323,6 +326,10 @@ impl PendingSnapshot {
             checkpoint_id: Some(ticket.checkpoint_id),
             created_at_ms: crate::util::now_ms(),
             hashes,
+            owner: metadata::PinOwner::Epoch {
+                job: ticket.job_id.to_string(),
+                epoch: ticket.epoch,
+            },
         };
         let pin_path =
             metadata::snapshot_pin_path(&ticket.job_id, ticket.kind, ticket.checkpoint_id, tag);
@@ -343,6 +350,16 @@ impl PendingSnapshot {
             discard_all(store, shipments.into_iter().filter_map(|s| s.staged)).await;
             return Err(e);
         }
+        // A6, reuser rule: no GC pass may be about to delete what we reuse. A hash that an
+        // intent named is checked against the store even if the ticket knows it.
+        let needed: std::collections::HashSet<ContentHash> = pin.hashes.iter().copied().collect();
+        let doubtful = match super::job::wait_for_intents(store, &needed).await {
+            Ok(named) => named,
+            Err(e) => {
+                discard_all(store, shipments.into_iter().filter_map(|s| s.staged)).await;
+                return Err(e);
+            }
+        };
 
         // A6: upload what the store lacks, with bounded parallelism. Every shipment runs to its
         // end (a cancelled one stops at once), so no staged temporary is left behind.
@@ -362,7 +379,7 @@ impl PendingSnapshot {
         let results: Vec<Result<(bool, u64)>> = stream::iter(
             unique
                 .into_values()
-                .map(|shipment| ship(store, ticket, shipment)),
+                .map(|shipment| ship(store, ticket, &doubtful, shipment)),
         )
         .buffer_unordered(parallelism)
         .collect()
@@ -586,11 +603,23 @@ impl PrepareJob {
     }
 }
 
+/// Removes a staging directory when the upload that owns it ends in any way.
+struct StagingCleanup(Option<PathBuf>);
+
+impl Drop for StagingCleanup {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// A6 for one shipment: reuse it if the job's committed checkpoints or the store already hold it,
 /// else publish it (a staged copy) or upload it. A staged copy not published is discarded.
 async fn ship(
     store: &dyn Store,
     ticket: &CheckpointTicket,
+    doubtful: &std::collections::HashSet<ContentHash>,
     shipment: Shipment,
 ) -> Result<(bool, u64)> {
     let Shipment {
@@ -603,7 +632,7 @@ async fn ship(
     let path = shared_path(&hash);
     let needed = async {
         ticket.check_live()?;
-        if ticket.known.contains(&hash) {
+        if ticket.known.contains(&hash) && !doubtful.contains(&hash) {
             return Ok(false);
         }
         match store.head(&path).await? {

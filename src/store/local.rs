@@ -22,6 +22,8 @@ use crate::error::{Error, Result};
 use crate::fs::{self, DurableError, Fs, FsEntry, Publish, StdFs};
 
 const CHUNK_BYTES: usize = 1 << 20;
+/// The lock file of compare-and-swaps: housekeeping of this store, never listed as an object.
+const CAS_LOCK_NAME: &str = ".rockpoint-cas.lock";
 
 /// A store rooted at a local directory.
 #[derive(Clone)]
@@ -74,7 +76,7 @@ impl LocalStore {
     /// root in one process exclude each other too). A root that is not on the real filesystem
     /// (the simulated one of the tests) falls back to a lock shared by this process.
     fn cas_lock(&self) -> Result<CasGuard> {
-        let lock_path = self.root.join(".rockpoint-cas.lock");
+        let lock_path = self.root.join(CAS_LOCK_NAME);
         match std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -411,7 +413,8 @@ impl Store for LocalStore {
             };
             let mut out = Vec::new();
             this.walk(&base, &mut |path, entry| {
-                if entry.is_dir || fs::is_temporary_name(&entry.name) {
+                if entry.is_dir || fs::is_temporary_name(&entry.name) || entry.name == CAS_LOCK_NAME
+                {
                     return Ok(());
                 }
                 let relative = this.relative(path);

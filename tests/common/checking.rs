@@ -14,6 +14,27 @@ use rockpoint::{ContentHash, ObjectInfo, RestoreSource, Store, SweepMode, WriteM
 #[derive(serde::Deserialize)]
 struct PinBody {
     hashes: Vec<String>,
+    owner: PinOwner,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PinOwner {
+    Epoch { job: String, epoch: u64 },
+    Reader { expires_at_ms: u64 },
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Decodes a job record (envelope: 8-byte magic, version, length, BLAKE3, MessagePack body).
+pub fn decode_job(bytes: &[u8]) -> rockpoint::JobRecord {
+    assert_eq!(&bytes[..8], b"RKPTJOB\0", "job record envelope");
+    rmp_serde::from_slice(&bytes[52..]).expect("job record body decodes")
 }
 
 pub struct CheckingStore {
@@ -41,26 +62,54 @@ impl CheckingStore {
         self.violations.lock().unwrap().clone()
     }
 
-    /// Every shared path that a metadata record or a pin in the root lists now.
+    /// Every shared path that a complete checkpoint or savepoint (one its job record lists) or a
+    /// live pin (its owner's epoch is the job's current one and the lease holds, or a reader's
+    /// expiry has not passed) references now. This is G3's promise, judged independently of the
+    /// engine's code.
     pub async fn referenced_now(store: &dyn Store) -> rockpoint::Result<BTreeSet<String>> {
         let mut out = BTreeSet::new();
+        let mut records = std::collections::HashMap::new();
         for object in store.list("jobs/").await? {
-            if object.path.ends_with("/_metadata") {
-                let (_, metadata) =
-                    rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path.clone()))
-                        .await?;
-                out.extend(metadata.shared_hashes().map(|h| shared(&h)));
+            if let Some(job) = object
+                .path
+                .strip_prefix("jobs/")
+                .and_then(|p| p.strip_suffix("/_job"))
+            {
+                records.insert(job.to_owned(), decode_job(&store.get(&object.path).await?));
             }
         }
+        for (job, record) in &records {
+            for (kind, ids) in [("chk", &record.retained), ("sp", &record.savepoints)] {
+                for id in ids {
+                    let path = format!("jobs/{job}/{kind}-{id:020}/_metadata");
+                    let (_, metadata) =
+                        rockpoint::read_metadata(store, &RestoreSource::Metadata(path)).await?;
+                    out.extend(metadata.shared_hashes().map(|h| shared(&h)));
+                }
+            }
+        }
+        let now = now_ms();
         for object in store.list("pins/").await? {
-            let bytes = store.get(&object.path).await?;
+            let bytes = match store.get(&object.path).await {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == rockpoint::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             assert_eq!(&bytes[..8], b"RKPTPIN\0", "pin envelope");
             let body: PinBody = rmp_serde::from_slice(&bytes[52..]).expect("pin body decodes");
-            out.extend(
-                body.hashes
-                    .iter()
-                    .map(|h| format!("shared/{}/{h}", &h[..2])),
-            );
+            let live = match &body.owner {
+                PinOwner::Reader { expires_at_ms } => *expires_at_ms >= now,
+                PinOwner::Epoch { job, epoch } => records
+                    .get(job)
+                    .is_none_or(|r| r.epoch < *epoch || r.epoch == *epoch && r.lease_until_ms >= now),
+            };
+            if live {
+                out.extend(
+                    body.hashes
+                        .iter()
+                        .map(|h| format!("shared/{}/{h}", &h[..2])),
+                );
+            }
         }
         Ok(out)
     }
@@ -88,6 +137,20 @@ impl Store for CheckingStore {
     }
     async fn get(&self, path: &str) -> rockpoint::Result<Bytes> {
         self.inner.get(path).await
+    }
+    async fn get_versioned(
+        &self,
+        path: &str,
+    ) -> rockpoint::Result<Option<(Bytes, rockpoint::ObjectVersion)>> {
+        self.inner.get_versioned(path).await
+    }
+    async fn put_if(
+        &self,
+        path: &str,
+        data: Bytes,
+        expected: Option<&rockpoint::ObjectVersion>,
+    ) -> rockpoint::Result<rockpoint::ObjectVersion> {
+        self.inner.put_if(path, data, expected).await
     }
     async fn get_stream(
         &self,

@@ -230,19 +230,40 @@ pub async fn objects(store: &dyn Store) -> TestResult<Vec<String>> {
     Ok(store.list("").await?.into_iter().map(|o| o.path).collect())
 }
 
-/// The shared files every committed metadata in the store references, and every shared file present.
+/// Runs a GC pass that deletes whatever is unreferenced, whatever its age (grace period 0): the
+/// coordinators delete only their jobs' own records; shared files are GC's.
+pub async fn gc_now(store: &dyn Store) -> TestResult<rockpoint::GcReport> {
+    Ok(rockpoint::collect_garbage(
+        store,
+        &rockpoint::GcOptions {
+            grace_period: std::time::Duration::ZERO,
+            mode: rockpoint::SweepMode::Delete,
+            ..rockpoint::GcOptions::default()
+        },
+    )
+    .await?)
+}
+
+/// After a GC pass (`gc_now`): the shared files every complete checkpoint in the store references,
+/// and every shared file present.
 pub async fn shared_sets(
     store: &dyn Store,
 ) -> TestResult<(
     std::collections::BTreeSet<String>,
     std::collections::BTreeSet<String>,
 )> {
+    gc_now(store).await?;
     let mut referenced = std::collections::BTreeSet::new();
     for object in store.list("jobs/").await? {
         if object.path.ends_with("/_metadata") {
-            let (_, metadata) =
-                rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path.clone()))
-                    .await?;
+            let metadata =
+                match rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path.clone()))
+                    .await
+                {
+                    Ok((_, metadata)) => metadata,
+                    Err(e) if e.kind() == rockpoint::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
             for hash in metadata.shared_hashes() {
                 let hex = hash.to_hex();
                 referenced.insert(format!("shared/{}/{hex}", &hex[..2]));
@@ -363,6 +384,20 @@ impl Store for TestStore {
     }
     async fn get(&self, path: &str) -> rockpoint::Result<bytes::Bytes> {
         self.inner.get(path).await
+    }
+    async fn get_versioned(
+        &self,
+        path: &str,
+    ) -> rockpoint::Result<Option<(bytes::Bytes, rockpoint::ObjectVersion)>> {
+        self.inner.get_versioned(path).await
+    }
+    async fn put_if(
+        &self,
+        path: &str,
+        data: bytes::Bytes,
+        expected: Option<&rockpoint::ObjectVersion>,
+    ) -> rockpoint::Result<rockpoint::ObjectVersion> {
+        self.inner.put_if(path, data, expected).await
     }
     async fn get_stream(
         &self,

@@ -89,6 +89,8 @@ pub struct SimStats {
 struct Object {
     data: Bytes,
     version: u64,
+    /// The version that first created the object (kept when it is replaced).
+    created: u64,
     modified: SystemTime,
 }
 
@@ -100,6 +102,8 @@ struct Shared {
     faults: Mutex<FaultConfig>,
     stats: SimStats,
     violations: Mutex<Vec<String>>,
+    /// Every operation (`ROCKPOINT_SIM_TRACE=1`), for explaining a violation.
+    trace: Mutex<Option<Vec<String>>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +162,9 @@ impl SimStore {
         *shared.rng.lock().unwrap() = Some(SimRng::new(seed.wrapping_mul(31).wrapping_add(7)));
         *shared.faults.lock().unwrap() = faults;
         shared.next_version.store(1, Ordering::Relaxed);
+        if std::env::var("ROCKPOINT_SIM_TRACE").is_ok_and(|v| v != "0") {
+            *shared.trace.lock().unwrap() = Some(Vec::new());
+        }
         SimStore {
             shared: Arc::new(shared),
             faulty: true,
@@ -245,8 +252,32 @@ impl SimStore {
             .map(|b| super::checking::decode_job(&b))
     }
 
+    /// The recorded trace (empty unless `ROCKPOINT_SIM_TRACE=1`).
+    pub fn trace(&self) -> Vec<String> {
+        self.shared.trace.lock().unwrap().clone().unwrap_or_default()
+    }
+
+    fn log(&self, what: &str, path: &str, fault: Fault) {
+        if !self.faulty {
+            return;
+        }
+        if let Some(trace) = self.shared.trace.lock().unwrap().as_mut() {
+            let extra = match fault {
+                Fault::None => "",
+                Fault::FailBefore => " [failed before]",
+                Fault::Ambiguous => " [applied, reported failed]",
+            };
+            trace.push(format!("{:>6} {:>13} {what} {path}{extra}", self.steps(), now_ms() % 100_000_000));
+        }
+    }
+
     /// Draws this operation's fault and delay; counts the step. Fault-free views return at once.
     async fn schedule(&self, mutation: bool, path: &str) -> Fault {
+        let fault = self.schedule_inner(mutation, path).await;
+        fault
+    }
+
+    async fn schedule_inner(&self, mutation: bool, path: &str) -> Fault {
         if !self.faulty {
             return Fault::None;
         }
@@ -297,14 +328,21 @@ impl SimStore {
 
     fn apply_put(&self, path: &str, data: Bytes) {
         let version = self.shared.next_version.fetch_add(1, Ordering::Relaxed);
-        self.shared.objects.lock().unwrap().insert(
+        let mut objects = self.shared.objects.lock().unwrap();
+        let created = objects.get(path).map_or(version, |o| o.created);
+        objects.insert(
             path.to_owned(),
             Object {
                 data,
                 version,
+                created,
                 modified: SystemTime::now(),
             },
         );
+    }
+
+    fn created(&self, path: &str) -> Option<u64> {
+        self.shared.objects.lock().unwrap().get(path).map(|o| o.created)
     }
 
     /// G3 at delete time: whether a complete checkpoint or a live pin in `frozen` (the root right
@@ -317,9 +355,39 @@ impl SimStore {
         .catch_unwind()
         .await;
         let problem = match judged {
-            Ok(Ok(referenced)) => referenced
-                .contains(path)
-                .then(|| format!("G3: deleted {path} while a complete checkpoint or a live pin referenced it")),
+            Ok(Ok(referenced)) if referenced.contains(path) => {
+                let (complete, live_pins) = references(&frozen, path).await;
+                let hex = path.rsplit('/').next().unwrap_or_default();
+                let intents: Vec<u64> = frozen
+                    .paths("gc/")
+                    .iter()
+                    .filter(|intent| {
+                        frozen.peek(intent).is_some_and(|b| {
+                            b.windows(hex.len()).any(|w| w == hex.as_bytes())
+                        })
+                    })
+                    .filter_map(|intent| frozen.created(intent))
+                    .collect();
+                let first_intent = intents.iter().min().copied().unwrap_or(u64::MAX);
+                // A live pin written after every intent naming the file may lose it: its writer
+                // sees the intent, waits, and uploads the file again (the reuser rule). A pin
+                // older than every such intent was there for the deleting pass's second listing.
+                let older_pins: Vec<&String> = live_pins
+                    .iter()
+                    .filter(|(_, created)| *created < first_intent)
+                    .map(|(pin, _)| pin)
+                    .collect();
+                if !complete.is_empty() || !older_pins.is_empty() {
+                    Some(format!(
+                        "G3: deleted {path} while referenced by complete checkpoints {complete:?} / \
+                         live pins older than every intent naming it {older_pins:?}: {}",
+                        explain(&frozen, path)
+                    ))
+                } else {
+                    None
+                }
+            }
+            Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(format!(
                 "G1/G3: the root was unreadable (fault-free) right before deleting {path}: {e}"
             )),
@@ -337,6 +405,7 @@ impl SimStore {
 impl Store for SimStore {
     async fn put(&self, path: &str, data: Bytes, mode: WriteMode) -> rockpoint::Result<()> {
         let fault = self.schedule(true, path).await;
+        self.log("put", path, fault);
         if fault == Fault::FailBefore {
             return Err(unavailable("put", path));
         }
@@ -359,6 +428,7 @@ impl Store for SimStore {
         expected: ContentHash,
     ) -> rockpoint::Result<()> {
         let fault = self.schedule(true, path).await;
+        self.log("put_file", path, fault);
         if fault == Fault::FailBefore {
             return Err(unavailable("put_file", path));
         }
@@ -397,14 +467,18 @@ impl Store for SimStore {
     }
 
     async fn get(&self, path: &str) -> rockpoint::Result<Bytes> {
-        if self.schedule(false, path).await == Fault::FailBefore {
+        let fault = self.schedule(false, path).await;
+        self.log("get", path, fault);
+        if fault == Fault::FailBefore {
             return Err(unavailable("get", path));
         }
         self.peek(path).ok_or_else(|| not_found(path))
     }
 
     async fn get_versioned(&self, path: &str) -> rockpoint::Result<Option<(Bytes, ObjectVersion)>> {
-        if self.schedule(false, path).await == Fault::FailBefore {
+        let fault = self.schedule(false, path).await;
+        self.log("get_versioned", path, fault);
+        if fault == Fault::FailBefore {
             return Err(unavailable("get_versioned", path));
         }
         Ok(self
@@ -423,6 +497,7 @@ impl Store for SimStore {
         expected: Option<&ObjectVersion>,
     ) -> rockpoint::Result<ObjectVersion> {
         let fault = self.schedule(true, path).await;
+        self.log("put_if", path, fault);
         if fault == Fault::FailBefore {
             return Err(unavailable("put_if", path));
         }
@@ -439,11 +514,13 @@ impl Store for SimStore {
                 ));
             }
             let version = self.shared.next_version.fetch_add(1, Ordering::Relaxed);
+            let created = objects.get(path).map_or(version, |o| o.created);
             objects.insert(
                 path.to_owned(),
                 Object {
                     data,
                     version,
+                    created,
                     modified: SystemTime::now(),
                 },
             );
@@ -459,7 +536,9 @@ impl Store for SimStore {
         &self,
         path: &str,
     ) -> rockpoint::Result<(u64, BoxStream<'static, rockpoint::Result<Bytes>>)> {
-        if self.schedule(false, path).await == Fault::FailBefore {
+        let fault = self.schedule(false, path).await;
+        self.log("get_stream", path, fault);
+        if fault == Fault::FailBefore {
             return Err(unavailable("get_stream", path));
         }
         let data = self.peek(path).ok_or_else(|| not_found(path))?;
@@ -472,7 +551,9 @@ impl Store for SimStore {
     }
 
     async fn head(&self, path: &str) -> rockpoint::Result<Option<ObjectInfo>> {
-        if self.schedule(false, path).await == Fault::FailBefore {
+        let fault = self.schedule(false, path).await;
+        self.log("head", path, fault);
+        if fault == Fault::FailBefore {
             return Err(unavailable("head", path));
         }
         Ok(self
@@ -490,6 +571,7 @@ impl Store for SimStore {
 
     async fn delete(&self, path: &str) -> rockpoint::Result<()> {
         let fault = self.schedule(true, path).await;
+        self.log("delete", path, fault);
         if fault == Fault::FailBefore {
             return Err(unavailable("delete", path));
         }
@@ -515,7 +597,9 @@ impl Store for SimStore {
     }
 
     async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<ObjectInfo>> {
-        if self.schedule(false, prefix).await == Fault::FailBefore {
+        let fault = self.schedule(false, prefix).await;
+        self.log("list", prefix, fault);
+        if fault == Fault::FailBefore {
             return Err(unavailable("list", prefix));
         }
         Ok(self
@@ -547,4 +631,123 @@ impl Store for SimStore {
     fn describe(&self) -> String {
         format!("sim://{}", self.name)
     }
+}
+
+#[derive(serde::Deserialize)]
+struct PinBody {
+    hashes: Vec<String>,
+    owner: PinOwner,
+}
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(rename_all = "snake_case")]
+enum PinOwner {
+    Epoch { job: String, epoch: u64 },
+    Reader { expires_at_ms: u64 },
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Who references the shared object `path` in `frozen` (for violation messages): the job records,
+/// the complete checkpoints and the pins that name it.
+pub fn explain(frozen: &SimStore, path: &str) -> String {
+    let now = now_ms();
+    let mut out = Vec::new();
+    let mut records = std::collections::HashMap::new();
+    for job_path in frozen.paths("jobs/") {
+        if let Some(job) = job_path.strip_prefix("jobs/").and_then(|p| p.strip_suffix("/_job")) {
+            let record = super::checking::decode_job(&frozen.peek(&job_path).unwrap());
+            out.push(format!(
+                "record {job}: epoch {} owner {:?} lease {:+} ms from now, first id {}, retained {:?}, savepoints {:?}, discarding {:?}",
+                record.epoch,
+                record.owner,
+                record.lease_until_ms as i64 - now as i64,
+                record.epoch_first_id,
+                record.retained,
+                record.savepoints,
+                record.discarding
+            ));
+            records.insert(job.to_owned(), record);
+        }
+    }
+    let hex = path.rsplit('/').next().unwrap_or_default();
+    for meta in frozen.paths("jobs/") {
+        if !meta.ends_with("/_metadata") {
+            continue;
+        }
+        let Some(bytes) = frozen.peek(&meta) else { continue };
+        // The metadata body is MessagePack; the hash appears as a hex string inside it.
+        if bytes.windows(hex.len()).any(|w| w == hex.as_bytes()) {
+            out.push(format!("referenced by {meta}"));
+        }
+    }
+    for pin in frozen.paths("pins/") {
+        let bytes = frozen.peek(&pin).unwrap();
+        let Ok(body) = rmp_serde::from_slice::<PinBody>(&bytes[52.min(bytes.len())..]) else {
+            out.push(format!("undecodable pin {pin}"));
+            continue;
+        };
+        if body.hashes.iter().any(|h| h == hex) {
+            let live = match &body.owner {
+                PinOwner::Reader { expires_at_ms } => *expires_at_ms >= now,
+                PinOwner::Epoch { job, epoch } => records.get(job).is_none_or(|r| {
+                    r.epoch < *epoch || r.epoch == *epoch && r.lease_until_ms >= now
+                }),
+            };
+            out.push(format!("pinned by {pin} (owner {:?}, live {live})", body.owner));
+        }
+    }
+    for intent in frozen.paths("gc/") {
+        out.push(format!("intent {intent} present"));
+    }
+    out.join("; ")
+}
+
+/// The complete checkpoints (metadata paths) and live pins (path, creation version) of `frozen`
+/// that reference the shared object `path`.
+async fn references(frozen: &SimStore, path: &str) -> (Vec<String>, Vec<(String, u64)>) {
+    let now = now_ms();
+    let hex = path.rsplit('/').next().unwrap_or_default().to_owned();
+    let mut records = std::collections::HashMap::new();
+    let mut complete = Vec::new();
+    for job_path in frozen.paths("jobs/") {
+        let Some(job) = job_path.strip_prefix("jobs/").and_then(|p| p.strip_suffix("/_job")) else {
+            continue;
+        };
+        let record = super::checking::decode_job(&frozen.peek(&job_path).unwrap());
+        for (kind, ids) in [("chk", &record.retained), ("sp", &record.savepoints)] {
+            for id in ids {
+                let meta = format!("jobs/{job}/{kind}-{id:020}/_metadata");
+                if let Ok((_, metadata)) =
+                    rockpoint::read_metadata(frozen, &rockpoint::RestoreSource::Metadata(meta.clone())).await
+                    && metadata.shared_hashes().any(|h| h.to_hex() == hex)
+                {
+                    complete.push(meta);
+                }
+            }
+        }
+        records.insert(job.to_owned(), record);
+    }
+    let mut pins = Vec::new();
+    for pin in frozen.paths("pins/") {
+        let bytes = frozen.peek(&pin).unwrap();
+        let Ok(body) = rmp_serde::from_slice::<PinBody>(&bytes[52.min(bytes.len())..]) else {
+            continue;
+        };
+        let live = match &body.owner {
+            PinOwner::Reader { expires_at_ms } => *expires_at_ms >= now,
+            PinOwner::Epoch { job, epoch } => records
+                .get(job)
+                .is_none_or(|r| r.epoch < *epoch || r.epoch == *epoch && r.lease_until_ms >= now),
+        };
+        if live && body.hashes.iter().any(|h| *h == hex) {
+            pins.push((pin.clone(), frozen.created(&pin).unwrap_or(0)));
+        }
+    }
+    (complete, pins)
 }
