@@ -174,6 +174,8 @@ async fn workload(name: &str, ctx: &mut Ctx) -> TestResult<Jobs> {
                 }
                 ctx.checkpoint(&c, &job, SnapshotKind::Checkpoint).await?;
             }
+            // Subsumption removed the records; GC frees the shared files nothing references.
+            collect_garbage(&*ctx.store, &gc_now()).await?;
             Ok(vec![("a", s)])
         }
         "abort" => {
@@ -189,6 +191,7 @@ async fn workload(name: &str, ctx: &mut Ctx) -> TestResult<Jobs> {
                 .await?;
             drop(handle);
             c.abort(&ticket).await?;
+            collect_garbage(&*ctx.store, &gc_now()).await?;
             Ok(vec![("a", s)])
         }
         "cancel_retain" | "cancel_delete" => {
@@ -210,6 +213,7 @@ async fn workload(name: &str, ctx: &mut Ctx) -> TestResult<Jobs> {
                     .insert("a".into(), ctx.sim.ops());
             }
             c.shutdown(JobEnd::Cancelled).await?;
+            collect_garbage(&*ctx.store, &gc_now()).await?;
             Ok(vec![("a", s)])
         }
         "restore" => {
@@ -301,10 +305,21 @@ async fn check_recovered(
     local: &Path,
     cache: &mut ScanCache,
 ) -> TestResult<usize> {
+    // Complete = listed by its job record (G1: then its metadata and files must all be there).
     let mut committed = BTreeSet::new();
     for object in store.list("jobs/").await? {
-        if object.path.ends_with("/_metadata") {
-            committed.insert(object.path);
+        if let Some(job) = object
+            .path
+            .strip_prefix("jobs/")
+            .and_then(|p| p.strip_suffix("/_job"))
+        {
+            let record = common::checking::decode_job(&store.get(&object.path).await?);
+            for id in &record.retained {
+                committed.insert(format!("jobs/{job}/chk-{id:020}/_metadata"));
+            }
+            for id in &record.savepoints {
+                committed.insert(format!("jobs/{job}/sp-{id:020}/_metadata"));
+            }
         }
     }
     // Every committed checkpoint is whole and restores to its oracle.

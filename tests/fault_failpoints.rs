@@ -26,6 +26,7 @@ const POINTS: &[&str] = &[
     "snapshot::after_upload",
     "commit::before_metadata",
     "commit::after_metadata",
+    "commit::after_record",
     "subsume::before_discard",
     "discard::after_metadata",
 ];
@@ -109,8 +110,10 @@ async fn an_error_or_full_disk_at_any_step_leaves_a_restorable_root() -> TestRes
             // Before the commit point the checkpoint fails; after it, it is complete (the error, if
             // any, reports the failed cleanup).
             let outcome = c.checkpoint(&job.refs()).await;
-            let before_commit =
-                point.starts_with("snapshot::") || *point == "commit::before_metadata";
+            // The commit point is the job record's swap (C4), after the metadata is written.
+            let before_commit = point.starts_with("snapshot::")
+                || *point == "commit::before_metadata"
+                || *point == "commit::after_metadata";
             match &outcome {
                 Err(err) => {
                     assert_ne!(err.kind(), ErrorKind::Corruption, "{point}: {err}");
@@ -127,10 +130,9 @@ async fn an_error_or_full_disk_at_any_step_leaves_a_restorable_root() -> TestRes
                     "{point} with {action} must fail the checkpoint"
                 ),
             }
-            let committed = store
-                .head("jobs/job/chk-00000000000000000002/_metadata")
+            let committed = rockpoint::job_record(&*store, "job")
                 .await?
-                .is_some();
+                .is_some_and(|record| record.is_complete(2));
             assert_eq!(
                 committed, !before_commit,
                 "{point}: committed iff the fault came after the commit point"
@@ -336,6 +338,7 @@ async fn a_panic_mid_commit_is_recovered_by_the_next_coordinator() -> TestResult
     for point in [
         "commit::before_metadata",
         "commit::after_metadata",
+        "commit::after_record",
         "discard::after_metadata",
     ] {
         let dir = tempfile::tempdir()?;

@@ -882,7 +882,16 @@ impl CheckpointCoordinator {
                 }
             }
         }
-        crate::failpoint!(self.inner.faults, "commit::after_metadata");
+        // Between C3 and C4 the metadata is an orphan: a failure here removes it again.
+        let between: Result<()> = async {
+            crate::failpoint!(self.inner.faults, "commit::after_metadata");
+            Ok(())
+        }
+        .await;
+        if let Err(e) = between {
+            self.abort_by_id(ticket.kind, id).await.ok();
+            return Err(e);
+        }
         // C4: the commit point.
         let retained_max = self.inner.settings.retained;
         let kind = ticket.kind;
@@ -1127,7 +1136,12 @@ impl CheckpointCoordinator {
     /// D1–D3: removes the records of a checkpoint that no job record lists (any more): its
     /// metadata, then — unless a reader pinned it — its private files. Shared files are GC's.
     pub(crate) async fn discard(&self, kind: SnapshotKind, id: u64) -> Result<()> {
-        discard_records(self.st(), &self.inner.job_id, kind, id).await
+        // D1
+        self.st()
+            .delete(&metadata_path(&self.inner.job_id, kind, id))
+            .await?;
+        crate::failpoint!(self.inner.faults, "discard::after_metadata");
+        discard_private_files(self.st(), &self.inner.job_id, kind, id).await
     }
 
     async fn delete_pins(&self, prefix: &str) -> Result<()> {
@@ -1358,6 +1372,16 @@ pub(crate) async fn discard_records(
 ) -> Result<()> {
     // D1
     store.delete(&metadata_path(job, kind, id)).await?;
+    discard_private_files(store, job, kind, id).await
+}
+
+/// D2–D3: the private files of a checkpoint whose metadata is gone, unless a reader holds it.
+async fn discard_private_files(
+    store: &dyn Store,
+    job: &str,
+    kind: SnapshotKind,
+    id: u64,
+) -> Result<()> {
     // D2: a reader that pinned before this listing keeps the private files; one that pins after
     // it finds the metadata gone when it re-checks.
     if !store
