@@ -20,8 +20,10 @@
 //! Invariants, checked after every actor step and at the end of the seed:
 //! 1. every checkpoint and savepoint a job record lists has its `_metadata` and every object it
 //!    references (shared files, log segments, private files) in the store (G1, G3);
-//! 2. no shared file was deleted while a complete checkpoint or a live pin referenced it — judged by
-//!    the store at the moment of each delete (G3);
+//! 2. no shared file was deleted while a complete checkpoint referenced it, or a live pin written
+//!    before every GC deletion intent naming it — judged by the store at the moment of each delete
+//!    (G3 and the deleter rule; a pin written after the intent may lose the file: its writer waits
+//!    the intent out and uploads the file again);
 //! 3. a coordinator whose epoch was superseded (by a newer open, or by GC fencing its expired lease)
 //!    when an operation started never returns `Ok` from it (G7);
 //! 4. every restore that succeeds yields exactly the oracle of its checkpoint (G2); at the end every
@@ -43,7 +45,9 @@
 //! # replay one seed (prints the violation with its step count)
 //! ROCKPOINT_SIM_SEED=17 cargo test --features failpoints --test sim_multiwriter -- --nocapture
 //! # optional: ROCKPOINT_SIM_WORKERS=<threads>, ROCKPOINT_SIM_MIN_STEPS=<n>,
-//! #           ROCKPOINT_SIM_INTENT_FAULTS=1 (let GC intent writes/deletes fail too, see below)
+//! #           ROCKPOINT_SIM_INTENT_FAULTS=1 (let GC intent writes/deletes fail too, see below),
+//! #           ROCKPOINT_SIM_TRACE=1 (write every store operation of a failing seed to
+//! #           $TMPDIR/sim-multiwriter-seed-<n>.trace), ROCKPOINT_SIM_VERBOSE=1 (print every error)
 //! ```
 //!
 //! Determinism, honestly: each seed runs on its own single-threaded tokio runtime with a
@@ -411,7 +415,8 @@ impl Sim {
                     continue;
                 }
                 Ok(Err(e)) => {
-                    if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Conflict) {
+                    // Fenced: another open of the job claimed it while this one recovered.
+                    if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Conflict | ErrorKind::Fenced) {
                         self.unexpected(&format!("open `{job}`"), &e);
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -455,6 +460,9 @@ impl Sim {
                     }
                     Err(e) => {
                         self.fig().restore_errors += 1;
+                        if verbose() {
+                            eprintln!("[seed {}] restore {source:?} into `{job}` ({mode:?}): {:?}: {e}", self.seed, e.kind());
+                        }
                         match e.kind() {
                             ErrorKind::Corruption => self.violation(format!(
                                 "G2/G3: restoring {source:?} into job `{job}` ({mode:?}) failed with Corruption: {e}"
@@ -683,6 +691,9 @@ impl Sim {
                     budget.set(budget.get() - 1);
                 }
             }
+            // The checkpoint interval: lets spawned cleanups (a dropped checkpoint's abort,
+            // background discards) and the other actors run.
+            tokio::time::sleep(Duration::from_micros(self.r(5000))).await;
             let fenced = self.writer_step(&job, &c, &mut tj).await;
             self.check_invariants(&format!("{} step", life.name)).await;
             if fenced && life.zombie_budget.get().is_none() {
@@ -792,7 +803,7 @@ impl Sim {
             clock_margin: Duration::ZERO,
         };
         while !self.stop.get() {
-            tokio::time::sleep(Duration::from_millis(self.r(15))).await;
+            tokio::time::sleep(Duration::from_millis(2 + self.r(20))).await;
             match tokio::time::timeout(OP_LIMIT, rockpoint::collect_garbage(&*self.arc, &options)).await {
                 Err(_) => {
                     self.fig().stalls += 1;
@@ -848,8 +859,8 @@ fn run_seed(seed: u64, intent_faults: bool) -> Result<Figures, String> {
     };
     let faults = FaultConfig {
         delay: [0.0, 0.1, 0.3, 0.6][rng.below(4) as usize],
-        fail: [0.0, 0.005, 0.02, 0.05][rng.below(4) as usize],
-        ambiguous: [0.0, 0.005, 0.02, 0.04][rng.below(4) as usize],
+        fail: [0.0, 0.005, 0.02, 0.05, 0.15][rng.below(5) as usize],
+        ambiguous: [0.0, 0.005, 0.02, 0.05, 0.15][rng.below(5) as usize],
         intent_faults,
     };
     let store = SimStore::new(&format!("seed-{seed}"), seed, faults);
@@ -1036,6 +1047,14 @@ fn run_seed(seed: u64, intent_faults: bool) -> Result<Figures, String> {
         eprintln!("note: {note}");
     }
     let violations = sim.violations.borrow();
+    if !violations.is_empty() {
+        let trace = sim.store.trace();
+        if !trace.is_empty() {
+            let path = std::env::temp_dir().join(format!("sim-multiwriter-seed-{seed}.trace"));
+            let _ = std::fs::write(&path, trace.join("\n"));
+            eprintln!("store trace of seed {seed}: {}", path.display());
+        }
+    }
     if violations.is_empty() {
         Ok(figures)
     } else {

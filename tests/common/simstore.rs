@@ -9,8 +9,12 @@
 //!   `put_if` and `delete`.
 //!
 //! At every `delete` of a `shared/…` object the store checks G3 against a frozen copy of the map
-//! taken atomically with the delete: if a complete checkpoint (one its job record lists) or a live
-//! pin references the object, a violation is recorded (with the step number).
+//! taken atomically with the delete (first with `CheckingStore::referenced_now`, then classifying
+//! the references): a violation is recorded (with the step number) if a complete checkpoint (one
+//! its job record lists) references the object, or a live pin that is older than every GC deletion
+//! intent naming it (such a pin was there for the deleting pass's second listing). A live pin
+//! written *after* the intent is not a violation: by the reuser rule its writer sees the intent,
+//! waits, and uploads the file again (`docs/protocols.md`, "References, reuse and deletion").
 //!
 //! `raw()` is a fault-free view of the same map (for the test's own reads), `frozen()` an
 //! independent fault-free copy (for consistent invariant checks while actors keep running).
