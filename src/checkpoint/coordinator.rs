@@ -814,7 +814,15 @@ impl CheckpointCoordinator {
                 }
             }
         };
+        // A `complete` future dropped mid-commit must not leave its slot behind (shutdown would
+        // wait for it forever): the guard resolves the commit's outcome and cleans up.
+        let mut guard = AbortOnDrop {
+            coordinator: self.clone(),
+            ticket: ticket.clone(),
+            armed: true,
+        };
         let result = self.commit(ticket, handles, triggered).await;
+        guard.armed = false;
         self.remove_pending(id);
         let released = self.release_ready().await;
         let done = result?;
@@ -1100,7 +1108,9 @@ impl CheckpointCoordinator {
             false
         };
         let result = if complete {
-            Ok(())
+            // Committed before the future was dropped: only its pins are left to remove.
+            self.delete_pins(&snapshot_pin_prefix(&self.inner.job_id, ticket.kind, id))
+                .await
         } else {
             self.abort_by_id(ticket.kind, id).await
         };
@@ -1110,20 +1120,16 @@ impl CheckpointCoordinator {
     }
 
     /// B2 for checkpoint `id`: its pins, private files and an orphan metadata record. Never touches
-    /// a checkpoint the job record lists as complete.
+    /// a checkpoint the job record lists as complete: the record is refreshed with a no-op swap
+    /// first, which also makes sure that a swap of ours whose outcome was unknown can no longer
+    /// land. A fenced coordinator deletes nothing.
     async fn abort_by_id(&self, kind: SnapshotKind, id: u64) -> Result<()> {
         let job = &self.inner.job_id;
         {
             let mut metrics = self.inner.metrics.lock().unwrap_or_else(|p| p.into_inner());
             metrics.aborted += 1;
         }
-        let complete = self
-            .inner
-            .record
-            .lock()
-            .await
-            .as_ref()
-            .is_some_and(|cell| cell.record.is_complete(id));
+        let complete = self.update_record(|_| Ok(())).await?.is_complete(id);
         self.delete_pins(&snapshot_pin_prefix(job, kind, id))
             .await?;
         crate::failpoint!(self.inner.faults, "abort::before_shared_delete");

@@ -95,9 +95,26 @@ struct View {
 }
 
 impl View {
-    async fn load(store: &dyn Store, jobs: &[ObjectInfo]) -> Result<View> {
+    /// Reads pins *before* metadata: a reference only ever moves from a pin to a metadata record
+    /// (the metadata is written before the pin is removed), so a checkpoint that commits while
+    /// GC reads is seen in one of the two listings.
+    async fn load(store: &dyn Store) -> Result<(View, Vec<ObjectInfo>)> {
         let mut view = View::default();
-        for object in jobs {
+        view.requests += 1;
+        for object in store.list("pins/").await? {
+            view.requests += 1;
+            match store.get(&object.path).await {
+                Ok(bytes) => match metadata::decode_pin(&bytes, &object.path) {
+                    Ok(pin) => view.pins.push((object, pin)),
+                    Err(e) => view.unreadable.push(format!("{}: {e}", object.path)),
+                },
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => view.unreadable.push(format!("{}: {e}", object.path)),
+            }
+        }
+        view.requests += 1;
+        let jobs = store.list("jobs/").await?;
+        for object in &jobs {
             if let Some(job) = object
                 .path
                 .strip_prefix("jobs/")
@@ -124,19 +141,7 @@ impl View {
                 }
             }
         }
-        view.requests += 1;
-        for object in store.list("pins/").await? {
-            view.requests += 1;
-            match store.get(&object.path).await {
-                Ok(bytes) => match metadata::decode_pin(&bytes, &object.path) {
-                    Ok(pin) => view.pins.push((object, pin)),
-                    Err(e) => view.unreadable.push(format!("{}: {e}", object.path)),
-                },
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => view.unreadable.push(format!("{}: {e}", object.path)),
-            }
-        }
-        Ok(view)
+        Ok((view, jobs))
     }
 
     /// Whether a pin's owner still lives (see the module docs).
@@ -194,10 +199,9 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
     };
     // G1
     let shared = store.list("shared/").await?;
-    let jobs = store.list("jobs/").await?;
     let intents = store.list("gc/").await?;
-    report.requests += 3;
-    let mut view = View::load(store, &jobs).await?;
+    report.requests += 2;
+    let (mut view, jobs) = View::load(store).await?;
     report.requests += view.requests;
 
     // G2: fence the jobs whose lease expired, so that their pins are really dead.
@@ -325,9 +329,7 @@ async fn delete_shared(
     report: &mut GcReport,
     margin_ms: u64,
 ) -> Result<()> {
-    report.requests += 1;
-    let jobs = store.list("jobs/").await?;
-    let view = View::load(store, &jobs).await?;
+    let (view, _) = View::load(store).await?;
     report.requests += view.requests;
     if !view.unreadable.is_empty() {
         report.unreadable.extend(view.unreadable.iter().cloned());
