@@ -53,7 +53,8 @@ pub use keygroup::{KeyGroupRange, MAX_PARALLELISM_LIMIT, key_group_of};
 pub use settings::{BackendSettings, Compression, WalMode};
 pub use state::{ListState, MapState, ReducingState, StateDescriptor, StateKind, ValueState};
 pub use store::{
-    ContentHash, LocalStore, ObjectInfo, ObjectStoreStore, ObjectVersion, Staged, Store, SweepMode, WriteMode,
+    ContentHash, LocalStore, ObjectInfo, ObjectStoreStore, ObjectVersion, Staged, Store, SweepMode,
+    WriteMode,
 };
 
 /// The README's examples are compiled as doc tests, so they cannot drift from the API.

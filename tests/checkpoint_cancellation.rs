@@ -59,8 +59,7 @@ async fn shared_file_survives_delete_on_cancel_of_the_job_it_was_restored_from()
     a.shutdown(JobEnd::Cancelled).await?;
     let all = objects(&*store).await?;
     assert!(
-        !all
-            .iter()
+        !all.iter()
             .any(|p| p.starts_with("jobs/job-a/") && p != "jobs/job-a/_job"),
         "A's checkpoints are removed (its job record stays, so ids are never reused): {all:?}"
     );

@@ -229,7 +229,10 @@ async fn abort_mid_upload_leaves_no_orphans_and_gc_twice_deletes_nothing() -> Te
     let after = objects(&*store).await?;
     assert_eq!(after, before, "the aborted checkpoint left nothing behind");
     let gc = collect_garbage(&*store, &gc_now()).await?;
-    assert!(gc.is_empty(), "GC run twice deletes nothing the second time: {gc:?}");
+    assert!(
+        gc.is_empty(),
+        "GC run twice deletes nothing the second time: {gc:?}"
+    );
     assert_eq!(
         restore_scan(&*store, &first.path(), dir.path()).await?,
         first_scan,

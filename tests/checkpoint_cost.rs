@@ -169,7 +169,10 @@ async fn checkpoint_requests_do_not_grow_with_the_jobs_in_the_root() -> TestResu
         let dir = tempfile::tempdir()?;
         let counts = requests_with_other_jobs(dir.path(), jobs).await?;
         let total: u64 = counts.values().sum();
-        println!("{} jobs in the root: 3 checkpoints made {total} requests {counts:?}", jobs + 1);
+        println!(
+            "{} jobs in the root: 3 checkpoints made {total} requests {counts:?}",
+            jobs + 1
+        );
         figures.push(total);
     }
     let (one, hundred) = (figures[0] as f64, figures[2] as f64);

@@ -933,7 +933,9 @@ impl CheckpointCoordinator {
                 crate::ErrorKind::Cancelled => {
                     self.abort_by_id(ticket.kind, id).await.ok();
                 }
-                _ => tracing::error!(path, error = %e, "commit outcome unknown; leaving files in place"),
+                _ => {
+                    tracing::error!(path, error = %e, "commit outcome unknown; leaving files in place")
+                }
             }
             return Err(e);
         }
@@ -1038,13 +1040,12 @@ impl CheckpointCoordinator {
             for id in &ready {
                 state.discard_queue.remove(id);
             }
-            let pins = if state.restore_superseded
-                && !state.pending.values().any(|e| e.knows_restore)
-            {
-                std::mem::take(&mut state.restore_pins)
-            } else {
-                Vec::new()
-            };
+            let pins =
+                if state.restore_superseded && !state.pending.values().any(|e| e.knows_restore) {
+                    std::mem::take(&mut state.restore_pins)
+                } else {
+                    Vec::new()
+                };
             (ready, pins)
         };
         let mut first_error = None;
@@ -1199,7 +1200,11 @@ impl CheckpointCoordinator {
             self.st().delete(&object.path).await?;
         }
         for (kind, id) in leftovers {
-            tracing::info!(job, checkpoint = id, "removing what an aborted or fenced checkpoint left");
+            tracing::info!(
+                job,
+                checkpoint = id,
+                "removing what an aborted or fenced checkpoint left"
+            );
             self.discard(kind, id).await?;
         }
         {

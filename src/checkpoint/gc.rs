@@ -306,9 +306,20 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
         let intent_path = format!("gc/{}", crate::util::nonce());
         report.requests += 1;
         store
-            .put(&intent_path, job::encode_intent(&intent)?, WriteMode::CreateOnly)
+            .put(
+                &intent_path,
+                job::encode_intent(&intent)?,
+                WriteMode::CreateOnly,
+            )
             .await?;
-        let result = delete_shared(store, &intent, &mut shared_candidates, &mut report, margin_ms).await;
+        let result = delete_shared(
+            store,
+            &intent,
+            &mut shared_candidates,
+            &mut report,
+            margin_ms,
+        )
+        .await;
         report.requests += 1;
         let removed = store.delete(&intent_path).await;
         result?;
@@ -422,8 +433,8 @@ fn orphaned_records(
         };
         // The live owner may still be committing ids of its own block, or deleting what it
         // discards; a fenced or expired owner may not.
-        let owner_live = record.owner.is_some()
-            && record.lease_until_ms.saturating_add(margin_ms) >= now_ms;
+        let owner_live =
+            record.owner.is_some() && record.lease_until_ms.saturating_add(margin_ms) >= now_ms;
         let owners_business =
             owner_live && (id >= record.epoch_first_id || record.discarding.contains(&id));
         if complete

@@ -168,10 +168,7 @@ pub(crate) async fn swap_job(
         Ok(version) => Ok(Some(version)),
         Err(e) if e.kind() == ErrorKind::Conflict => Ok(None),
         Err(e) if e.kind() == ErrorKind::Poisoned => Err(e),
-        Err(e) => match store
-            .get_versioned(&job_record_path(&record.job_id))
-            .await
-        {
+        Err(e) => match store.get_versioned(&job_record_path(&record.job_id)).await {
             Ok(Some((found, version))) if found == bytes => Ok(Some(version)),
             Ok(_) => Ok(None),
             Err(_) => Err(e),

@@ -229,7 +229,10 @@ async fn with_reader_pin<T>(
                 owner: reader_owner(),
             };
             if let Ok(bytes) = metadata::encode_pin(&pin) {
-                if let Err(e) = store.put(&path, Bytes::from(bytes), WriteMode::Replace).await {
+                if let Err(e) = store
+                    .put(&path, Bytes::from(bytes), WriteMode::Replace)
+                    .await
+                {
                     tracing::warn!(pin = path, error = %e, "renewing a reader pin failed");
                 }
             }
@@ -739,8 +742,7 @@ impl CheckpointCoordinator {
         let parallelism = self.inner.settings.transfer_parallelism;
         let mut done = Vec::new();
         for (handle, target) in handles.iter().zip(targets) {
-            let downloaded =
-                download_backend(store, handle, &target.dir, parallelism, None).await;
+            let downloaded = download_backend(store, handle, &target.dir, parallelism, None).await;
             if let Err(e) = downloaded {
                 // All or nothing: the backends restored so far go too.
                 for dir in done {

@@ -112,7 +112,11 @@ impl LocalStore {
             )));
         }
         let mut data = Vec::with_capacity(meta.len as usize);
-        match self.fs.open(target).and_then(|mut f| f.read_to_end(&mut data)) {
+        match self
+            .fs
+            .open(target)
+            .and_then(|mut f| f.read_to_end(&mut data))
+        {
             Ok(_) => Ok(Some(data)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("reading", target, e)),

@@ -256,14 +256,16 @@ pub async fn shared_sets(
     let mut referenced = std::collections::BTreeSet::new();
     for object in store.list("jobs/").await? {
         if object.path.ends_with("/_metadata") {
-            let metadata =
-                match rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path.clone()))
-                    .await
-                {
-                    Ok((_, metadata)) => metadata,
-                    Err(e) if e.kind() == rockpoint::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e.into()),
-                };
+            let metadata = match rockpoint::read_metadata(
+                store,
+                &RestoreSource::Metadata(object.path.clone()),
+            )
+            .await
+            {
+                Ok((_, metadata)) => metadata,
+                Err(e) if e.kind() == rockpoint::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
             for hash in metadata.shared_hashes() {
                 let hex = hash.to_hex();
                 referenced.insert(format!("shared/{}/{hex}", &hex[..2]));

@@ -148,15 +148,17 @@ fn not_found(path: &str) -> rockpoint::Error {
 }
 
 fn conflict(what: &str, path: &str) -> rockpoint::Error {
-    std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{what} `{path}`")).into()
+    std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!("{what} `{path}`"),
+    )
+    .into()
 }
 
 /// A `Corruption` error. `rockpoint::Error` has no public constructor of that kind; parsing an
 /// invalid hash yields one, with the message embedded.
 fn corruption(message: String) -> rockpoint::Error {
-    message
-        .parse::<ContentHash>()
-        .expect_err("not a hash")
+    message.parse::<ContentHash>().expect_err("not a hash")
 }
 
 impl SimStore {
@@ -258,7 +260,12 @@ impl SimStore {
 
     /// The recorded trace (empty unless `ROCKPOINT_SIM_TRACE=1`).
     pub fn trace(&self) -> Vec<String> {
-        self.shared.trace.lock().unwrap().clone().unwrap_or_default()
+        self.shared
+            .trace
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default()
     }
 
     fn log(&self, what: &str, path: &str, fault: Fault) {
@@ -271,7 +278,11 @@ impl SimStore {
                 Fault::FailBefore => " [failed before]",
                 Fault::Ambiguous => " [applied, reported failed]",
             };
-            trace.push(format!("{:>6} {:>13} {what} {path}{extra}", self.steps(), now_ms() % 100_000_000));
+            trace.push(format!(
+                "{:>6} {:>13} {what} {path}{extra}",
+                self.steps(),
+                now_ms() % 100_000_000
+            ));
         }
     }
 
@@ -305,7 +316,11 @@ impl SimStore {
                 Fault::None
             };
             // Only the mutations of an intent are protected (see `FaultConfig::intent_faults`).
-            let fault = if protected && mutation { Fault::None } else { fault };
+            let fault = if protected && mutation {
+                Fault::None
+            } else {
+                fault
+            };
             (delay, fault)
         };
         if let Some(d) = delay {
@@ -346,18 +361,22 @@ impl SimStore {
     }
 
     fn created(&self, path: &str) -> Option<u64> {
-        self.shared.objects.lock().unwrap().get(path).map(|o| o.created)
+        self.shared
+            .objects
+            .lock()
+            .unwrap()
+            .get(path)
+            .map(|o| o.created)
     }
 
     /// G3 at delete time: whether a complete checkpoint or a live pin in `frozen` (the root right
     /// before the delete) references `path`.
     async fn check_g3(&self, frozen: SimStore, path: &str) {
         let steps = self.steps();
-        let judged = std::panic::AssertUnwindSafe(
-            super::checking::CheckingStore::referenced_now(&frozen),
-        )
-        .catch_unwind()
-        .await;
+        let judged =
+            std::panic::AssertUnwindSafe(super::checking::CheckingStore::referenced_now(&frozen))
+                .catch_unwind()
+                .await;
         let problem = match judged {
             Ok(Ok(referenced)) if referenced.contains(path) => {
                 let (complete, live_pins) = references(&frozen, path).await;
@@ -366,9 +385,9 @@ impl SimStore {
                     .paths("gc/")
                     .iter()
                     .filter(|intent| {
-                        frozen.peek(intent).is_some_and(|b| {
-                            b.windows(hex.len()).any(|w| w == hex.as_bytes())
-                        })
+                        frozen
+                            .peek(intent)
+                            .is_some_and(|b| b.windows(hex.len()).any(|w| w == hex.as_bytes()))
                     })
                     .filter_map(|intent| frozen.created(intent))
                     .collect();
@@ -664,7 +683,10 @@ pub fn explain(frozen: &SimStore, path: &str) -> String {
     let mut out = Vec::new();
     let mut records = std::collections::HashMap::new();
     for job_path in frozen.paths("jobs/") {
-        if let Some(job) = job_path.strip_prefix("jobs/").and_then(|p| p.strip_suffix("/_job")) {
+        if let Some(job) = job_path
+            .strip_prefix("jobs/")
+            .and_then(|p| p.strip_suffix("/_job"))
+        {
             let record = super::checking::decode_job(&frozen.peek(&job_path).unwrap());
             out.push(format!(
                 "record {job}: epoch {} owner {:?} lease {:+} ms from now, first id {}, retained {:?}, savepoints {:?}, discarding {:?}",
@@ -684,7 +706,9 @@ pub fn explain(frozen: &SimStore, path: &str) -> String {
         if !meta.ends_with("/_metadata") {
             continue;
         }
-        let Some(bytes) = frozen.peek(&meta) else { continue };
+        let Some(bytes) = frozen.peek(&meta) else {
+            continue;
+        };
         // The metadata body is MessagePack; the hash appears as a hex string inside it.
         if bytes.windows(hex.len()).any(|w| w == hex.as_bytes()) {
             out.push(format!("referenced by {meta}"));
@@ -703,7 +727,10 @@ pub fn explain(frozen: &SimStore, path: &str) -> String {
                     r.epoch < *epoch || r.epoch == *epoch && r.lease_until_ms >= now
                 }),
             };
-            out.push(format!("pinned by {pin} (owner {:?}, live {live})", body.owner));
+            out.push(format!(
+                "pinned by {pin} (owner {:?}, live {live})",
+                body.owner
+            ));
         }
     }
     for intent in frozen.paths("gc/") {
@@ -720,15 +747,21 @@ async fn references(frozen: &SimStore, path: &str) -> (Vec<String>, Vec<(String,
     let mut records = std::collections::HashMap::new();
     let mut complete = Vec::new();
     for job_path in frozen.paths("jobs/") {
-        let Some(job) = job_path.strip_prefix("jobs/").and_then(|p| p.strip_suffix("/_job")) else {
+        let Some(job) = job_path
+            .strip_prefix("jobs/")
+            .and_then(|p| p.strip_suffix("/_job"))
+        else {
             continue;
         };
         let record = super::checking::decode_job(&frozen.peek(&job_path).unwrap());
         for (kind, ids) in [("chk", &record.retained), ("sp", &record.savepoints)] {
             for id in ids {
                 let meta = format!("jobs/{job}/{kind}-{id:020}/_metadata");
-                if let Ok((_, metadata)) =
-                    rockpoint::read_metadata(frozen, &rockpoint::RestoreSource::Metadata(meta.clone())).await
+                if let Ok((_, metadata)) = rockpoint::read_metadata(
+                    frozen,
+                    &rockpoint::RestoreSource::Metadata(meta.clone()),
+                )
+                .await
                     && metadata.shared_hashes().any(|h| h.to_hex() == hex)
                 {
                     complete.push(meta);
