@@ -131,11 +131,37 @@ impl Figures {
     fn add(&mut self, o: &Figures) {
         macro_rules! sum { ($($f:ident),*) => { $( self.$f += o.$f; )* } }
         sum!(
-            seeds, steps, actors, delays, failed_before, ambiguous, shared_deletes_checked,
-            checkpoints_ok, checkpoint_errors, savepoints_ok, dropped, aborted, zombie_rejected,
-            straddled, takeovers, crashes, self_restarts, claims_ok, restores_ok, restore_errors,
-            reads_ok, read_errors, gc_passes, gc_errors, gc_fenced, gc_shared_deleted,
-            final_restores, final_by_id, stalls, unexpected, invariant_checks
+            seeds,
+            steps,
+            actors,
+            delays,
+            failed_before,
+            ambiguous,
+            shared_deletes_checked,
+            checkpoints_ok,
+            checkpoint_errors,
+            savepoints_ok,
+            dropped,
+            aborted,
+            zombie_rejected,
+            straddled,
+            takeovers,
+            crashes,
+            self_restarts,
+            claims_ok,
+            restores_ok,
+            restore_errors,
+            reads_ok,
+            read_errors,
+            gc_passes,
+            gc_errors,
+            gc_fenced,
+            gc_shared_deleted,
+            final_restores,
+            final_by_id,
+            stalls,
+            unexpected,
+            invariant_checks
         );
     }
 }
@@ -259,7 +285,9 @@ impl Sim {
             .expect("writing the marker");
         let scan = tj.scan().expect("scanning the oracle");
         let marker = marker_of(&scan).expect("the marker row");
-        self.oracles.borrow_mut().insert(marker.clone(), Rc::new(scan));
+        self.oracles
+            .borrow_mut()
+            .insert(marker.clone(), Rc::new(scan));
         marker
     }
 
@@ -279,7 +307,10 @@ impl Sim {
     /// which checkpoint it came from, that checkpoint's marker). Returns the marker.
     fn verify_scan(&self, scan: &Scan, what: &str, id: Option<(&str, u64)>) -> Option<Vec<u8>> {
         let Some(marker) = marker_of(scan) else {
-            self.violation(format!("G2: {what}: the restored state has no marker row ({} rows)", scan.len()));
+            self.violation(format!(
+                "G2: {what}: the restored state has no marker row ({} rows)",
+                scan.len()
+            ));
             return None;
         };
         let oracle = self.oracles.borrow().get(&marker).cloned();
@@ -416,7 +447,10 @@ impl Sim {
                 }
                 Ok(Err(e)) => {
                     // Fenced: another open of the job claimed it while this one recovered.
-                    if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Conflict | ErrorKind::Fenced) {
+                    if !matches!(
+                        e.kind(),
+                        ErrorKind::Unavailable | ErrorKind::Conflict | ErrorKind::Fenced
+                    ) {
                         self.unexpected(&format!("open `{job}`"), &e);
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -431,7 +465,12 @@ impl Sim {
                     return Some((coordinator, tj));
                 }
                 Start::Resume => {
-                    if self.store.job_record(job).and_then(|r| r.latest()).is_none() {
+                    if self
+                        .store
+                        .job_record(job)
+                        .and_then(|r| r.latest())
+                        .is_none()
+                    {
                         let tj = TestJob::open(&self.fresh_dir(&format!("{job}-fresh")), 1, KEYS)
                             .expect("opening a fresh backend");
                         return Some((coordinator, tj));
@@ -445,10 +484,16 @@ impl Sim {
                 match self.restore_into(&coordinator, job, &source, mode).await {
                     Ok(tj) => {
                         let scan = tj.scan().expect("scanning a restored backend");
-                        let marker = self.verify_scan(&scan, &format!("restore {source:?} into job `{job}` ({mode:?})"), None);
+                        let marker = self.verify_scan(
+                            &scan,
+                            &format!("restore {source:?} into job `{job}` ({mode:?})"),
+                            None,
+                        );
                         if mode == ClaimMode::Claim {
                             if superseded {
-                                self.violation(format!("G7: a superseded coordinator of `{job}` claimed {source:?}"));
+                                self.violation(format!(
+                                    "G7: a superseded coordinator of `{job}` claimed {source:?}"
+                                ));
                             }
                             self.fig().claims_ok += 1;
                             if let (Some(latest), Some(marker)) = (coordinator.latest(), marker) {
@@ -461,7 +506,11 @@ impl Sim {
                     Err(e) => {
                         self.fig().restore_errors += 1;
                         if verbose() {
-                            eprintln!("[seed {}] restore {source:?} into `{job}` ({mode:?}): {:?}: {e}", self.seed, e.kind());
+                            eprintln!(
+                                "[seed {}] restore {source:?} into `{job}` ({mode:?}): {:?}: {e}",
+                                self.seed,
+                                e.kind()
+                            );
                         }
                         match e.kind() {
                             ErrorKind::Corruption => self.violation(format!(
@@ -473,10 +522,15 @@ impl Sim {
                         }
                         if e.kind() == ErrorKind::NotFound
                             && matches!(start, Start::Resume)
-                            && self.store.job_record(job).and_then(|r| r.latest()).is_none()
+                            && self
+                                .store
+                                .job_record(job)
+                                .and_then(|r| r.latest())
+                                .is_none()
                         {
-                            let tj = TestJob::open(&self.fresh_dir(&format!("{job}-fresh")), 1, KEYS)
-                                .expect("opening a fresh backend");
+                            let tj =
+                                TestJob::open(&self.fresh_dir(&format!("{job}-fresh")), 1, KEYS)
+                                    .expect("opening a fresh backend");
                             return Some((coordinator, tj));
                         }
                     }
@@ -508,13 +562,20 @@ impl Sim {
         let mut outcome = |this: &Sim, op: &str, e: &rockpoint::Error| {
             this.fig().checkpoint_errors += 1;
             if verbose() {
-                eprintln!("[seed {}] {op} of `{job}` (epoch {epoch}): {:?}: {e}", this.seed, e.kind());
+                eprintln!(
+                    "[seed {}] {op} of `{job}` (epoch {epoch}): {:?}: {e}",
+                    this.seed,
+                    e.kind()
+                );
             }
             if e.kind() == ErrorKind::Fenced {
                 fenced = true;
             } else if !matches!(
                 e.kind(),
-                ErrorKind::Unavailable | ErrorKind::Cancelled | ErrorKind::Conflict | ErrorKind::NotFound
+                ErrorKind::Unavailable
+                    | ErrorKind::Cancelled
+                    | ErrorKind::Conflict
+                    | ErrorKind::NotFound
             ) {
                 this.unexpected(&format!("{op} of `{job}`"), e);
             }
@@ -523,7 +584,7 @@ impl Sim {
         let two = self.settings.max_concurrent >= 2;
         match choice {
             // checkpoint() / savepoint()
-            0..=44 | 45..=49 => {
+            0..=49 => {
                 let savepoint = choice >= 45;
                 let op = if savepoint { "savepoint" } else { "checkpoint" };
                 let at_start = self.superseded(job, epoch);
@@ -605,12 +666,12 @@ impl Sim {
                     }
                 }
                 let store = &*self.arc;
-                let uploads = futures::future::join_all(
-                    tickets.into_iter().map(|(ticket, pending)| async move {
+                let uploads = futures::future::join_all(tickets.into_iter().map(
+                    |(ticket, pending)| async move {
                         let handle = tokio::time::timeout(OP_LIMIT, pending.upload(store)).await;
                         (ticket, handle)
-                    }),
-                )
+                    },
+                ))
                 .await;
                 let mut order: Vec<_> = uploads.into_iter().collect();
                 if order.len() == 2 && self.chance(0.5) {
@@ -638,7 +699,9 @@ impl Sim {
                     }
                     let at_start = self.superseded(job, epoch);
                     let result =
-                        match tokio::time::timeout(OP_LIMIT, c.complete(&ticket, vec![handle])).await {
+                        match tokio::time::timeout(OP_LIMIT, c.complete(&ticket, vec![handle]))
+                            .await
+                        {
                             Ok(r) => r,
                             Err(_) => {
                                 self.fig().stalls += 1;
@@ -671,12 +734,19 @@ impl Sim {
     }
 
     /// A writer: one process of `job`.
-    async fn writer(self: Rc<Self>, job: String, start: Start, life: Rc<Life>, budget: Rc<Cell<u32>>) {
+    async fn writer(
+        self: Rc<Self>,
+        job: String,
+        start: Start,
+        life: Rc<Life>,
+        budget: Rc<Cell<u32>>,
+    ) {
         self.fig().actors += 1;
         let Some((mut c, mut tj)) = self.open_writer(&job, &start, &life).await else {
             return;
         };
-        self.check_invariants(&format!("{} opened", life.name)).await;
+        self.check_invariants(&format!("{} opened", life.name))
+            .await;
         loop {
             if self.stop.get() {
                 break;
@@ -728,11 +798,15 @@ impl Sim {
         };
         self.check_fenced_result(&job, epoch, "shutdown", at_start, &result);
         if let Err(e) = &result
-            && !matches!(e.kind(), ErrorKind::Fenced | ErrorKind::Unavailable | ErrorKind::Conflict)
+            && !matches!(
+                e.kind(),
+                ErrorKind::Fenced | ErrorKind::Unavailable | ErrorKind::Conflict
+            )
         {
             self.unexpected(&format!("shutdown of `{job}`"), e);
         }
-        self.check_invariants(&format!("{} shut down", life.name)).await;
+        self.check_invariants(&format!("{} shut down", life.name))
+            .await;
     }
 
     /// A reader: restores random retained checkpoints outside any job.
@@ -804,7 +878,9 @@ impl Sim {
         };
         while !self.stop.get() {
             tokio::time::sleep(Duration::from_millis(2 + self.r(20))).await;
-            match tokio::time::timeout(OP_LIMIT, rockpoint::collect_garbage(&*self.arc, &options)).await {
+            match tokio::time::timeout(OP_LIMIT, rockpoint::collect_garbage(&*self.arc, &options))
+                .await
+            {
                 Err(_) => {
                     self.fig().stalls += 1;
                     self.note("GC pass stalled".into());
@@ -817,7 +893,10 @@ impl Sim {
                 }
                 Ok(Err(e)) => {
                     self.fig().gc_errors += 1;
-                    if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::NotFound | ErrorKind::Conflict) {
+                    if !matches!(
+                        e.kind(),
+                        ErrorKind::Unavailable | ErrorKind::NotFound | ErrorKind::Conflict
+                    ) {
                         self.unexpected("GC pass", &e);
                     }
                 }
@@ -834,8 +913,7 @@ struct Slot {
 
 async fn wait_for_checkpoint(sim: &Sim, job: &str, limit: Duration) {
     let started = Instant::now();
-    while started.elapsed() < limit
-        && sim.store.job_record(job).and_then(|r| r.latest()).is_none()
+    while started.elapsed() < limit && sim.store.job_record(job).and_then(|r| r.latest()).is_none()
     {
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
@@ -907,7 +985,10 @@ fn run_seed(seed: u64, intent_faults: bool) -> Result<Figures, String> {
         .into_iter()
         .collect();
         let mut generation = 0;
-        let mut spawn = |job: &'static str, start: Start, slots: &mut HashMap<&str, Slot>, writers: &mut Vec<_>| {
+        let mut spawn = |job: &'static str,
+                         start: Start,
+                         slots: &mut HashMap<&str, Slot>,
+                         writers: &mut Vec<_>| {
             generation += 1;
             let life = Rc::new(Life {
                 name: format!("{job}#{generation}"),
@@ -919,12 +1000,23 @@ fn run_seed(seed: u64, intent_faults: bool) -> Result<Figures, String> {
                 life.clone(),
                 budgets[job].clone(),
             ));
-            slots.insert(job, Slot { life, abort: handle.abort_handle() });
+            slots.insert(
+                job,
+                Slot {
+                    life,
+                    abort: handle.abort_handle(),
+                },
+            );
             writers.push(handle);
         };
         spawn("a", Start::Fresh, &mut slots, &mut writers);
         wait_for_checkpoint(&sim, "a", Duration::from_secs(10)).await;
-        spawn("b", Start::From("a".into(), ClaimMode::NoClaim), &mut slots, &mut writers);
+        spawn(
+            "b",
+            Start::From("a".into(), ClaimMode::NoClaim),
+            &mut slots,
+            &mut writers,
+        );
         let claim_by_c = rng.chance(0.4);
         let mut c_started = false;
         for _ in 0..rng.range(3, 8) {
@@ -965,13 +1057,23 @@ fn run_seed(seed: u64, intent_faults: bool) -> Result<Figures, String> {
                 7 if claim_by_c && !c_started => {
                     c_started = true;
                     let src = if rng.chance(0.5) { "a" } else { "b" };
-                    spawn("c", Start::From(src.into(), ClaimMode::Claim), &mut slots, &mut writers);
+                    spawn(
+                        "c",
+                        Start::From(src.into(), ClaimMode::Claim),
+                        &mut slots,
+                        &mut writers,
+                    );
                 }
                 _ => {}
             }
         }
         if claim_by_c && !c_started {
-            spawn("c", Start::From("a".into(), ClaimMode::Claim), &mut slots, &mut writers);
+            spawn(
+                "c",
+                Start::From("a".into(), ClaimMode::Claim),
+                &mut slots,
+                &mut writers,
+            );
         }
         // Let the writers finish (zombies included).
         let deadline = Instant::now() + SEED_LIMIT;
@@ -987,7 +1089,10 @@ fn run_seed(seed: u64, intent_faults: bool) -> Result<Figures, String> {
         sim.stop.set(true);
         for handle in background {
             let abort = handle.abort_handle();
-            if tokio::time::timeout(OP_LIMIT + Duration::from_secs(5), handle).await.is_err() {
+            if tokio::time::timeout(OP_LIMIT + Duration::from_secs(5), handle)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -1005,7 +1110,9 @@ fn run_seed(seed: u64, intent_faults: bool) -> Result<Figures, String> {
         sim.check_invariants("final").await;
         let raw = sim.store.raw();
         for job in JOBS {
-            let Some(record) = raw.job_record(job) else { continue };
+            let Some(record) = raw.job_record(job) else {
+                continue;
+            };
             let ids = record
                 .retained
                 .iter()
@@ -1019,7 +1126,11 @@ fn run_seed(seed: u64, intent_faults: bool) -> Result<Figures, String> {
                 }
                 match common::restore_scan(&raw, &path, &sim.fresh_dir("final")).await {
                     Ok(scan) => {
-                        sim.verify_scan(&scan, &format!("final restore of {path}"), Some((job, id)));
+                        sim.verify_scan(
+                            &scan,
+                            &format!("final restore of {path}"),
+                            Some((job, id)),
+                        );
                     }
                     Err(e) => sim.violation(format!("G1/G2: final restore of {path} failed: {e}")),
                 }
@@ -1088,7 +1199,11 @@ fn simulation() {
     } else if let Some(n) = env_u64("ROCKPOINT_SIM_SEEDS") {
         (env_u64("ROCKPOINT_SIM_FIRST_SEED").unwrap_or(0), n, 0)
     } else {
-        (0, QUICK_SEEDS, env_u64("ROCKPOINT_SIM_MIN_STEPS").unwrap_or(50_000))
+        (
+            0,
+            QUICK_SEEDS,
+            env_u64("ROCKPOINT_SIM_MIN_STEPS").unwrap_or(50_000),
+        )
     };
     let cap = first + count.max(QUICK_SEEDS * 8);
     let workers = env_u64("ROCKPOINT_SIM_WORKERS").unwrap_or_else(|| {
@@ -1149,13 +1264,40 @@ fn simulation() {
          reads {} ok / {} err; GC passes {} ok / {} err, jobs fenced {}, shared deleted {}; final \
          restores {} ({} with known id); invariant checks {}; stalls {}, unexpected errors {}; \
          violations {}",
-        f.seeds, f.steps, f.actors, started.elapsed().as_secs_f64(), workers, f.delays,
-        f.failed_before, f.ambiguous, f.shared_deletes_checked, f.checkpoints_ok,
-        f.checkpoint_errors, f.savepoints_ok, f.dropped, f.aborted, f.takeovers,
-        f.zombie_rejected, f.straddled, f.crashes, f.self_restarts, f.restores_ok,
-        f.restore_errors, f.claims_ok, f.reads_ok, f.read_errors, f.gc_passes, f.gc_errors,
-        f.gc_fenced, f.gc_shared_deleted, f.final_restores, f.final_by_id, f.invariant_checks,
-        f.stalls, f.unexpected, failures.len()
+        f.seeds,
+        f.steps,
+        f.actors,
+        started.elapsed().as_secs_f64(),
+        workers,
+        f.delays,
+        f.failed_before,
+        f.ambiguous,
+        f.shared_deletes_checked,
+        f.checkpoints_ok,
+        f.checkpoint_errors,
+        f.savepoints_ok,
+        f.dropped,
+        f.aborted,
+        f.takeovers,
+        f.zombie_rejected,
+        f.straddled,
+        f.crashes,
+        f.self_restarts,
+        f.restores_ok,
+        f.restore_errors,
+        f.claims_ok,
+        f.reads_ok,
+        f.read_errors,
+        f.gc_passes,
+        f.gc_errors,
+        f.gc_fenced,
+        f.gc_shared_deleted,
+        f.final_restores,
+        f.final_by_id,
+        f.invariant_checks,
+        f.stalls,
+        f.unexpected,
+        failures.len()
     );
     // Straight to stderr, so the summary shows without --nocapture.
     let _ = writeln!(std::io::stderr(), "{summary}");

@@ -228,13 +228,12 @@ async fn with_reader_pin<T>(
                 hashes: hashes.to_vec(),
                 owner: reader_owner(),
             };
-            if let Ok(bytes) = metadata::encode_pin(&pin) {
-                if let Err(e) = store
+            if let Ok(bytes) = metadata::encode_pin(&pin)
+                && let Err(e) = store
                     .put(&path, Bytes::from(bytes), WriteMode::Replace)
                     .await
-                {
-                    tracing::warn!(pin = path, error = %e, "renewing a reader pin failed");
-                }
+            {
+                tracing::warn!(pin = path, error = %e, "renewing a reader pin failed");
             }
         }
     };

@@ -288,8 +288,7 @@ impl SimStore {
 
     /// Draws this operation's fault and delay; counts the step. Fault-free views return at once.
     async fn schedule(&self, mutation: bool, path: &str) -> Fault {
-        let fault = self.schedule_inner(mutation, path).await;
-        fault
+        self.schedule_inner(mutation, path).await
     }
 
     async fn schedule_inner(&self, mutation: bool, path: &str) -> Fault {
@@ -782,7 +781,7 @@ async fn references(frozen: &SimStore, path: &str) -> (Vec<String>, Vec<(String,
                 .get(job)
                 .is_none_or(|r| r.epoch < *epoch || r.epoch == *epoch && r.lease_until_ms >= now),
         };
-        if live && body.hashes.iter().any(|h| *h == hex) {
+        if live && body.hashes.contains(&hex) {
             pins.push((pin.clone(), frozen.created(&pin).unwrap_or(0)));
         }
     }
