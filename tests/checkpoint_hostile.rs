@@ -50,8 +50,6 @@ fn rewrite(job: &mut TestJob, count: u64) -> TestResult {
 
 /// The shared objects a checkpoint references that are missing from the store.
 async fn missing_shared(store: &dyn Store, path: &str) -> TestResult<Vec<String>> {
-    let bytes = store.get(path).await?;
-    let _ = bytes;
     let (_, metadata) =
         rockpoint::read_metadata(store, &RestoreSource::Metadata(path.into())).await?;
     let mut missing = Vec::new();
