@@ -227,7 +227,7 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
 
     // G3
     let now = crate::util::now_ms();
-    let private_candidates = orphaned_records(&view, &jobs, now, margin_ms, &old);
+    let mut private_candidates = orphaned_records(&view, &jobs, now, margin_ms, &old);
     let orphans: HashSet<String> = private_candidates
         .iter()
         .filter(|(path, _)| path.ends_with("/_metadata"))
@@ -292,6 +292,8 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
 
     // G4: records first (nothing here is referenced by a live owner), then shared files under the
     // deleter rule.
+    spare_read_records(store, &view, &mut private_candidates, margin_ms).await?;
+    report.private_files = private_candidates.iter().map(|(p, _)| p.clone()).collect();
     for (path, size) in dead.iter().chain(private_candidates.iter()) {
         report.requests += 1;
         store.delete(path).await?;
@@ -399,26 +401,7 @@ fn orphaned_records(
     margin_ms: u64,
     old: &dyn Fn(&ObjectInfo) -> bool,
 ) -> Vec<(String, u64)> {
-    let read: BTreeSet<(String, SnapshotKind, u64)> = view
-        .pins
-        .iter()
-        .filter(|(_, pin)| view.pin_live(pin, now_ms, margin_ms))
-        .filter(|(info, _)| {
-            info.path
-                .rsplit('/')
-                .next()
-                .is_some_and(|name| name.starts_with("read-"))
-        })
-        .filter_map(|(_, pin)| {
-            let id = pin.checkpoint_id?;
-            let kind = if pin_names_savepoint(pin, view) {
-                SnapshotKind::Savepoint
-            } else {
-                SnapshotKind::Checkpoint
-            };
-            Some((pin.job_id.clone(), kind, id))
-        })
-        .collect();
+    let read = reader_pinned(&view.pins, view, now_ms, margin_ms);
     let mut out = Vec::new();
     for object in jobs {
         let Some((job, kind, id, _)) = parse_checkpoint_path(&object.path) else {
@@ -440,8 +423,7 @@ fn orphaned_records(
         if complete
             || owners_business
             || id >= record.next_id
-            || read.contains(&(job.clone(), kind, id))
-            || read.contains(&(job.clone(), SnapshotKind::Checkpoint, id))
+            || read.contains(&(job.clone(), id))
             || !old(object)
         {
             continue;
@@ -451,11 +433,64 @@ fn orphaned_records(
     out
 }
 
-/// Reader pins carry the source checkpoint's id; a savepoint and a checkpoint never share an id
-/// within a job, so the job record tells which one it is.
-fn pin_names_savepoint(pin: &PinRecord, view: &View) -> bool {
-    matches!(
-        (view.records.get(&pin.job_id), pin.checkpoint_id),
-        (Some(Some(record)), Some(id)) if record.savepoints.contains(&id)
-    )
+/// The checkpoints (job, id) that a live reader pin holds. Ids are unique within a job across
+/// checkpoints and savepoints, so the id alone names the checkpoint.
+fn reader_pinned(
+    pins: &[(ObjectInfo, PinRecord)],
+    view: &View,
+    now_ms: u64,
+    margin_ms: u64,
+) -> BTreeSet<(String, u64)> {
+    pins.iter()
+        .filter(|(info, _)| {
+            info.path
+                .rsplit('/')
+                .next()
+                .is_some_and(|name| name.starts_with("read-"))
+        })
+        .filter(|(_, pin)| view.pin_live(pin, now_ms, margin_ms))
+        .filter_map(|(_, pin)| Some((pin.job_id.clone(), pin.checkpoint_id?)))
+        .collect()
+}
+
+/// G4 for records: a reader may have pinned a checkpoint after the first listing and checked its
+/// job record before the record dropped it. Listing pins again *after* the records were read
+/// catches every such reader (reuser rule for private files: pin, then check the record).
+async fn spare_read_records(
+    store: &dyn Store,
+    view: &View,
+    candidates: &mut Vec<(String, u64)>,
+    margin_ms: u64,
+) -> Result<()> {
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let mut pins = Vec::new();
+    for object in store.list("pins/").await? {
+        let is_reader = object
+            .path
+            .rsplit('/')
+            .next()
+            .is_some_and(|name| name.starts_with("read-"));
+        if !is_reader {
+            continue;
+        }
+        match store.get(&object.path).await {
+            Ok(bytes) => match metadata::decode_pin(&bytes, &object.path) {
+                Ok(pin) => pins.push((object, pin)),
+                // An unreadable reader pin could hold any checkpoint.
+                Err(_) => {
+                    candidates.clear();
+                    return Ok(());
+                }
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let read = reader_pinned(&pins, view, crate::util::now_ms(), margin_ms);
+    candidates.retain(|(path, _)| {
+        parse_checkpoint_path(path).is_none_or(|(job, _, id, _)| !read.contains(&(job, id)))
+    });
+    Ok(())
 }
