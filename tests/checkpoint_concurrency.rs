@@ -381,3 +381,50 @@ async fn ambiguous_commit_is_treated_as_committed() -> TestResult {
     );
     Ok(())
 }
+
+/// A process killed mid-upload leaves `<backend>/staging/<job>-chk-N` (hard links to the SSTs it
+/// was shipping, which pin their disk space after compaction drops them). Nothing of a fresh
+/// instance can be using it, so reopening the backend removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_left_by_a_killed_process_is_removed_on_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = local_store(&dir.path().join("root"))?;
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
+    job.write(2_000)?;
+    job.backends[0].flush()?;
+    c.checkpoint(&job.refs()).await?;
+    let expected = job.scan()?;
+    // What a SIGKILL after A1 leaves: a staging directory holding links to live SSTs.
+    let staging = job.dirs[0].join("staging").join("job-chk-7");
+    std::fs::create_dir_all(&staging)?;
+    for entry in std::fs::read_dir(job.dirs[0].join("db"))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().ends_with(".sst") {
+            std::fs::hard_link(entry.path(), staging.join(entry.file_name()))?;
+        }
+    }
+    assert!(
+        std::fs::read_dir(&staging)?.next().is_some(),
+        "staging holds links"
+    );
+    let dirs = job.dirs.clone();
+    drop(job);
+    let reopened = TestJob::from_backends(
+        vec![rockpoint::KeyedStateBackend::open(
+            &dirs[0],
+            MAX_PARALLELISM,
+            ranges(1)[0],
+            common::settings(),
+        )?],
+        dirs.clone(),
+        1_000,
+    );
+    assert!(
+        !dirs[0].join("staging").exists(),
+        "the reopened backend removed the leftover staging directory"
+    );
+    assert_eq!(reopened.scan()?, expected);
+    c.checkpoint(&reopened.refs()).await?;
+    Ok(())
+}
