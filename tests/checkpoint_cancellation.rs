@@ -246,10 +246,22 @@ async fn claim_mode_transfers_ownership() -> TestResult {
     )
     .await?;
     assert_eq!(job_b.scan()?, expected);
-    assert!(
-        store.head(&chk_a.path()).await?.is_none(),
+    // The claimed checkpoint is B's now: A's record no longer retains it (so nothing restores it
+    // as A's), and its leftover records go with A's next recovery or, A being stopped, with GC.
+    let record_a = rockpoint::job_record(&*store, "job-a")
+        .await?
+        .expect("A has a record");
+    assert!(!record_a.is_complete(chk_a.id()), "{record_a:?}");
+    assert_eq!(
+        rockpoint::read_metadata(&*store, &RestoreSource::Metadata(chk_a.path()))
+            .await
+            .err()
+            .map(|e| e.kind()),
+        Some(rockpoint::ErrorKind::NotFound),
         "the claimed record moved to job B"
     );
+    gc_now(&*store).await?;
+    assert!(store.head(&chk_a.path()).await?.is_none());
     let adopted = b.latest().expect("B owns the claimed checkpoint");
     assert_eq!(
         restore_scan(&*store, &adopted.metadata_path(), dir.path()).await?,

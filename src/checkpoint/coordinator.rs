@@ -797,22 +797,31 @@ impl CheckpointCoordinator {
             if let Some(why) = &state.fenced {
                 return Err(self.fenced_error(why));
             }
-            let entry = state.pending.get_mut(&id).filter(|e| e.kind == ticket.kind);
-            match entry {
+            match state.pending.get_mut(&id).filter(|e| e.kind == ticket.kind) {
                 Some(entry)
                     if !entry.state.cancelled.load(Ordering::SeqCst) && !entry.committing =>
                 {
                     entry.committing = true;
-                    entry.triggered
+                    Some(entry.triggered)
                 }
-                _ => {
-                    drop(state);
+                Some(_) => None,
+                None => {
                     return Err(Error::cancelled(format!(
-                        "checkpoint {id} of job `{}` was aborted or subsumed before it completed",
+                        "checkpoint {id} of job `{}` was aborted before it completed",
                         self.inner.job_id
                     )));
                 }
             }
+        };
+        let Some(triggered) = triggered else {
+            // Subsumed or aborted while in flight: free its slot and its records.
+            if let Err(e) = self.abort(ticket).await {
+                tracing::warn!(checkpoint = id, error = %e, "cleaning up a subsumed checkpoint failed");
+            }
+            return Err(Error::cancelled(format!(
+                "checkpoint {id} of job `{}` was aborted or subsumed before it completed",
+                self.inner.job_id
+            )));
         };
         // A `complete` future dropped mid-commit must not leave its slot behind (shutdown would
         // wait for it forever): the guard resolves the commit's outcome and cleans up.
@@ -906,6 +915,8 @@ impl CheckpointCoordinator {
         let swapped = self
             .update_record(|record| {
                 match kind {
+                    // A retry after an ambiguous swap may find it done already.
+                    _ if record.is_complete(id) => {}
                     SnapshotKind::Savepoint => {
                         record.savepoints.push(id);
                         record.savepoints.sort_unstable();
@@ -1196,8 +1207,21 @@ impl CheckpointCoordinator {
             if name.starts_with("read-") {
                 continue; // another actor's reader pin on one of our checkpoints
             }
-            // Snapshot pins and restore pins of older epochs: this epoch has none yet.
-            self.st().delete(&object.path).await?;
+            // Snapshot pins of older epochs of this job. A newer epoch's pins are the live
+            // coordinator's (this one is then a zombie): never touch them. Unreadable pins are
+            // GC's to report.
+            let older = match self.st().get(&object.path).await {
+                Ok(bytes) => matches!(
+                    metadata::decode_pin(&bytes, &object.path).map(|p| p.owner),
+                    Ok(metadata::PinOwner::Epoch { job: owner, epoch })
+                        if owner == job && epoch < record.epoch
+                ),
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => false,
+                Err(e) => return Err(e),
+            };
+            if older {
+                self.st().delete(&object.path).await?;
+            }
         }
         for (kind, id) in leftovers {
             tracing::info!(
@@ -1372,18 +1396,6 @@ impl CheckpointCoordinator {
             epoch: self.epoch(),
         }
     }
-}
-
-/// D1–D3 for checkpoint `id` of `job`, whose job record no longer lists it.
-pub(crate) async fn discard_records(
-    store: &dyn Store,
-    job: &str,
-    kind: SnapshotKind,
-    id: u64,
-) -> Result<()> {
-    // D1
-    store.delete(&metadata_path(job, kind, id)).await?;
-    discard_private_files(store, job, kind, id).await
 }
 
 /// D2–D3: the private files of a checkpoint whose metadata is gone, unless a reader holds it.

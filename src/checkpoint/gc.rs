@@ -4,9 +4,9 @@
 //! is older than the grace period, a deletion intent naming it was durable *before* a second
 //! listing of metadata and pins that still does not reference it, and the intent has not expired.
 //! Reusers pin first and then wait out intents (the reuser rule), so a reuser and GC never both
-//! win — at any grace period. A pin is live while its owner is: a job epoch that is still the
-//! job's current one (GC fences a job whose lease expired before it calls its pins dead), or a
-//! reader whose expiry has not passed. A record GC cannot read could reference anything: it is
+//! win — at any grace period. A pin is live while its owner is: a job epoch that is not fenced (GC
+//! fences a job whose lease expired before it calls its pins dead), or a reader whose expiry has
+//! not passed. A record GC cannot read could reference anything: it is
 //! reported, and it blocks every shared-file deletion of the pass, nothing else. Dry run is the
 //! default.
 
@@ -148,15 +148,12 @@ impl View {
     fn pin_live(&self, pin: &PinRecord, now_ms: u64, margin_ms: u64) -> bool {
         match &pin.owner {
             PinOwner::Reader { expires_at_ms } => expires_at_ms.saturating_add(margin_ms) >= now_ms,
-            // Dead only when provably so: an older epoch than the record's, or the record's own
-            // epoch with its lease expired. A record read before a newer claim, or not read at
-            // all, cannot prove a pin dead.
+            // Dead only when provably so: an older epoch than the record's, i.e. fenced — by a
+            // newer claim, or by GC after the lease expired (G2 fences before it judges). An
+            // expired lease alone proves nothing: the owner may still commit until it is fenced.
+            // A record read before a newer claim, or not read at all, cannot prove a pin dead.
             PinOwner::Epoch { job, epoch } => match self.records.get(job) {
-                Some(Some(record)) => {
-                    *epoch > record.epoch
-                        || *epoch == record.epoch
-                            && record.lease_until_ms.saturating_add(margin_ms) >= now_ms
-                }
+                Some(Some(record)) => *epoch >= record.epoch,
                 _ => true,
             },
         }

@@ -86,7 +86,8 @@ impl JobRecord {
             .map_err(|e| Error::corruption(e.to_string()))?;
         let sorted = |ids: &[u64]| ids.windows(2).all(|w| w[0] < w[1]);
         let bounded = |ids: &[u64]| ids.iter().all(|&id| id >= 1 && id < self.next_id);
-        let ok = self.epoch_first_id >= 1
+        let ok = self.epoch < u64::MAX / 2
+            && self.epoch_first_id >= 1
             && self.epoch_first_id <= self.next_id
             && self.next_id < u64::MAX / 2
             && sorted(&self.retained)

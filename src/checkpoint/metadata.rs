@@ -336,7 +336,7 @@ pub(crate) struct PinRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum PinOwner {
-    /// A coordinator: live while `epoch` is the current epoch of `job` and its lease holds.
+    /// A coordinator: live until `epoch` of `job` is fenced (a newer epoch in the job record).
     Epoch { job: String, epoch: u64 },
     /// A standalone reader (`restore`, `verify`): live until `expires_at_ms` (it renews).
     Reader { expires_at_ms: u64 },

@@ -615,6 +615,19 @@ pub async fn verify_checkpoint(
         }
     }
     report.problems.sort();
+    if !report.problems.is_empty() {
+        // Files missing because the checkpoint was discarded while it was read are not damage.
+        ensure_complete(store, &metadata).await.map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::not_found(format!(
+                    "checkpoint `{}` was discarded while it was being verified",
+                    metadata.metadata_path()
+                ))
+            } else {
+                e
+            }
+        })?;
+    }
     Ok(report)
 }
 
@@ -721,9 +734,13 @@ impl CheckpointCoordinator {
             .iter()
             .map(|t| backend_for(&metadata, t.key_groups))
             .collect::<Result<_>>()?;
+        // A claim adopts every backend of the checkpoint, so it pins them all; a restore without
+        // claim pins what it restores.
         let hashes: Vec<ContentHash> = {
-            let mut all: Vec<ContentHash> =
-                handles.iter().flat_map(|h| h.shared_hashes()).collect();
+            let mut all: Vec<ContentHash> = match mode {
+                ClaimMode::Claim => metadata.shared_hashes().collect(),
+                ClaimMode::NoClaim => handles.iter().flat_map(|h| h.shared_hashes()).collect(),
+            };
             all.sort();
             all.dedup();
             all
@@ -829,27 +846,43 @@ impl CheckpointCoordinator {
         self.adopt(Arc::new(adopted)).await
     }
 
-    /// R6, after the claim committed: the source job's record stops listing the checkpoint, and
-    /// its records go (D1–D3). The shared files are referenced by this job's copy.
+    /// R6, after the claim committed: the source job's record stops retaining the checkpoint and
+    /// lists it as `discarding`. Its records are deleted by the source job's own coordinator (which
+    /// keeps them while its in-flight tickets reuse their hashes) or, once no owner lives, by GC.
+    /// This job never deletes them itself. If the swap keeps losing, both jobs retain the
+    /// checkpoint: nothing is lost, it just was not moved.
     async fn release_source(&self, source: &CheckpointMetadata) -> Result<()> {
         let store = &**self.store();
         let job = &source.job_id;
         let id = source.checkpoint_id;
         for _ in 0..32 {
             let Some((record, version)) = job::read_job(store, job).await? else {
-                break;
+                tracing::warn!(
+                    job,
+                    checkpoint = id,
+                    "the claimed checkpoint's job has no record; its records stay"
+                );
+                return Ok(());
             };
             if !record.retained.contains(&id) {
-                break;
+                return Ok(());
             }
             let mut next = record.clone();
             next.retained.retain(|&r| r != id);
+            if !next.discarding.contains(&id) {
+                next.discarding.push(id);
+            }
             next.updated_at_ms = crate::util::now_ms();
             if job::swap_job(store, &next, Some(&version)).await?.is_some() {
-                break;
+                return Ok(());
             }
         }
-        super::coordinator::discard_records(store, job, source.kind, id).await
+        tracing::warn!(
+            job,
+            checkpoint = id,
+            "the claimed checkpoint's job record kept changing; it still retains the checkpoint too"
+        );
+        Ok(())
     }
 }
 

@@ -346,7 +346,13 @@ impl PendingSnapshot {
             Ok::<_, Error>(())
         }
         .await;
+        // An abort sets the flag before it lists pins (B1, B2): if it listed before our pin
+        // landed, the flag is set now and the pin is ours to remove.
+        let pinned = pinned.and_then(|()| ticket.check_live());
         if let Err(e) = pinned {
+            if e.kind() == crate::ErrorKind::Cancelled {
+                store.delete(&pin_path).await.ok();
+            }
             discard_all(store, shipments.into_iter().filter_map(|s| s.staged)).await;
             return Err(e);
         }

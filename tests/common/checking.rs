@@ -99,9 +99,9 @@ impl CheckingStore {
             let body: PinBody = rmp_serde::from_slice(&bytes[52..]).expect("pin body decodes");
             let live = match &body.owner {
                 PinOwner::Reader { expires_at_ms } => *expires_at_ms >= now,
-                PinOwner::Epoch { job, epoch } => records.get(job).is_none_or(|r| {
-                    r.epoch < *epoch || r.epoch == *epoch && r.lease_until_ms >= now
-                }),
+                PinOwner::Epoch { job, epoch } => {
+                    records.get(job).is_none_or(|r| r.epoch <= *epoch)
+                }
             };
             if live {
                 out.extend(

@@ -722,9 +722,9 @@ pub fn explain(frozen: &SimStore, path: &str) -> String {
         if body.hashes.iter().any(|h| h == hex) {
             let live = match &body.owner {
                 PinOwner::Reader { expires_at_ms } => *expires_at_ms >= now,
-                PinOwner::Epoch { job, epoch } => records.get(job).is_none_or(|r| {
-                    r.epoch < *epoch || r.epoch == *epoch && r.lease_until_ms >= now
-                }),
+                PinOwner::Epoch { job, epoch } => {
+                    records.get(job).is_none_or(|r| r.epoch <= *epoch)
+                }
             };
             out.push(format!(
                 "pinned by {pin} (owner {:?}, live {live})",
@@ -777,9 +777,7 @@ async fn references(frozen: &SimStore, path: &str) -> (Vec<String>, Vec<(String,
         };
         let live = match &body.owner {
             PinOwner::Reader { expires_at_ms } => *expires_at_ms >= now,
-            PinOwner::Epoch { job, epoch } => records
-                .get(job)
-                .is_none_or(|r| r.epoch < *epoch || r.epoch == *epoch && r.lease_until_ms >= now),
+            PinOwner::Epoch { job, epoch } => records.get(job).is_none_or(|r| r.epoch <= *epoch),
         };
         if live && body.hashes.contains(&hex) {
             pins.push((pin.clone(), frozen.created(&pin).unwrap_or(0)));
