@@ -209,9 +209,11 @@ pub(crate) fn decode_intent(bytes: &[u8], path: &str) -> Result<DeletionIntent> 
 /// names one of `hashes`. An unreadable intent is waited out like a live one until it is older
 /// than its lease. Fails with `Unavailable` if a pass holds on longer than its intent's lease.
 /// Returns the hashes that an intent named: their files may be gone, so the caller checks them.
+/// `still_wanted` is asked before every wait, so a cancelled snapshot stops waiting at once.
 pub(crate) async fn wait_for_intents(
     store: &dyn Store,
     hashes: &std::collections::HashSet<ContentHash>,
+    still_wanted: &(dyn Fn() -> Result<()> + Send + Sync),
 ) -> Result<std::collections::HashSet<ContentHash>> {
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(20);
@@ -245,6 +247,7 @@ pub(crate) async fn wait_for_intents(
         let Some(path) = blocking else {
             return Ok(named);
         };
+        still_wanted()?;
         if started.elapsed() > INTENT_LEASE + Duration::from_millis(CLOCK_MARGIN_MS) {
             return Err(Error::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

@@ -189,7 +189,7 @@ pub(crate) async fn pin_for_reading(
                 e
             }
         })?;
-        job::wait_for_intents(store, &hashes.iter().copied().collect()).await
+        job::wait_for_intents(store, &hashes.iter().copied().collect(), &|| Ok(())).await
     }
     .await;
     match checked {

@@ -359,13 +359,14 @@ impl PendingSnapshot {
         // A6, reuser rule: no GC pass may be about to delete what we reuse. A hash that an
         // intent named is checked against the store even if the ticket knows it.
         let needed: std::collections::HashSet<ContentHash> = pin.hashes.iter().copied().collect();
-        let doubtful = match super::job::wait_for_intents(store, &needed).await {
-            Ok(named) => named,
-            Err(e) => {
-                discard_all(store, shipments.into_iter().filter_map(|s| s.staged)).await;
-                return Err(e);
-            }
-        };
+        let doubtful =
+            match super::job::wait_for_intents(store, &needed, &|| ticket.check_live()).await {
+                Ok(named) => named,
+                Err(e) => {
+                    discard_all(store, shipments.into_iter().filter_map(|s| s.staged)).await;
+                    return Err(e);
+                }
+            };
 
         // A6: upload what the store lacks, with bounded parallelism. Every shipment runs to its
         // end (a cancelled one stops at once), so no staged temporary is left behind.
