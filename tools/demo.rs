@@ -212,6 +212,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         after.uploaded_bytes(),
         after.reused_bytes()
     );
+    // Subsumption removed the records of checkpoints 1–5; their shared files are GC's (safe next
+    // to the live job, at any grace period).
+    let gc = rockpoint::collect_garbage(
+        &*store,
+        &rockpoint::GcOptions {
+            grace_period: std::time::Duration::ZERO,
+            mode: rockpoint::SweepMode::Delete,
+            ..rockpoint::GcOptions::default()
+        },
+    )
+    .await?;
+    println!(
+        "gc next to the live job: removed {} shared files ({} bytes) no checkpoint or pin references, in {} requests",
+        gc.shared_files.len(),
+        gc.reclaimed_bytes,
+        gc.requests
+    );
     restored_job.shutdown(JobEnd::Cancelled).await?;
     Ok(())
 }
