@@ -39,6 +39,27 @@ async fn contract(store: &dyn Store, scratch: &std::path::Path) -> TestResult {
         .await?;
     assert_eq!(store.get("jobs/a/x").await?, Bytes::from_static(b"two"));
 
+    // Compare-and-swap: create-only from nothing, then only from the current version.
+    assert!(store.get_versioned("jobs/a/_job").await?.is_none());
+    let v1 = store
+        .put_if("jobs/a/_job", Bytes::from_static(b"1"), None)
+        .await?;
+    let again = store
+        .put_if("jobs/a/_job", Bytes::from_static(b"x"), None)
+        .await;
+    assert_eq!(again.err().map(|e| e.kind()), Some(ErrorKind::Conflict));
+    let v2 = store
+        .put_if("jobs/a/_job", Bytes::from_static(b"2"), Some(&v1))
+        .await?;
+    let stale = store
+        .put_if("jobs/a/_job", Bytes::from_static(b"3"), Some(&v1))
+        .await;
+    assert_eq!(stale.err().map(|e| e.kind()), Some(ErrorKind::Conflict));
+    assert_eq!(
+        store.get_versioned("jobs/a/_job").await?,
+        Some((Bytes::from_static(b"2"), v2))
+    );
+
     // put_file streams a range and refuses bytes that do not match the expected hash.
     let source = scratch.join("source");
     let content: Vec<u8> = (0..20_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -128,7 +149,8 @@ async fn object_store_adapter_honours_the_contract() -> TestResult {
 
 /// An S3-compatible server that ignores `If-None-Match`: every create is an overwrite.
 #[derive(Debug)]
-struct IgnoresConditions(InMemory);
+/// Ignores every condition of a put (`only_if_match`: only `If-Match`, honouring create-only).
+struct IgnoresConditions(InMemory, bool);
 
 impl std::fmt::Display for IgnoresConditions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -144,7 +166,14 @@ impl ObjectStore for IgnoresConditions {
         payload: PutPayload,
         mut opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        opts.mode = PutMode::Overwrite;
+        let ignore = match opts.mode {
+            PutMode::Update(_) => true,
+            PutMode::Create => !self.1,
+            PutMode::Overwrite => false,
+        };
+        if ignore {
+            opts.mode = PutMode::Overwrite;
+        }
         self.0.put_opts(location, payload, opts).await
     }
     async fn put_multipart_opts(
@@ -191,13 +220,52 @@ impl ObjectStore for IgnoresConditions {
 
 #[tokio::test]
 async fn a_store_that_ignores_conditional_writes_is_refused() {
-    let err = ObjectStoreStore::new(Arc::new(IgnoresConditions(InMemory::new())), "")
+    // Ignoring every condition, or only compare-and-swap (`If-Match`): both are refused, since
+    // job records fence stale coordinators by compare-and-swap.
+    for only_if_match in [false, true] {
+        let err = ObjectStoreStore::new(
+            Arc::new(IgnoresConditions(InMemory::new(), only_if_match)),
+            "",
+        )
         .await
         .err();
-    let err = err.expect("refused");
-    assert_eq!(err.kind(), ErrorKind::Invalid);
-    assert!(
-        err.to_string().contains("ignores conditional writes"),
-        "{err}"
+        let err = err.expect("refused");
+        assert_eq!(err.kind(), ErrorKind::Invalid);
+        assert!(
+            err.to_string().contains("ignores conditional writes"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn compare_and_swap_fails_from_a_stale_version() -> rockpoint::Result<()> {
+    let store = ObjectStoreStore::new(Arc::new(InMemory::new()), "root").await?;
+    let v1 = store
+        .put_if("jobs/j/_job", bytes::Bytes::from_static(b"1"), None)
+        .await?;
+    assert_eq!(
+        store
+            .put_if("jobs/j/_job", bytes::Bytes::from_static(b"x"), None)
+            .await
+            .err()
+            .map(|e| e.kind()),
+        Some(ErrorKind::Conflict),
+        "create-only swap of an existing record"
     );
+    let v2 = store
+        .put_if("jobs/j/_job", bytes::Bytes::from_static(b"2"), Some(&v1))
+        .await?;
+    assert_eq!(
+        store
+            .put_if("jobs/j/_job", bytes::Bytes::from_static(b"3"), Some(&v1))
+            .await
+            .err()
+            .map(|e| e.kind()),
+        Some(ErrorKind::Conflict),
+        "a swap from a stale version"
+    );
+    let (bytes, version) = store.get_versioned("jobs/j/_job").await?.expect("exists");
+    assert_eq!((&bytes[..], version), (&b"2"[..], v2));
+    Ok(())
 }

@@ -63,25 +63,37 @@ impl ObjectStoreStore {
         }
     }
 
-    /// Writes a probe object twice with create-only semantics; the second write must conflict.
+    /// Writes a probe object twice with create-only semantics — the second write must conflict —
+    /// and then compare-and-swaps it twice from the same version — the second swap must conflict
+    /// (job records and fencing rely on it, G7).
     pub async fn probe_conditional_put(&self) -> Result<()> {
         let path = format!("probes/conditional-put-{}", crate::util::nonce());
-        self.put(&path, Bytes::from_static(b"first"), WriteMode::CreateOnly)
+        let first = self
+            .put_if(&path, Bytes::from_static(b"first"), None)
             .await?;
         let second = self
             .put(&path, Bytes::from_static(b"second"), WriteMode::CreateOnly)
             .await;
-        let honoured = match &second {
-            Err(e) => e.kind() == crate::ErrorKind::Conflict,
-            Ok(()) => false,
-        };
+        fn conflict<T>(result: &Result<T>) -> bool {
+            matches!(result, Err(e) if e.kind() == crate::ErrorKind::Conflict)
+        }
+        let mut honoured = conflict(&second);
+        if honoured {
+            let swapped = self
+                .put_if(&path, Bytes::from_static(b"swapped"), Some(&first))
+                .await;
+            let stale = self
+                .put_if(&path, Bytes::from_static(b"stale"), Some(&first))
+                .await;
+            honoured = swapped.is_ok() && conflict(&stale);
+        }
         self.delete(&path).await?;
         if honoured {
             Ok(())
         } else {
             Err(Error::invalid(format!(
-                "store {} ignores conditional writes (a create-only put overwrote an existing object); \
-                 checkpoints cannot be committed safely on it",
+                "store {} ignores conditional writes (a create-only put or a compare-and-swap from a \
+                 stale version overwrote an object); checkpoints cannot be committed safely on it",
                 self.describe()
             )))
         }
