@@ -59,6 +59,7 @@ async fn contract(store: &dyn Store, scratch: &std::path::Path) -> TestResult {
         store.get_versioned("jobs/a/_job").await?,
         Some((Bytes::from_static(b"2"), v2))
     );
+    store.delete("jobs/a/_job").await?;
 
     // put_file streams a range and refuses bytes that do not match the expected hash.
     let source = scratch.join("source");
