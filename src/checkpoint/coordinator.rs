@@ -310,8 +310,13 @@ impl CoordinatorBuilder {
             }),
         };
         coordinator.claim().await?;
-        coordinator.recover().await?;
+        // Renew from the claim on: a long recovery must not let the lease lapse.
         coordinator.spawn_lease_renewal();
+        if let Err(e) = coordinator.recover().await {
+            // Stop renewing: nobody will use this coordinator.
+            coordinator.lock().closed = true;
+            return Err(e);
+        }
         Ok(coordinator)
     }
 }
