@@ -31,6 +31,7 @@ fn gc_now() -> GcOptions {
     GcOptions {
         grace_period: Duration::ZERO,
         mode: SweepMode::Delete,
+        incomplete_min_age: Duration::ZERO,
         ..GcOptions::default()
     }
 }

@@ -70,6 +70,7 @@ async fn gc_removes_exactly_the_orphans_and_is_idempotent() -> TestResult {
         &GcOptions {
             grace_period: Duration::ZERO,
             mode: SweepMode::DryRun,
+            incomplete_min_age: Duration::ZERO,
             ..GcOptions::default()
         },
     )
@@ -85,6 +86,7 @@ async fn gc_removes_exactly_the_orphans_and_is_idempotent() -> TestResult {
         &GcOptions {
             grace_period: Duration::ZERO,
             mode: SweepMode::Delete,
+            incomplete_min_age: Duration::ZERO,
             ..GcOptions::default()
         },
     )
@@ -105,6 +107,7 @@ async fn gc_removes_exactly_the_orphans_and_is_idempotent() -> TestResult {
         &GcOptions {
             grace_period: Duration::ZERO,
             mode: SweepMode::Delete,
+            incomplete_min_age: Duration::ZERO,
             ..GcOptions::default()
         },
     )
@@ -159,5 +162,30 @@ async fn gc_during_an_uncommitted_upload_keeps_its_files() -> TestResult {
         restore_scan(&*store, &done.path(), dir.path()).await?,
         expected
     );
+    Ok(())
+}
+
+/// A snapshot stages new SSTs as temporary files before publishing them: GC from cron at grace
+/// period 0 must not sweep them from under an upload in flight (they are kept until
+/// `incomplete_min_age`, one hour by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_at_grace_zero_keeps_young_temporaries_of_uploads_in_flight() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("root");
+    let store = local_store(&root)?;
+    std::fs::create_dir_all(root.join("shared"))?;
+    let staged = root.join("shared").join(".staged.tmp-in-flight");
+    std::fs::write(&staged, b"being uploaded")?;
+    let report = collect_garbage(
+        &*store,
+        &GcOptions {
+            grace_period: Duration::ZERO,
+            mode: SweepMode::Delete,
+            ..GcOptions::default()
+        },
+    )
+    .await?;
+    assert!(report.incomplete.is_empty(), "{report:?}");
+    assert!(staged.exists(), "a young temporary survives GC at grace 0");
     Ok(())
 }

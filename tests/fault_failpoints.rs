@@ -62,6 +62,7 @@ async fn check_after_recovery(
     let gc = GcOptions {
         grace_period: Duration::ZERO,
         mode: SweepMode::Delete,
+        incomplete_min_age: Duration::ZERO,
         ..GcOptions::default()
     };
     collect_garbage(&**store, &gc).await?;

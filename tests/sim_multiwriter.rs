@@ -875,6 +875,7 @@ impl Sim {
             grace_period: Duration::ZERO,
             mode: SweepMode::Delete,
             clock_margin: Duration::ZERO,
+            ..GcOptions::default()
         };
         while !self.stop.get() {
             tokio::time::sleep(Duration::from_millis(2 + self.r(20))).await;
@@ -1103,6 +1104,7 @@ fn run_seed(seed: u64, intent_faults: bool) -> Result<Figures, String> {
             grace_period: Duration::ZERO,
             mode: SweepMode::Delete,
             clock_margin: Duration::ZERO,
+            ..GcOptions::default()
         };
         if let Err(e) = rockpoint::collect_garbage(&*sim.arc, &options).await {
             sim.unexpected("final GC pass", &e);

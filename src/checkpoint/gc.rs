@@ -35,6 +35,10 @@ pub struct GcOptions {
     /// How far the clocks of the machines sharing the root may disagree: a lease or a reader
     /// pin counts as expired only this long after its expiry. Default: 30 seconds.
     pub clock_margin: Duration,
+    /// Temporary files of interrupted writes younger than this are kept whatever the grace
+    /// period: an upload in flight is writing them (a snapshot stages new SSTs there). Default:
+    /// one hour.
+    pub incomplete_min_age: Duration,
 }
 
 impl Default for GcOptions {
@@ -43,6 +47,7 @@ impl Default for GcOptions {
             grace_period: Duration::from_secs(3600),
             mode: SweepMode::DryRun,
             clock_margin: Duration::from_millis(CLOCK_MARGIN_MS),
+            incomplete_min_age: Duration::from_secs(3600),
         }
     }
 }
@@ -282,7 +287,10 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
             + private_candidates.iter().map(|(_, s)| s).sum::<u64>();
         report.shared_files = shared_candidates.into_keys().collect();
         report.incomplete = store
-            .sweep_incomplete(options.grace_period, options.mode)
+            .sweep_incomplete(
+                options.grace_period.max(options.incomplete_min_age),
+                options.mode,
+            )
             .await?;
         return Ok(report);
     }
@@ -326,7 +334,10 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
         report.shared_files = shared_candidates.into_keys().collect();
     }
     report.incomplete = store
-        .sweep_incomplete(options.grace_period, options.mode)
+        .sweep_incomplete(
+            options.grace_period.max(options.incomplete_min_age),
+            options.mode,
+        )
         .await?;
     Ok(report)
 }

@@ -238,6 +238,7 @@ pub async fn gc_now(store: &dyn Store) -> TestResult<rockpoint::GcReport> {
         &rockpoint::GcOptions {
             grace_period: std::time::Duration::ZERO,
             mode: rockpoint::SweepMode::Delete,
+            incomplete_min_age: std::time::Duration::ZERO,
             ..rockpoint::GcOptions::default()
         },
     )
