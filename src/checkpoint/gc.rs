@@ -100,11 +100,33 @@ struct View {
 }
 
 impl View {
-    /// Reads pins *before* metadata: a reference only ever moves from a pin to a metadata record
-    /// (the metadata is written before the pin is removed), so a checkpoint that commits while
-    /// GC reads is seen in one of the two listings.
+    /// Reads job records, *then* pins, *then* metadata.
+    /// * Pins before metadata: a reference only ever moves from a pin to a metadata record (the
+    ///   metadata is written before the pin is removed), so a checkpoint that commits while GC
+    ///   reads is seen in one of the two listings.
+    /// * Records before pins: a pin is judged dead by a record showing a newer epoch. Read first,
+    ///   such a record proves the pin's epoch was fenced before the metadata listing began, so
+    ///   anything that epoch committed is in that listing.
     async fn load(store: &dyn Store) -> Result<(View, Vec<ObjectInfo>)> {
         let mut view = View::default();
+        view.requests += 1;
+        for object in store.list("jobs/").await? {
+            if let Some(job) = object
+                .path
+                .strip_prefix("jobs/")
+                .and_then(|rest| rest.strip_suffix("/_job"))
+            {
+                view.requests += 1;
+                let record = match job::read_job(store, job).await {
+                    Ok(record) => record.map(|(r, _)| r),
+                    Err(e) => {
+                        view.unreadable.push(format!("{}: {e}", object.path));
+                        None
+                    }
+                };
+                view.records.insert(job.to_owned(), record);
+            }
+        }
         view.requests += 1;
         for object in store.list("pins/").await? {
             view.requests += 1;
@@ -120,21 +142,7 @@ impl View {
         view.requests += 1;
         let jobs = store.list("jobs/").await?;
         for object in &jobs {
-            if let Some(job) = object
-                .path
-                .strip_prefix("jobs/")
-                .and_then(|rest| rest.strip_suffix("/_job"))
-            {
-                view.requests += 1;
-                let record = match job::read_job(store, job).await {
-                    Ok(record) => record.map(|(r, _)| r),
-                    Err(e) => {
-                        view.unreadable.push(format!("{}: {e}", object.path));
-                        None
-                    }
-                };
-                view.records.insert(job.to_owned(), record);
-            } else if object.path.ends_with("/_metadata") {
+            if object.path.ends_with("/_metadata") {
                 view.requests += 1;
                 match store.get(&object.path).await {
                     Ok(bytes) => match metadata::decode_metadata(&bytes, &object.path) {
