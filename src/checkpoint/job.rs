@@ -27,7 +27,7 @@ pub(crate) const ID_LOW_WATER: u64 = 512;
 /// by someone other than the owner of a lease.
 pub(crate) const CLOCK_MARGIN_MS: u64 = 30_000;
 /// How long a GC deletion intent lives; a pass checks it before each batch of deletes.
-pub(crate) const INTENT_LEASE: Duration = Duration::from_secs(600);
+pub(crate) const INTENT_LEASE: Duration = Duration::from_secs(120);
 
 /// The job record: who owns the job (epoch, lease), which ids it reserved, which checkpoints are
 /// complete. See the module docs and `docs/protocols.md`.
