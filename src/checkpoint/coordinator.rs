@@ -760,16 +760,16 @@ impl CheckpointCoordinator {
             armed: true,
         };
         let result = self.drive(&ticket, backends).await;
-        guard.armed = false;
-        match result {
-            Ok(done) => Ok(done),
-            Err(e) => {
-                if let Err(cleanup) = self.abort(&ticket).await {
-                    tracing::warn!(error = %cleanup, "cleanup after a failed checkpoint failed; GC will finish it");
-                }
-                Err(e)
+        if let Err(e) = &result {
+            // The guard stays armed through the cleanup: a future dropped while it runs still
+            // frees the slot (the spawned cleanup repeats the abort, which is idempotent).
+            tracing::debug!(checkpoint = ticket.checkpoint_id, error = %e, "checkpoint failed; aborting it");
+            if let Err(cleanup) = self.abort(&ticket).await {
+                tracing::warn!(error = %cleanup, "cleanup after a failed checkpoint failed; GC will finish it");
             }
         }
+        guard.armed = false;
+        result
     }
 
     async fn drive(
