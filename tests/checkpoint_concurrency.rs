@@ -429,3 +429,164 @@ async fn staging_left_by_a_killed_process_is_removed_on_reopen() -> TestResult {
     c.checkpoint(&reopened.refs()).await?;
     Ok(())
 }
+
+/// Holds every compare-and-swap of the job record while `hold` is set (and says when one waits).
+#[derive(Debug)]
+struct SwapGate {
+    inner: Arc<dyn Store>,
+    hold: std::sync::atomic::AtomicBool,
+    waiting: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl Store for SwapGate {
+    async fn put(
+        &self,
+        path: &str,
+        data: bytes::Bytes,
+        mode: rockpoint::WriteMode,
+    ) -> rockpoint::Result<()> {
+        self.inner.put(path, data, mode).await
+    }
+    async fn put_file(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+        offset: u64,
+        len: u64,
+        expected: rockpoint::ContentHash,
+    ) -> rockpoint::Result<()> {
+        self.inner.put_file(path, file, offset, len, expected).await
+    }
+    async fn get(&self, path: &str) -> rockpoint::Result<bytes::Bytes> {
+        self.inner.get(path).await
+    }
+    async fn get_versioned(
+        &self,
+        path: &str,
+    ) -> rockpoint::Result<Option<(bytes::Bytes, rockpoint::ObjectVersion)>> {
+        self.inner.get_versioned(path).await
+    }
+    async fn put_if(
+        &self,
+        path: &str,
+        data: bytes::Bytes,
+        expected: Option<&rockpoint::ObjectVersion>,
+    ) -> rockpoint::Result<rockpoint::ObjectVersion> {
+        if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            let released = self.release.notified();
+            self.waiting.notify_one();
+            released.await;
+        }
+        self.inner.put_if(path, data, expected).await
+    }
+    async fn get_stream(
+        &self,
+        path: &str,
+    ) -> rockpoint::Result<(
+        u64,
+        futures::stream::BoxStream<'static, rockpoint::Result<bytes::Bytes>>,
+    )> {
+        self.inner.get_stream(path).await
+    }
+    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::ObjectInfo>> {
+        self.inner.head(path).await
+    }
+    async fn delete(&self, path: &str) -> rockpoint::Result<()> {
+        self.inner.delete(path).await
+    }
+    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::ObjectInfo>> {
+        self.inner.list(prefix).await
+    }
+    async fn sweep_incomplete(
+        &self,
+        older_than: Duration,
+        mode: SweepMode,
+    ) -> rockpoint::Result<Vec<String>> {
+        self.inner.sweep_incomplete(older_than, mode).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn stage_file(
+        &self,
+        file: &std::path::Path,
+        offset: u64,
+        len: u64,
+    ) -> rockpoint::Result<rockpoint::Staged> {
+        self.inner.stage_file(file, offset, len).await
+    }
+    async fn publish_staged(&self, staged: rockpoint::Staged, path: &str) -> rockpoint::Result<()> {
+        self.inner.publish_staged(staged, path).await
+    }
+    async fn discard_staged(&self, staged: rockpoint::Staged) -> rockpoint::Result<()> {
+        self.inner.discard_staged(staged).await
+    }
+}
+
+/// A `checkpoint()` future dropped while it aborts after a failed upload (here: while the abort's
+/// job-record swap is held) must still free its slot: shutdown returns, the next checkpoint works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_dropped_during_its_abort_frees_its_slot() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let test_store = TestStore::new(local_store(&dir.path().join("root"))?);
+    let gate = Arc::new(SwapGate {
+        inner: test_store.clone(),
+        hold: false.into(),
+        waiting: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let store: Arc<dyn Store> = gate.clone();
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
+    job.write(2_000)?;
+    c.checkpoint(&job.refs()).await?;
+    job.write(2_000)?;
+    job.backends[0].flush()?;
+
+    // The upload fails, so the checkpoint aborts; its abort's swap is held, and then the future
+    // is dropped (the task is aborted).
+    let started = test_store
+        .uploads_started
+        .load(std::sync::atomic::Ordering::SeqCst);
+    test_store
+        .fail_uploads_after
+        .store(started, std::sync::atomic::Ordering::SeqCst);
+    gate.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let waiting = gate.waiting.notified();
+    let running = {
+        let c = c.clone();
+        let backends = job.backends.clone();
+        tokio::spawn(async move { c.checkpoint(&backends.iter().collect::<Vec<_>>()).await })
+    };
+    waiting.await;
+    running.abort();
+    let _ = running.await;
+    test_store
+        .fail_uploads_after
+        .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    gate.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    gate.release.notify_waiters();
+
+    let next = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match c.checkpoint(&job.refs()).await {
+                Err(e) if e.to_string().contains("already in flight") => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                other => return other,
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the dropped checkpoint's slot was never freed")??;
+    assert_eq!(
+        restore_scan(&*store, &next.path(), dir.path()).await?,
+        job.scan()?
+    );
+    tokio::time::timeout(Duration::from_secs(30), c.shutdown(JobEnd::Suspended))
+        .await
+        .map_err(|_| "shutdown waited forever for the dropped checkpoint")??;
+    Ok(())
+}
