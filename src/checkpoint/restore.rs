@@ -765,7 +765,7 @@ impl CheckpointCoordinator {
                     let _ = std::fs::remove_dir_all(dir);
                 }
                 store.delete(&pin_path).await.ok();
-                return Err(e);
+                return Err(self.explain_download_failure(&metadata, e).await);
             }
             done.push(target.dir.clone());
         }
@@ -790,6 +790,34 @@ impl CheckpointCoordinator {
             .zip(targets)
             .map(|(handle, target)| open_restored(handle, target))
             .collect()
+    }
+
+    /// A file missing under a restore whose pin was live is damage; but the pin dies when this
+    /// coordinator is fenced, and the checkpoint may have been discarded before the pin was seen:
+    /// those are reported as what they are, never as corruption.
+    async fn explain_download_failure(&self, source: &CheckpointMetadata, error: Error) -> Error {
+        if error.kind() != ErrorKind::Corruption {
+            return error;
+        }
+        if let Ok(Some((record, _))) = job::read_job(&**self.store(), self.job_id()).await
+            && record.epoch > self.epoch()
+        {
+            return Error::fenced(format!(
+                "job `{}` was taken over (epoch {}) while this coordinator (epoch {}) restored \
+                 `{}`; its reader pin died with its epoch ({error})",
+                self.job_id(),
+                record.epoch,
+                self.epoch(),
+                source.metadata_path()
+            ));
+        }
+        match ensure_complete(&**self.store(), source).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => Error::not_found(format!(
+                "checkpoint `{}` was discarded while it was being restored ({error})",
+                source.metadata_path()
+            )),
+            _ => error,
+        }
     }
 
     async fn claim_checkpoint(
