@@ -1208,8 +1208,7 @@ impl CheckpointCoordinator {
             leftovers.insert((kind, id));
         }
         for object in self.st().list(&format!("pins/{job}/")).await? {
-            let name = object.path.rsplit('/').next().unwrap_or_default();
-            if name.starts_with("read-") {
+            if metadata::is_reader_pin_path(&object.path) {
                 continue; // another actor's reader pin on one of our checkpoints
             }
             // Snapshot pins of older epochs of this job. A newer epoch's pins are the live

@@ -458,12 +458,7 @@ fn reader_pinned(
     margin_ms: u64,
 ) -> BTreeSet<(String, u64)> {
     pins.iter()
-        .filter(|(info, _)| {
-            info.path
-                .rsplit('/')
-                .next()
-                .is_some_and(|name| name.starts_with("read-"))
-        })
+        .filter(|(info, _)| metadata::is_reader_pin_path(&info.path))
         .filter(|(_, pin)| view.pin_live(pin, now_ms, margin_ms))
         .filter_map(|(_, pin)| Some((pin.job_id.clone(), pin.checkpoint_id?)))
         .collect()
@@ -483,12 +478,7 @@ async fn spare_read_records(
     }
     let mut pins = Vec::new();
     for object in store.list("pins/").await? {
-        let is_reader = object
-            .path
-            .rsplit('/')
-            .next()
-            .is_some_and(|name| name.starts_with("read-"));
-        if !is_reader {
+        if !metadata::is_reader_pin_path(&object.path) {
             continue;
         }
         match store.get(&object.path).await {

@@ -225,11 +225,15 @@ pub(crate) async fn wait_for_intents(
             let live = match store.get(&object.path).await {
                 Ok(bytes) => match decode_intent(&bytes, &object.path) {
                     Ok(intent) => {
-                        let before = named.len();
-                        named.extend(intent.hashes.iter().filter(|h| hashes.contains(h)));
-                        !intent.expired(now) && named.len() > before
-                            || !intent.expired(now)
-                                && intent.hashes.iter().any(|h| hashes.contains(h))
+                        let ours: Vec<ContentHash> = intent
+                            .hashes
+                            .iter()
+                            .copied()
+                            .filter(|h| hashes.contains(h))
+                            .collect();
+                        let live = !intent.expired(now) && !ours.is_empty();
+                        named.extend(ours);
+                        live
                     }
                     Err(_) => object
                         .modified

@@ -510,6 +510,13 @@ pub(crate) fn reader_pin_path(src_job: &str, kind: SnapshotKind, id: u64) -> Str
     )
 }
 
+/// Whether `path` is a reader pin (`pins/<src>/read-…`), the one place that shape is parsed.
+pub(crate) fn is_reader_pin_path(path: &str) -> bool {
+    path.strip_prefix("pins/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, name)| name.starts_with("read-"))
+}
+
 /// The prefix of every reader pin on one checkpoint.
 pub(crate) fn reader_pin_prefix(src_job: &str, kind: SnapshotKind, id: u64) -> String {
     format!("pins/{src_job}/read-{}-{id:020}-", kind.dir_prefix())
