@@ -814,3 +814,62 @@ async fn claim_that_loses_every_source_swap_still_discards_the_retained_source()
         Err(problems.join("; ").into())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. (Found by the simulation, seed 4111.) A zombie's restore loses its files once its reader pin
+//    dies with its fenced epoch, and reported that as corruption.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_by_a_fenced_coordinator_reports_fenced_not_corruption() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let local = local_store(&dir.path().join("root"))?;
+    let gates = GateStore::new(local.clone());
+    let store: Arc<dyn Store> = gates.clone();
+    let a = CheckpointCoordinator::open(store.clone(), "a", cfg(1, 1)).await?;
+    let mut job = TestJob::open(&dir.path().join("a"), 1, 2_000)?;
+    rewrite(&mut job, 4_000)?;
+    let first = a.checkpoint(&job.refs()).await?;
+
+    // B1 restores a's checkpoint 1 without claim; its download is held at its first shared file.
+    let b1 = CheckpointCoordinator::open(store.clone(), "b", cfg(1, 1)).await?;
+    let read_gate = gates.hold(&["append_verified"], "shared/");
+    let restoring = tokio::spawn({
+        let b1 = b1.clone();
+        let source = RestoreSource::Metadata(first.path());
+        let target = RestoreTarget {
+            dir: dir.path().join("b1"),
+            key_groups: ranges(1)[0],
+            settings: settings(),
+        };
+        async move {
+            b1.restore(&source, &[target], ClaimMode::NoClaim)
+                .await
+                .map(|_| ())
+        }
+    });
+    read_gate.reached().await;
+
+    // a subsumes checkpoint 1; B2 takes job b over (B1's reader pin dies with its epoch); GC then
+    // frees checkpoint 1's files.
+    rewrite(&mut job, 4_000)?;
+    a.checkpoint(&job.refs()).await?;
+    let _b2 = CheckpointCoordinator::open(store.clone(), "b", cfg(1, 1)).await?;
+    let gc = gc_now(&*local).await?;
+    assert!(
+        !gc.shared_files.is_empty(),
+        "precondition: GC freed checkpoint 1's files once the reader's epoch was fenced: {gc:?}"
+    );
+    read_gate.release();
+    match restoring.await? {
+        Ok(()) => {
+            Err("the fenced coordinator's restore reported success over deleted files".into())
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::Fenced | ErrorKind::NotFound) => Ok(()),
+        Err(e) => Err(format!(
+            "a fenced coordinator's restore reported {:?}: {e}",
+            e.kind()
+        )
+        .into()),
+    }
+}
