@@ -20,13 +20,12 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::metadata::Segment;
 use crate::codec;
 use crate::error::{Error, ErrorDetail, Result};
 use crate::keygroup::{KeyGroupRange, check_max_parallelism};
 use crate::settings::{BackendSettings, Compression, WalMode};
 use crate::state::{StateCore, StateDescriptor};
-use crate::store::ContentHash;
+use crate::hash::{ContentHash, Segment};
 
 /// Version of the key layout and descriptor format stored in a backend directory.
 const BACKEND_FORMAT_VERSION: u32 = 1;

@@ -23,7 +23,9 @@ mod codec;
 mod error;
 mod faults;
 mod fs;
+mod hash;
 mod keygroup;
+mod layout;
 mod settings;
 mod state;
 mod store;
@@ -38,8 +40,8 @@ pub use checkpoint::coordinator::{
 pub use checkpoint::gc::{GcOptions, GcReport, collect_garbage};
 pub use checkpoint::job::{JobRecord, job_record};
 pub use checkpoint::metadata::{
-    BackendHandle, CheckpointMetadata, LogFile, METADATA_FORMAT_VERSION, PrivateFile, Segment,
-    SharedFile, SnapshotKind,
+    BackendHandle, CheckpointMetadata, LogFile, METADATA_FORMAT_VERSION, PrivateFile,
+    SharedFile,
 };
 pub use checkpoint::restore::{
     ClaimMode, DownloadReport, Progress, RestoreSource, RestoreTarget, VerifyReport, backend_for,
@@ -52,8 +54,10 @@ pub use fs::{Fs, FsEntry, FsRead, FsWrite, StdFs};
 pub use keygroup::{KeyGroupRange, MAX_PARALLELISM_LIMIT, key_group_of};
 pub use settings::{BackendSettings, Compression, WalMode};
 pub use state::{ListState, MapState, ReducingState, StateDescriptor, StateKind, ValueState};
+pub use hash::{ContentHash, Segment};
+pub use layout::SnapshotKind;
 pub use store::{
-    ContentHash, LocalStore, ObjectInfo, ObjectStoreStore, ObjectVersion, Staged, Store, SweepMode,
+    LocalStore, ObjectInfo, ObjectStoreStore, ObjectVersion, Staged, Store, SweepMode,
     WriteMode,
 };
 

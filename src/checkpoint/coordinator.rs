@@ -19,15 +19,17 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use super::job::{self, ID_BLOCK, ID_LOW_WATER, JobRecord};
-use super::metadata::{
-    self, BackendHandle, CheckpointMetadata, SnapshotKind, checkpoint_dir, metadata_path,
-    parse_checkpoint_path, reader_pin_prefix, snapshot_pin_prefix,
-};
+use super::metadata::{self, BackendHandle, CheckpointMetadata};
 use super::{CheckpointTicket, TicketState};
 use crate::backend::KeyedStateBackend;
 use crate::error::{Error, Result};
 use crate::faults::FaultRegistry;
-use crate::store::{ContentHash, ObjectVersion, Store, WriteMode};
+use crate::hash::ContentHash;
+use crate::layout::{
+    self, SnapshotKind, checkpoint_dir, metadata_path, parse_checkpoint_path, reader_pin_prefix,
+    snapshot_pin_prefix,
+};
+use crate::store::{ObjectVersion, Store, WriteMode};
 
 /// What happens to a job's retained checkpoints when it is cancelled (Flink's
 /// `ExternalizedCheckpointCleanup`).
@@ -278,7 +280,7 @@ impl CoordinatorBuilder {
     /// Claims the job (a new epoch: every older coordinator of the job is fenced from here on),
     /// runs startup recovery (O1–O3) and starts renewing the lease.
     pub async fn open(self) -> Result<CheckpointCoordinator> {
-        metadata::validate_job_id(&self.job_id)?;
+        layout::validate_job_id(&self.job_id)?;
         self.settings.validate()?;
         let coordinator = CheckpointCoordinator {
             inner: Arc::new(CoordInner {
@@ -508,10 +510,11 @@ impl CheckpointCoordinator {
         let job = &self.inner.job_id;
         let mut record = JobRecord::new(job);
         let mut max_id = 0;
-        for object in self.st().list(&format!("jobs/{job}/")).await? {
-            let Some((_, kind, id, rest)) = parse_checkpoint_path(&object.path) else {
+        for object in self.st().list(&layout::job_prefix(job)).await? {
+            let Some(parsed) = parse_checkpoint_path(&object.path) else {
                 continue;
             };
+            let (kind, id) = (parsed.kind, parsed.id);
             if id >= u64::MAX / 4 {
                 tracing::warn!(
                     path = object.path,
@@ -520,7 +523,7 @@ impl CheckpointCoordinator {
                 continue;
             }
             max_id = max_id.max(id);
-            if rest == "_metadata" {
+            if parsed.is_metadata() {
                 match kind {
                     SnapshotKind::Checkpoint => record.retained.push(id),
                     SnapshotKind::Savepoint => record.savepoints.push(id),
@@ -1187,8 +1190,9 @@ impl CheckpointCoordinator {
             .ok_or_else(|| Error::invalid("the coordinator has not claimed its job"))?;
         // O2
         let mut leftovers: BTreeSet<(SnapshotKind, u64)> = BTreeSet::new();
-        for object in self.st().list(&format!("jobs/{job}/")).await? {
-            let Some((_, kind, id, _)) = parse_checkpoint_path(&object.path) else {
+        for object in self.st().list(&layout::job_prefix(&job)).await? {
+            let Some(layout::CheckpointPath { kind, id, .. }) = parse_checkpoint_path(&object.path)
+            else {
                 continue;
             };
             let complete = match kind {
@@ -1207,8 +1211,8 @@ impl CheckpointCoordinator {
             }
             leftovers.insert((kind, id));
         }
-        for object in self.st().list(&format!("pins/{job}/")).await? {
-            if metadata::is_reader_pin_path(&object.path) {
+        for object in self.st().list(&layout::job_pins_prefix(&job)).await? {
+            if layout::is_reader_pin_path(&object.path) {
                 continue; // another actor's reader pin on one of our checkpoints
             }
             // Snapshot pins of older epochs of this job. A newer epoch's pins are the live

@@ -16,12 +16,11 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::job::{self, CLOCK_MARGIN_MS, DeletionIntent, INTENT_LEASE, JobRecord};
-use super::metadata::{
-    self, CheckpointMetadata, PinOwner, PinRecord, SnapshotKind, parse_checkpoint_path,
-    parse_shared_path,
-};
+use super::metadata::{self, CheckpointMetadata, PinOwner, PinRecord};
 use crate::error::{ErrorKind, Result};
-use crate::store::{ContentHash, ObjectInfo, Store, SweepMode, WriteMode};
+use crate::hash::ContentHash;
+use crate::layout::{self, SnapshotKind, parse_checkpoint_path, parse_shared_path};
+use crate::store::{ObjectInfo, Store, SweepMode, WriteMode};
 
 /// What GC may remove.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,12 +109,8 @@ impl View {
     async fn load(store: &dyn Store) -> Result<(View, Vec<ObjectInfo>)> {
         let mut view = View::default();
         view.requests += 1;
-        for object in store.list("jobs/").await? {
-            if let Some(job) = object
-                .path
-                .strip_prefix("jobs/")
-                .and_then(|rest| rest.strip_suffix("/_job"))
-            {
+        for object in store.list(layout::JOBS).await? {
+            if let Some(job) = layout::parse_job_record_path(&object.path) {
                 view.requests += 1;
                 let record = match job::read_job(store, job).await {
                     Ok(record) => record.map(|(r, _)| r),
@@ -128,7 +123,7 @@ impl View {
             }
         }
         view.requests += 1;
-        for object in store.list("pins/").await? {
+        for object in store.list(layout::PINS).await? {
             view.requests += 1;
             match store.get(&object.path).await {
                 Ok(bytes) => match metadata::decode_pin(&bytes, &object.path) {
@@ -140,9 +135,9 @@ impl View {
             }
         }
         view.requests += 1;
-        let jobs = store.list("jobs/").await?;
+        let jobs = store.list(layout::JOBS).await?;
         for object in &jobs {
-            if object.path.ends_with("/_metadata") {
+            if parse_checkpoint_path(&object.path).is_some_and(|p| p.is_metadata()) {
                 view.requests += 1;
                 match store.get(&object.path).await {
                     Ok(bytes) => match metadata::decode_metadata(&bytes, &object.path) {
@@ -208,8 +203,8 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
         ..GcReport::default()
     };
     // G1
-    let shared = store.list("shared/").await?;
-    let intents = store.list("gc/").await?;
+    let shared = store.list(layout::SHARED).await?;
+    let intents = store.list(layout::INTENTS).await?;
     report.requests += 2;
     let (mut view, jobs) = View::load(store).await?;
     report.requests += view.requests;
@@ -240,7 +235,7 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
     let mut private_candidates = orphaned_records(&view, &jobs, now, margin_ms, &old);
     let orphans: HashSet<String> = private_candidates
         .iter()
-        .filter(|(path, _)| path.ends_with("/_metadata"))
+        .filter(|(path, _)| parse_checkpoint_path(path).is_some_and(|p| p.is_metadata()))
         .map(|(path, _)| path.clone())
         .collect();
     let referenced = view.referenced(now, margin_ms, &orphans);
@@ -318,7 +313,7 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
             expires_at_ms: crate::util::now_ms() + INTENT_LEASE.as_millis() as u64,
             hashes: shared_candidates.values().map(|(h, _)| *h).collect(),
         };
-        let intent_path = format!("gc/{}", crate::util::nonce());
+        let intent_path = layout::intent_path();
         report.requests += 1;
         store
             .put(
@@ -420,10 +415,11 @@ fn orphaned_records(
     let read = reader_pinned(&view.pins, view, now_ms, margin_ms);
     let mut out = Vec::new();
     for object in jobs {
-        let Some((job, kind, id, _)) = parse_checkpoint_path(&object.path) else {
+        let Some(layout::CheckpointPath { job, kind, id, .. }) = parse_checkpoint_path(&object.path)
+        else {
             continue;
         };
-        let Some(Some(record)) = view.records.get(&job) else {
+        let Some(Some(record)) = view.records.get(job) else {
             continue;
         };
         let complete = match kind {
@@ -439,7 +435,7 @@ fn orphaned_records(
         if complete
             || owners_business
             || id >= record.next_id
-            || read.contains(&(job.clone(), id))
+            || read.contains(&(job.to_owned(), id))
             || !old(object)
         {
             continue;
@@ -458,7 +454,7 @@ fn reader_pinned(
     margin_ms: u64,
 ) -> BTreeSet<(String, u64)> {
     pins.iter()
-        .filter(|(info, _)| metadata::is_reader_pin_path(&info.path))
+        .filter(|(info, _)| layout::is_reader_pin_path(&info.path))
         .filter(|(_, pin)| view.pin_live(pin, now_ms, margin_ms))
         .filter_map(|(_, pin)| Some((pin.job_id.clone(), pin.checkpoint_id?)))
         .collect()
@@ -477,8 +473,8 @@ async fn spare_read_records(
         return Ok(());
     }
     let mut pins = Vec::new();
-    for object in store.list("pins/").await? {
-        if !metadata::is_reader_pin_path(&object.path) {
+    for object in store.list(layout::PINS).await? {
+        if !layout::is_reader_pin_path(&object.path) {
             continue;
         }
         match store.get(&object.path).await {
@@ -496,7 +492,7 @@ async fn spare_read_records(
     }
     let read = reader_pinned(&pins, view, crate::util::now_ms(), margin_ms);
     candidates.retain(|(path, _)| {
-        parse_checkpoint_path(path).is_none_or(|(job, _, id, _)| !read.contains(&(job, id)))
+        parse_checkpoint_path(path).is_none_or(|p| !read.contains(&(p.job.to_owned(), p.id)))
     });
     Ok(())
 }

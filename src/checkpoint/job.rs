@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::metadata::{seal, unseal};
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{ContentHash, ObjectVersion, Store};
+use crate::hash::ContentHash;
+use crate::layout;
+use crate::store::{ObjectVersion, Store};
 
 pub(crate) const JOB_MAGIC: &[u8; 8] = b"RKPTJOB\0";
 pub(crate) const INTENT_MAGIC: &[u8; 8] = b"RKPTGCI\0";
@@ -82,7 +84,7 @@ impl JobRecord {
     }
 
     fn validate(&self) -> Result<()> {
-        super::metadata::validate_job_id(&self.job_id)
+        layout::validate_job_id(&self.job_id)
             .map_err(|e| Error::corruption(e.to_string()))?;
         let sorted = |ids: &[u64]| ids.windows(2).all(|w| w[0] < w[1]);
         let bounded = |ids: &[u64]| ids.iter().all(|&id| id >= 1 && id < self.next_id);
@@ -107,11 +109,6 @@ impl JobRecord {
     }
 }
 
-/// `jobs/<job>/_job`.
-pub(crate) fn job_record_path(job_id: &str) -> String {
-    format!("jobs/{job_id}/_job")
-}
-
 pub(crate) fn encode_job(record: &JobRecord) -> Result<Bytes> {
     record.validate()?;
     let body = rmp_serde::to_vec_named(record)
@@ -120,7 +117,7 @@ pub(crate) fn encode_job(record: &JobRecord) -> Result<Bytes> {
 }
 
 pub(crate) fn decode_job(bytes: &[u8], job_id: &str) -> Result<JobRecord> {
-    let what = format!("job record `{}`", job_record_path(job_id));
+    let what = format!("job record `{}`", layout::job_record_path(job_id));
     let body = unseal(JOB_MAGIC, bytes, &what)?;
     let record: JobRecord = rmp_serde::from_slice(body)
         .map_err(|e| Error::corruption(format!("{what}: undecodable body: {e}")))?;
@@ -141,7 +138,7 @@ pub(crate) async fn read_job(
     store: &dyn Store,
     job_id: &str,
 ) -> Result<Option<(JobRecord, ObjectVersion)>> {
-    match store.get_versioned(&job_record_path(job_id)).await? {
+    match store.get_versioned(&layout::job_record_path(job_id)).await? {
         Some((bytes, version)) => Ok(Some((decode_job(&bytes, job_id)?, version))),
         None => Ok(None),
     }
@@ -149,7 +146,7 @@ pub(crate) async fn read_job(
 
 /// The job's record, or `None` if it has none (public read-only view).
 pub async fn job_record(store: &dyn Store, job_id: &str) -> Result<Option<JobRecord>> {
-    super::metadata::validate_job_id(job_id)?;
+    layout::validate_job_id(job_id)?;
     Ok(read_job(store, job_id).await?.map(|(record, _)| record))
 }
 
@@ -163,13 +160,13 @@ pub(crate) async fn swap_job(
 ) -> Result<Option<ObjectVersion>> {
     let bytes = encode_job(record)?;
     match store
-        .put_if(&job_record_path(&record.job_id), bytes.clone(), version)
+        .put_if(&layout::job_record_path(&record.job_id), bytes.clone(), version)
         .await
     {
         Ok(version) => Ok(Some(version)),
         Err(e) if e.kind() == ErrorKind::Conflict => Ok(None),
         Err(e) if e.kind() == ErrorKind::Poisoned => Err(e),
-        Err(e) => match store.get_versioned(&job_record_path(&record.job_id)).await {
+        Err(e) => match store.get_versioned(&layout::job_record_path(&record.job_id)).await {
             Ok(Some((found, version))) if found == bytes => Ok(Some(version)),
             Ok(_) => Ok(None),
             Err(_) => Err(e),
@@ -220,7 +217,7 @@ pub(crate) async fn wait_for_intents(
     let mut named = std::collections::HashSet::new();
     loop {
         let mut blocking = None;
-        for object in store.list("gc/").await? {
+        for object in store.list(layout::INTENTS).await? {
             let now = crate::util::now_ms();
             let live = match store.get(&object.path).await {
                 Ok(bytes) => match decode_intent(&bytes, &object.path) {

@@ -12,7 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::keygroup::{KeyGroupRange, check_max_parallelism};
 use crate::state::StateDescriptor;
-use crate::store::{ContentHash, validate_object_path};
+use crate::hash::{ContentHash, Segment};
+use crate::layout::{
+    SnapshotKind, backend_tag, metadata_path, private_file_path, validate_job_id,
+    validate_object_path,
+};
 
 pub(crate) const METADATA_MAGIC: &[u8; 8] = b"RKPTMETA";
 pub(crate) const PIN_MAGIC: &[u8; 8] = b"RKPTPIN\0";
@@ -26,25 +30,6 @@ pub(crate) const MAX_SEGMENTS: usize = 128;
 const MAX_FILES_PER_BACKEND: usize = 1_000_000;
 const MAX_BACKENDS: usize = 32_768;
 
-/// Whether a snapshot is a checkpoint (owned by the engine) or a savepoint (owned by the user).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SnapshotKind {
-    /// Retained and discarded by the engine according to the retention settings.
-    Checkpoint,
-    /// Never discarded by the engine.
-    Savepoint,
-}
-
-impl SnapshotKind {
-    pub(crate) fn dir_prefix(self) -> &'static str {
-        match self {
-            SnapshotKind::Checkpoint => "chk",
-            SnapshotKind::Savepoint => "sp",
-        }
-    }
-}
-
 /// An immutable SST stored once under its content hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedFile {
@@ -54,15 +39,6 @@ pub struct SharedFile {
     pub size: u64,
     /// Its name in the RocksDB directory (`000123.sst`).
     pub local_name: String,
-}
-
-/// One content-addressed piece of a log file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Segment {
-    /// BLAKE3 of the segment's bytes.
-    pub hash: ContentHash,
-    /// Size in bytes.
-    pub size: u64,
 }
 
 /// A WAL or MANIFEST file: the concatenation of its segments.
@@ -216,12 +192,7 @@ impl BackendHandle {
             // A private file lives in its own checkpoint's directory, under its own name: a discard
             // or claim deletes these paths, so one pointing anywhere else would delete someone
             // else's record.
-            let own = format!(
-                "{}/{}/{}",
-                checkpoint_dir(job_id, kind, id),
-                self.tag(),
-                file.local_name
-            );
+            let own = private_file_path(job_id, kind, id, &self.tag(), &file.local_name);
             if file.path != own {
                 return Err(Error::corruption(format!(
                     "private file `{}` of checkpoint {id} of job `{job_id}` is not `{own}`",
@@ -427,104 +398,6 @@ pub(crate) fn decode_pin(bytes: &[u8], path: &str) -> Result<PinRecord> {
     let body = unseal(PIN_MAGIC, bytes, &what)?;
     rmp_serde::from_slice(body)
         .map_err(|e| Error::corruption(format!("{what}: undecodable body: {e}")))
-}
-
-/// Job ids name directories: 1 to 128 characters of `[A-Za-z0-9_-]`.
-pub(crate) fn validate_job_id(job_id: &str) -> Result<()> {
-    let ok = !job_id.is_empty()
-        && job_id.len() <= 128
-        && job_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "job id `{job_id}`: use 1 to 128 characters of [A-Za-z0-9_-]"
-        )))
-    }
-}
-
-/// `jobs/<job>/<chk|sp>-<id:020>` — the directory of one checkpoint.
-pub(crate) fn checkpoint_dir(job_id: &str, kind: SnapshotKind, id: u64) -> String {
-    format!("jobs/{job_id}/{}-{id:020}", kind.dir_prefix())
-}
-
-/// The commit record path of a checkpoint.
-pub(crate) fn metadata_path(job_id: &str, kind: SnapshotKind, id: u64) -> String {
-    format!("{}/_metadata", checkpoint_dir(job_id, kind, id))
-}
-
-/// Parses `jobs/<job>/<chk|sp>-<id>/...` into its job, kind and id.
-pub(crate) fn parse_checkpoint_path(path: &str) -> Option<(String, SnapshotKind, u64, String)> {
-    let mut parts = path.splitn(4, '/');
-    if parts.next()? != "jobs" {
-        return None;
-    }
-    let job = parts.next()?.to_owned();
-    let dir = parts.next()?;
-    let rest = parts.next().unwrap_or("").to_owned();
-    let (kind, id) = if let Some(id) = dir.strip_prefix("chk-") {
-        (SnapshotKind::Checkpoint, id)
-    } else if let Some(id) = dir.strip_prefix("sp-") {
-        (SnapshotKind::Savepoint, id)
-    } else {
-        return None;
-    };
-    if id.len() != 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some((job, kind, id.parse().ok()?, rest))
-}
-
-/// Where a shared file lives: `shared/<first two hex digits>/<hex>`.
-pub(crate) fn shared_path(hash: &ContentHash) -> String {
-    let hex = hash.to_hex();
-    format!("shared/{}/{hex}", &hex[..2])
-}
-
-/// Parses a shared file path back into its hash.
-pub(crate) fn parse_shared_path(path: &str) -> Option<ContentHash> {
-    let rest = path.strip_prefix("shared/")?;
-    let (fan, hex) = rest.split_once('/')?;
-    let hash: ContentHash = hex.parse().ok()?;
-    (hex.starts_with(fan) && fan.len() == 2).then_some(hash)
-}
-
-/// `kg-<start>-<end>`: names a backend's private directory and pin.
-pub(crate) fn backend_tag(range: KeyGroupRange) -> String {
-    format!("kg-{:05}-{:05}", range.start(), range.end())
-}
-
-/// `pins/<job>/<chk|sp>-<id:020>-<tag>` — the pin of one backend's in-flight snapshot.
-pub(crate) fn snapshot_pin_path(job_id: &str, kind: SnapshotKind, id: u64, tag: &str) -> String {
-    format!("pins/{job_id}/{}-{id:020}-{tag}", kind.dir_prefix())
-}
-
-/// `pins/<src>/read-<chk|sp>-<id:020>-<nonce>` — a reader's pin on a checkpoint of job `src`.
-pub(crate) fn reader_pin_path(src_job: &str, kind: SnapshotKind, id: u64) -> String {
-    format!(
-        "{}{}",
-        reader_pin_prefix(src_job, kind, id),
-        crate::util::nonce()
-    )
-}
-
-/// Whether `path` is a reader pin (`pins/<src>/read-…`), the one place that shape is parsed.
-pub(crate) fn is_reader_pin_path(path: &str) -> bool {
-    path.strip_prefix("pins/")
-        .and_then(|rest| rest.split_once('/'))
-        .is_some_and(|(_, name)| name.starts_with("read-"))
-}
-
-/// The prefix of every reader pin on one checkpoint.
-pub(crate) fn reader_pin_prefix(src_job: &str, kind: SnapshotKind, id: u64) -> String {
-    format!("pins/{src_job}/read-{}-{id:020}-", kind.dir_prefix())
-}
-
-/// The prefix of every pin of one in-flight checkpoint.
-pub(crate) fn snapshot_pin_prefix(job_id: &str, kind: SnapshotKind, id: u64) -> String {
-    format!("pins/{job_id}/{}-{id:020}-", kind.dir_prefix())
 }
 
 #[derive(Clone, Copy)]

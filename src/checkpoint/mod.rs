@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 use crate::faults::FaultRegistry;
-use crate::store::ContentHash;
-use metadata::SnapshotKind;
+use crate::hash::ContentHash;
+use crate::layout::SnapshotKind;
 
 pub(crate) struct TicketState {
     pub(crate) cancelled: AtomicBool,

@@ -16,15 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use super::coordinator::CheckpointCoordinator;
 use super::job;
-use super::metadata::{
-    self, BackendHandle, CheckpointMetadata, PinRecord, SnapshotKind, checkpoint_dir,
-    parse_checkpoint_path, shared_path,
-};
+use super::metadata::{self, BackendHandle, CheckpointMetadata, PinRecord};
 use crate::backend::{DB_DIR, KeyedStateBackend};
-use crate::error::{Error, ErrorDetail, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::keygroup::KeyGroupRange;
 use crate::settings::BackendSettings;
-use crate::store::{ContentHash, Store, WriteMode};
+use crate::hash::{ContentHash, Verifier};
+use crate::layout::{self, SnapshotKind, checkpoint_dir, parse_checkpoint_path, shared_path};
+use crate::store::{Store, WriteMode, missing_as_corruption};
 
 /// Where to restore from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,11 +40,11 @@ impl RestoreSource {
     /// Parses `latest:<job>`, a metadata path, or a checkpoint directory path (relative to the root).
     pub fn parse(text: &str) -> Result<Self> {
         if let Some(job) = text.strip_prefix("latest:") {
-            metadata::validate_job_id(job)?;
+            layout::validate_job_id(job)?;
             return Ok(RestoreSource::Latest(job.to_owned()));
         }
         let trimmed = text.trim_matches('/');
-        if trimmed.ends_with("/_metadata") {
+        if trimmed.rsplit('/').next() == Some(layout::METADATA) {
             Ok(RestoreSource::Metadata(trimmed.to_owned()))
         } else {
             Ok(RestoreSource::Directory(trimmed.to_owned()))
@@ -95,7 +94,9 @@ pub async fn read_metadata(
 ) -> Result<(String, CheckpointMetadata)> {
     let path = match source {
         RestoreSource::Metadata(path) => path.clone(),
-        RestoreSource::Directory(dir) => format!("{}/_metadata", dir.trim_end_matches('/')),
+        RestoreSource::Directory(dir) => {
+            format!("{}/{}", dir.trim_end_matches('/'), layout::METADATA)
+        }
         RestoreSource::Latest(job) => latest_checkpoint(store, job).await?.ok_or_else(|| {
             Error::not_found(format!(
                 "job `{job}` has no committed checkpoint in {}",
@@ -103,7 +104,7 @@ pub async fn read_metadata(
             ))
         })?,
     };
-    if parse_checkpoint_path(&path).is_none_or(|(_, _, _, rest)| rest != "_metadata") {
+    if parse_checkpoint_path(&path).is_none_or(|parsed| !parsed.is_metadata()) {
         return Err(Error::invalid(format!(
             "`{path}` is not a checkpoint metadata path (jobs/<job>/chk-<id>/_metadata)"
         )));
@@ -163,7 +164,7 @@ pub(crate) async fn pin_for_reading(
     hashes: &[ContentHash],
     owner: metadata::PinOwner,
 ) -> Result<String> {
-    let path = metadata::reader_pin_path(&metadata.job_id, metadata.kind, metadata.checkpoint_id);
+    let path = layout::reader_pin_path(&metadata.job_id, metadata.kind, metadata.checkpoint_id);
     let pin = PinRecord {
         job_id: metadata.job_id.clone(),
         checkpoint_id: Some(metadata.checkpoint_id),
@@ -249,19 +250,20 @@ async fn with_reader_pin<T>(
 
 /// The metadata path of a job's newest committed checkpoint.
 pub async fn latest_checkpoint(store: &dyn Store, job: &str) -> Result<Option<String>> {
-    metadata::validate_job_id(job)?;
+    layout::validate_job_id(job)?;
     if let Some((record, _)) = job::read_job(store, job).await? {
         return Ok(record
             .latest()
-            .map(|id| metadata::metadata_path(job, SnapshotKind::Checkpoint, id)));
+            .map(|id| layout::metadata_path(job, SnapshotKind::Checkpoint, id)));
     }
     let mut best: Option<(u64, String)> = None;
-    for object in store.list(&format!("jobs/{job}/")).await? {
-        if let Some((_, SnapshotKind::Checkpoint, id, rest)) = parse_checkpoint_path(&object.path)
-            && rest == "_metadata"
-            && best.as_ref().is_none_or(|(b, _)| id > *b)
+    for object in store.list(&layout::job_prefix(job)).await? {
+        if let Some(parsed) = parse_checkpoint_path(&object.path)
+            && parsed.kind == SnapshotKind::Checkpoint
+            && parsed.is_metadata()
+            && best.as_ref().is_none_or(|(b, _)| parsed.id > *b)
         {
-            best = Some((id, object.path));
+            best = Some((parsed.id, object.path.clone()));
         }
     }
     Ok(best.map(|(_, path)| path))
@@ -486,64 +488,33 @@ async fn verified_stream(
     expected: ContentHash,
     expected_size: u64,
 ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
-    let mismatch = {
-        let file = format!("{object} ({local_name})");
-        move |actual: String, actual_size: u64| -> Error {
-            ErrorDetail::HashMismatch {
-                file: file.clone(),
-                expected: expected.to_hex(),
-                expected_size,
-                actual,
-                actual_size,
-            }
-            .into()
-        }
-    };
-    let (size, chunks) = match store.get_stream(object).await {
-        Ok(found) => found,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(Error::corruption(format!(
-                "`{object}` ({local_name} in the checkpoint) is missing from the store"
-            )));
-        }
-        Err(e) => return Err(e),
-    };
-    if size != expected_size {
-        return Err(mismatch("(not read)".into(), size));
-    }
+    let verifier = Verifier::new(format!("{object} ({local_name})"), expected, expected_size);
+    let (size, chunks) = store
+        .get_stream(object)
+        .await
+        .map_err(|e| missing_as_corruption(e, object, local_name))?;
+    verifier.size_is(size)?;
     // Hold back one chunk so that the last one is released only after the hash matched.
-    let state = (chunks, blake3::Hasher::new(), 0u64, None::<Bytes>, false);
+    let state = (chunks, verifier, None::<Bytes>, false);
     let stream = stream::try_unfold(
         state,
-        move |(mut chunks, mut hasher, mut received, held, done)| {
-            let mismatch = mismatch.clone();
-            async move {
-                if done {
-                    return Ok(None);
+        |(mut chunks, mut verifier, held, done)| async move {
+            if done {
+                return Ok(None);
+            }
+            match chunks.next().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    verifier.update(&chunk)?;
+                    // The first chunk releases nothing (an empty chunk, filtered below).
+                    Ok(Some((
+                        held.unwrap_or_default(),
+                        (chunks, verifier, Some(chunk), false),
+                    )))
                 }
-                match chunks.next().await {
-                    Some(chunk) => {
-                        let chunk = chunk?;
-                        received += chunk.len() as u64;
-                        if received > expected_size {
-                            return Err(mismatch("(longer than expected)".into(), received));
-                        }
-                        hasher.update(&chunk);
-                        // The first chunk releases nothing (an empty chunk, filtered below).
-                        Ok(Some((
-                            held.unwrap_or_default(),
-                            (chunks, hasher, received, Some(chunk), false),
-                        )))
-                    }
-                    None => {
-                        let actual = ContentHash::from(hasher.finalize());
-                        if actual != expected || received != expected_size {
-                            return Err(mismatch(actual.to_hex(), received));
-                        }
-                        Ok(held.map(|last| {
-                            (last, (chunks, blake3::Hasher::new(), received, None, true))
-                        }))
-                    }
+                None => {
+                    verifier.finish()?;
+                    Ok(held.map(|last| (last, (chunks, verifier, None, true))))
                 }
             }
         },

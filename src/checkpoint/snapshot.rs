@@ -8,7 +8,7 @@
 //! reuses without seeing the pin first.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,14 +19,15 @@ use futures::stream::{self, StreamExt};
 use super::CheckpointTicket;
 use super::logfile::complete_prefix_len;
 use super::metadata::{
-    self, BackendHandle, LogFile, MAX_SEGMENTS, PinRecord, PrivateFile, Segment, SharedFile,
-    backend_tag, shared_path,
+    self, BackendHandle, LogFile, MAX_SEGMENTS, PinRecord, PrivateFile, SharedFile,
 };
 use crate::backend::{BackendInner, KeyedStateBackend, STAGING_DIR};
 use crate::error::{Error, Result};
 use crate::settings::WalMode;
 use crate::state::StateDescriptor;
-use crate::store::{ContentHash, Staged, Store, WriteMode};
+use crate::hash::{ContentHash, Segment, hash_file};
+use crate::layout::{self, backend_tag, shared_path};
+use crate::store::{Staged, Store, WriteMode};
 
 /// A log file's name and the length recorded in the synchronous phase.
 #[derive(Clone, Debug)]
@@ -332,7 +333,7 @@ impl PendingSnapshot {
             },
         };
         let pin_path =
-            metadata::snapshot_pin_path(&ticket.job_id, ticket.kind, ticket.checkpoint_id, tag);
+            layout::snapshot_pin_path(&ticket.job_id, ticket.kind, ticket.checkpoint_id, tag);
         let pinned = async {
             crate::failpoint!(ticket.faults, "snapshot::before_pin");
             store
@@ -424,7 +425,7 @@ impl PendingSnapshot {
             ticket.check_live()?;
             let path = format!(
                 "{}/{tag}/{name}",
-                metadata::checkpoint_dir(&ticket.job_id, ticket.kind, ticket.checkpoint_id)
+                layout::checkpoint_dir(&ticket.job_id, ticket.kind, ticket.checkpoint_id)
             );
             store.put_file(&path, &source, 0, size, hash).await?;
             handle.uploaded_bytes += size;
@@ -775,29 +776,6 @@ fn referenced_ssts(image: &Path, log_dir: &Path) -> Result<Vec<String>> {
     out.sort();
     out.dedup();
     Ok(out)
-}
-
-/// BLAKE3 of `len` bytes (or all bytes) of a file from `offset`, with the byte count.
-pub(crate) fn hash_file(path: &Path, offset: u64, len: Option<u64>) -> Result<(ContentHash, u64)> {
-    let mut file =
-        std::fs::File::open(path).map_err(|e| Error::io("opening for hashing", path, e))?;
-    file.seek(SeekFrom::Start(offset))
-        .map_err(|e| Error::io("seeking for hashing", path, e))?;
-    let mut hasher = blake3::Hasher::new();
-    let copied = match len {
-        Some(len) => std::io::copy(&mut file.take(len), &mut hasher),
-        None => std::io::copy(&mut file, &mut hasher),
-    }
-    .map_err(|e| Error::io("hashing", path, e))?;
-    if let Some(len) = len
-        && copied != len
-    {
-        return Err(Error::corruption(format!(
-            "{} has {copied} bytes from offset {offset}, expected {len}",
-            path.display()
-        )));
-    }
-    Ok((hasher.finalize().into(), copied))
 }
 
 impl BackendInner {

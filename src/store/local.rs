@@ -16,9 +16,10 @@ use futures::stream::{self, BoxStream, StreamExt};
 
 use super::{
     ContentHash, ObjectInfo, ObjectVersion, SMALL_OBJECT_LIMIT_BYTES, Staged, StagedKind, Store,
-    SweepMode, VerifyLength, WriteMode, missing_as_corruption, validate_object_path,
+    SweepMode, WriteMode, missing_as_corruption, validate_object_path,
 };
 use crate::error::{Error, Result};
+use crate::hash::{self, Verifier, copy_hashing};
 use crate::fs::{self, DurableError, Fs, FsEntry, Publish, StdFs};
 
 const CHUNK_BYTES: usize = 1 << 20;
@@ -258,14 +259,13 @@ impl Store for LocalStore {
                 Ok(())
             });
             if let Some((actual, actual_size)) = mismatch {
-                return Err(crate::error::ErrorDetail::HashMismatch {
-                    file: format!("{} (bytes {offset}..{})", source.display(), offset + len),
-                    expected: expected.to_hex(),
-                    expected_size: len,
-                    actual: actual.to_hex(),
+                return Err(hash::mismatch(
+                    format!("{} (bytes {offset}..{})", source.display(), offset + len),
+                    expected,
+                    len,
+                    actual.to_hex(),
                     actual_size,
-                }
-                .into());
+                ));
             }
             result.map_err(|e| this.durable_error(e))
         })
@@ -489,7 +489,7 @@ impl Store for LocalStore {
         let source = self.path_of(path)?;
         let (object, target, label) = (path.to_owned(), target.to_path_buf(), label.to_owned());
         self.blocking(move |this| {
-            let mut check = VerifyLength::new(&object, &label, expected, size);
+            let mut check = Verifier::new(format!("{object} ({label})"), expected, size);
             let mut input = this.fs.open(&source).map_err(|e| {
                 missing_as_corruption(Error::io("reading", &source, e), &object, &label)
             })?;
@@ -576,28 +576,6 @@ impl Store for LocalStore {
         }
         Ok(())
     }
-}
-
-/// Copies exactly `len` bytes, returning their hash and the number of bytes actually copied.
-fn copy_hashing(
-    input: &mut dyn Read,
-    out: &mut dyn Write,
-    len: u64,
-) -> io::Result<(ContentHash, u64)> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    let mut copied = 0u64;
-    while copied < len {
-        let want = (len - copied).min(buf.len() as u64) as usize;
-        let n = input.read(&mut buf[..want])?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        copied += n as u64;
-    }
-    Ok((hasher.finalize().into(), copied))
 }
 
 fn read_chunk(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {

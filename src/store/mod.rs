@@ -19,7 +19,6 @@ mod object;
 
 use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -28,76 +27,11 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub(crate) use crate::hash::ContentHash;
+use crate::hash::Verifier;
 
 pub use local::LocalStore;
 pub use object::ObjectStoreStore;
-
-/// The BLAKE3 hash of a file's bytes: the name of a shared file.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ContentHash(pub [u8; 32]);
-
-impl ContentHash {
-    /// The hash of `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        ContentHash(*blake3::hash(bytes).as_bytes())
-    }
-
-    /// Lower-case hex, 64 characters.
-    pub fn to_hex(&self) -> String {
-        blake3::Hash::from(self.0).to_hex().to_string()
-    }
-}
-
-impl From<blake3::Hash> for ContentHash {
-    fn from(hash: blake3::Hash) -> Self {
-        ContentHash(*hash.as_bytes())
-    }
-}
-
-impl fmt::Display for ContentHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for ContentHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ContentHash({})", &self.to_hex()[..16])
-    }
-}
-
-impl FromStr for ContentHash {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let valid = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !valid {
-            return Err(Error::corruption(format!(
-                "`{s}` is not a lower-case hex BLAKE3 hash"
-            )));
-        }
-        blake3::Hash::from_hex(s)
-            .map(ContentHash::from)
-            .map_err(|e| Error::corruption(format!("`{s}` is not a BLAKE3 hash: {e}")))
-    }
-}
-
-impl Serialize for ContentHash {
-    fn serialize<S: serde::Serializer>(
-        &self,
-        serializer: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for ContentHash {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// How `put` treats an existing object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,7 +130,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn stage_file(&self, file: &Path, offset: u64, len: u64) -> Result<Staged> {
         let source = file.to_path_buf();
         let (hash, size) = tokio::task::spawn_blocking(move || {
-            crate::checkpoint::snapshot::hash_file(&source, offset, Some(len))
+            crate::hash::hash_file(&source, offset, Some(len))
         })
         .await
         .map_err(|e| Error::invalid(format!("hashing task failed: {e}")))??;
@@ -245,7 +179,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
             .get_stream(path)
             .await
             .map_err(|e| missing_as_corruption(e, path, label))?;
-        let mut check = VerifyLength::new(path, label, expected, size);
+        let mut check = Verifier::new(format!("{path} ({label})"), expected, size);
         check.size_is(found)?;
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
@@ -292,65 +226,6 @@ pub(crate) fn missing_as_corruption(e: Error, path: &str, label: &str) -> Error 
         ))
     } else {
         e
-    }
-}
-
-/// Checks a stream of bytes against an expected size and hash.
-pub(crate) struct VerifyLength<'a> {
-    path: &'a str,
-    label: &'a str,
-    expected: ContentHash,
-    size: u64,
-    received: u64,
-    hasher: blake3::Hasher,
-}
-
-impl<'a> VerifyLength<'a> {
-    pub(crate) fn new(path: &'a str, label: &'a str, expected: ContentHash, size: u64) -> Self {
-        VerifyLength {
-            path,
-            label,
-            expected,
-            size,
-            received: 0,
-            hasher: blake3::Hasher::new(),
-        }
-    }
-
-    fn mismatch(&self, actual: String, actual_size: u64) -> Error {
-        crate::error::ErrorDetail::HashMismatch {
-            file: format!("{} ({})", self.path, self.label),
-            expected: self.expected.to_hex(),
-            expected_size: self.size,
-            actual,
-            actual_size,
-        }
-        .into()
-    }
-
-    /// The object's reported size, before reading.
-    pub(crate) fn size_is(&self, found: u64) -> Result<()> {
-        if found != self.size {
-            return Err(self.mismatch("(not read)".into(), found));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn update(&mut self, chunk: &[u8]) -> Result<()> {
-        self.received += chunk.len() as u64;
-        if self.received > self.size {
-            return Err(self.mismatch("(longer than expected)".into(), self.received));
-        }
-        self.hasher.update(chunk);
-        Ok(())
-    }
-
-    pub(crate) fn finish(self) -> Result<()> {
-        let actual = ContentHash::from(self.hasher.finalize());
-        if actual != self.expected || self.received != self.size {
-            return Err(self.mismatch(actual.to_hex(), self.received));
-        }
-        Ok(())
     }
 }
 

@@ -21,7 +21,8 @@ use super::{
     ContentHash, ObjectInfo, ObjectVersion, SMALL_OBJECT_LIMIT_BYTES, Store, SweepMode, WriteMode,
     validate_object_path,
 };
-use crate::error::{Error, ErrorDetail, Result};
+use crate::error::{Error, Result};
+use crate::hash;
 
 /// Files up to this size are uploaded with one request; larger ones in parts of this size.
 const PART_BYTES: usize = 8 << 20;
@@ -183,14 +184,13 @@ impl Store for ObjectStoreStore {
         let mut source = super::open_for_upload(file, offset)?;
         let mut hasher = blake3::Hasher::new();
         let mismatch = |actual: ContentHash, actual_size: u64| -> Error {
-            ErrorDetail::HashMismatch {
-                file: format!("{} (bytes {offset}..{})", file.display(), offset + len),
-                expected: expected.to_hex(),
-                expected_size: len,
-                actual: actual.to_hex(),
+            hash::mismatch(
+                format!("{} (bytes {offset}..{})", file.display(), offset + len),
+                expected,
+                len,
+                actual.to_hex(),
                 actual_size,
-            }
-            .into()
+            )
         };
         if len <= PART_BYTES as u64 {
             let (_, data) = read_part(source, len as usize).await?;
