@@ -1,47 +1,23 @@
-//! The keyed state backend: one RocksDB instance in a local directory, owning a key-group range.
-//!
-//! Each registered state lives in its own column family; its descriptor (kind and types) is kept in
-//! the default column family so that reopening the directory brings every state back and a state
-//! re-registered with another kind or type is refused instead of misread. The backend's own identity
-//! (max parallelism and key-group range) is kept there too and checked on every open, because the
-//! key layout depends on both.
-//!
-//! Directory layout: `<dir>/db` is the live RocksDB directory, which only RocksDB writes;
-//! `<dir>/staging` holds the hard links of in-flight checkpoints (same filesystem, so links never
-//! degrade into copies).
+//! The keyed state backend: the user's handle on one [`Engine`](crate::engine) — typed states by
+//! name and kind, whole-state scans, flush and compaction. Checkpoints and restores of it live in
+//! the checkpoint layer above.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::Arc;
 
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode,
-    MergeOperands, Options, ReadOptions, WriteOptions,
+use rocksdb::DB;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::keygroup::KeyGroupRange;
+use crate::settings::BackendSettings;
+use crate::state::{
+    ListState, MapState, ReducingState, StateCore, StateDescriptor, StateKind, ValueState,
 };
-use serde::{Deserialize, Serialize};
-
-use crate::codec;
-use crate::error::{Error, ErrorDetail, Result};
-use crate::keygroup::{KeyGroupRange, check_max_parallelism};
-use crate::settings::{BackendSettings, Compression, WalMode};
-use crate::state::{StateCore, StateDescriptor};
-use crate::hash::{ContentHash, Segment};
-
-/// Version of the key layout and descriptor format stored in a backend directory.
-const BACKEND_FORMAT_VERSION: u32 = 1;
-const BACKEND_INFO_KEY: &[u8] = b"rockpoint/backend";
-const STATE_DESCRIPTOR_PREFIX: &[u8] = b"rockpoint/state/";
-const LIST_MERGE_OPERATOR: &str = "rockpoint.list_concat";
-pub(crate) const DB_DIR: &str = "db";
-pub(crate) const STAGING_DIR: &str = "staging";
-
-/// What a backend directory records about itself; checked on every open.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct BackendInfo {
-    format_version: u32,
-    max_parallelism: u32,
-    key_groups: KeyGroupRange,
-}
 
 /// Every row of every state as raw bytes: state name → `(row key, value)` in row-key order
 /// (see [`KeyedStateBackend::scan_raw`]).
@@ -53,25 +29,7 @@ pub type RawScan = BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
 /// closes when the last of them is dropped.
 #[derive(Clone)]
 pub struct KeyedStateBackend {
-    pub(crate) inner: Arc<BackendInner>,
-}
-
-pub(crate) struct BackendInner {
-    pub(crate) db: DB,
-    pub(crate) dir: PathBuf,
-    pub(crate) max_parallelism: u32,
-    pub(crate) key_groups: KeyGroupRange,
-    pub(crate) settings: BackendSettings,
-    pub(crate) write_opts: WriteOptions,
-    cf_options: Options,
-    states: RwLock<BTreeMap<String, StateDescriptor>>,
-    /// SST name → (size, content hash), valid for this DB instance only: RocksDB reuses file
-    /// numbers after a reopen from an older state, never within one instance.
-    hash_cache: Mutex<HashMap<String, (u64, ContentHash)>>,
-    /// Log file name → its segments shipped so far as (offset, segment), for this DB instance.
-    log_chains: Mutex<HashMap<String, Vec<(u64, Segment)>>>,
-    /// The SSTs the last inspected MANIFEST prefix (name, length) references, for this DB instance.
-    live_ssts: Mutex<Option<(String, u64, Vec<String>)>>,
+    pub(crate) inner: Arc<Engine>,
 }
 
 impl KeyedStateBackend {
@@ -86,110 +44,11 @@ impl KeyedStateBackend {
         key_groups: KeyGroupRange,
         settings: BackendSettings,
     ) -> Result<Self> {
-        check_max_parallelism(max_parallelism)?;
-        if key_groups.end() > max_parallelism {
-            return Err(Error::invalid(format!(
-                "key-group range {key_groups} exceeds max_parallelism {max_parallelism}"
-            )));
-        }
-        settings.validate()?;
-        let dir = dir.as_ref().to_path_buf();
-        let db_dir = dir.join(DB_DIR);
-        std::fs::create_dir_all(&db_dir)
-            .map_err(|e| Error::io("creating backend directory", &db_dir, e))?;
-
-        let (db_options, cf_options) = rocksdb_options(&settings);
-        let existing = if db_dir.join("CURRENT").exists() {
-            DB::list_cf(&db_options, &db_dir)
-                .map_err(|e| Error::rocksdb("listing column families", e))?
-        } else {
-            vec![rocksdb::DEFAULT_COLUMN_FAMILY_NAME.to_owned()]
-        };
-        let descriptors = existing
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
-        let db = DB::open_cf_descriptors(&db_options, &db_dir, descriptors)
-            .map_err(|e| Error::rocksdb(format!("opening RocksDB in {}", db_dir.display()), e))?;
-        // RocksDB's LOCK now excludes every other instance of this directory, so no snapshot of it
-        // is in flight: a staging directory left by a killed process only pins compacted-away SSTs.
-        let staging = dir.join(STAGING_DIR);
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)
-                .map_err(|e| Error::io("removing leftover staging directory", &staging, e))?;
-        }
-
-        let mut write_opts = WriteOptions::default();
-        write_opts.disable_wal(settings.wal == WalMode::Disabled);
-
-        let info = BackendInfo {
-            format_version: BACKEND_FORMAT_VERSION,
-            max_parallelism,
-            key_groups,
-        };
-        match db
-            .get(BACKEND_INFO_KEY)
-            .map_err(|e| Error::rocksdb("reading backend info", e))?
-        {
-            Some(bytes) => {
-                let stored: BackendInfo = codec::decode("<backend>", "backend info", &bytes)?;
-                if stored != info {
-                    return Err(Error::invalid(format!(
-                        "backend directory {} holds key groups {} of max_parallelism {} (format {}), \
-                         but was opened for key groups {} of max_parallelism {} (format {})",
-                        dir.display(),
-                        stored.key_groups,
-                        stored.max_parallelism,
-                        stored.format_version,
-                        key_groups,
-                        max_parallelism,
-                        BACKEND_FORMAT_VERSION
-                    )));
-                }
-            }
-            None => {
-                let bytes = codec::encode("<backend>", "backend info", &info)?;
-                db.put_opt(BACKEND_INFO_KEY, bytes, &write_opts)
-                    .map_err(|e| Error::rocksdb("writing backend info", e))?;
-            }
-        }
-
-        let mut states = BTreeMap::new();
-        let mut read_opts = ReadOptions::default();
-        read_opts.set_iterate_lower_bound(STATE_DESCRIPTOR_PREFIX.to_vec());
-        if let Some(upper) = codec::prefix_successor(STATE_DESCRIPTOR_PREFIX) {
-            read_opts.set_iterate_upper_bound(upper);
-        }
-        for row in db.iterator_opt(IteratorMode::Start, read_opts) {
-            let (key, value) = row.map_err(|e| Error::rocksdb("reading state descriptors", e))?;
-            let name = String::from_utf8_lossy(&key[STATE_DESCRIPTOR_PREFIX.len()..]).into_owned();
-            let descriptor: StateDescriptor = codec::decode(&name, "state descriptor", &value)?;
-            if descriptor.name != name {
-                return Err(codec::decode_error(
-                    &name,
-                    "state descriptor",
-                    format!("descriptor names another state `{}`", descriptor.name),
-                ));
-            }
-            states.insert(name, descriptor);
-        }
-
+        let engine = Engine::open(dir.as_ref(), max_parallelism, key_groups, settings)?;
         Ok(KeyedStateBackend {
-            inner: Arc::new(BackendInner {
-                db,
-                dir,
-                max_parallelism,
-                key_groups,
-                settings,
-                write_opts,
-                cf_options,
-                states: RwLock::new(states),
-                hash_cache: Mutex::new(HashMap::new()),
-                log_chains: Mutex::new(HashMap::new()),
-                live_ssts: Mutex::new(None),
-            }),
+            inner: Arc::new(engine),
         })
     }
-
     /// The directory the backend was opened in.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
@@ -219,37 +78,19 @@ impl KeyedStateBackend {
 
     /// Descriptors of every registered state, by name.
     pub fn states(&self) -> Vec<StateDescriptor> {
-        self.inner.states_read().values().cloned().collect()
+        self.inner.states()
     }
 
     /// Flushes the memtables of every state to SST files and waits for it. RocksDB flushes by itself
     /// as memtables fill; an explicit flush shortens WAL replay on restore and makes tests exact.
     pub fn flush(&self) -> Result<()> {
-        let mut names: Vec<String> = self.inner.states_read().keys().cloned().collect();
-        names.push(rocksdb::DEFAULT_COLUMN_FAMILY_NAME.to_owned());
-        for name in names {
-            if let Some(cf) = self.inner.db.cf_handle(&name) {
-                self.inner
-                    .db
-                    .flush_cf(&cf)
-                    .map_err(|e| Error::rocksdb(format!("flushing state `{name}`"), e))?;
-            }
-        }
-        Ok(())
+        self.inner.flush()
     }
 
     /// Compacts every state's column family fully and waits for it (e.g. after a bulk delete, to
     /// reclaim space). RocksDB compacts by itself in the background.
     pub fn compact(&self) -> Result<()> {
-        let names: Vec<String> = self.inner.states_read().keys().cloned().collect();
-        for name in names {
-            if let Some(cf) = self.inner.db.cf_handle(&name) {
-                self.inner
-                    .db
-                    .compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
-            }
-        }
-        Ok(())
+        self.inner.compact()
     }
 
     /// Every row of every state as raw bytes, by state name then row key: the reference scan that
@@ -266,156 +107,75 @@ impl KeyedStateBackend {
         }
         Ok(out)
     }
-
     /// Registers `descriptor`, or checks it against the stored one if the state exists.
-    pub(crate) fn register(&self, descriptor: StateDescriptor) -> Result<StateCore> {
-        validate_state_name(&descriptor.name)?;
-        {
-            let states = self.inner.states_read();
-            if let Some(existing) = states.get(&descriptor.name) {
-                check_compatible(existing, &descriptor)?;
-                if self.inner.db.cf_handle(&descriptor.name).is_some() {
-                    return StateCore::new(self.inner.clone(), descriptor.name);
-                }
-            }
-        }
-        let mut states = self
-            .inner
-            .states
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(existing) = states.get(&descriptor.name) {
-            check_compatible(existing, &descriptor)?;
-        } else {
-            // The descriptor goes first: a crash before the column family exists leaves a descriptor
-            // whose column family is created on the next registration.
-            let mut key = STATE_DESCRIPTOR_PREFIX.to_vec();
-            key.extend_from_slice(descriptor.name.as_bytes());
-            let bytes = codec::encode(&descriptor.name, "state descriptor", &descriptor)?;
-            self.inner
-                .db
-                .put_opt(key, bytes, &self.inner.write_opts)
-                .map_err(|e| {
-                    Error::rocksdb(format!("registering state `{}`", descriptor.name), e)
-                })?;
-        }
-        if self.inner.db.cf_handle(&descriptor.name).is_none() {
-            self.inner
-                .db
-                .create_cf(&descriptor.name, &self.inner.cf_options)
-                .map_err(|e| {
-                    Error::rocksdb(
-                        format!("creating column family for state `{}`", descriptor.name),
-                        e,
-                    )
-                })?;
-        }
+    fn register(&self, descriptor: StateDescriptor) -> Result<StateCore> {
         let name = descriptor.name.clone();
-        states.insert(name.clone(), descriptor);
+        self.inner.register(descriptor)?;
         StateCore::new(self.inner.clone(), name)
     }
-}
 
-impl BackendInner {
-    pub(crate) fn states_read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, StateDescriptor>> {
-        self.states
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Registers (or reopens) the value state `name`.
+    pub fn value_state<K, V>(&self, name: &str) -> Result<ValueState<K, V>>
+    where
+        K: Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned,
+    {
+        let core = self.register(StateDescriptor::new::<K, V>(name, StateKind::Value, None))?;
+        Ok(ValueState {
+            core,
+            _types: PhantomData,
+        })
     }
 
-    pub(crate) fn db_dir(&self) -> PathBuf {
-        self.dir.join(DB_DIR)
+    /// Registers (or reopens) the list state `name` with elements of type `T`.
+    pub fn list_state<K, T>(&self, name: &str) -> Result<ListState<K, T>>
+    where
+        K: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned,
+    {
+        let core = self.register(StateDescriptor::new::<K, T>(name, StateKind::List, None))?;
+        Ok(ListState {
+            core,
+            _types: PhantomData,
+        })
     }
 
-    pub(crate) fn hash_cache(&self) -> MutexGuard<'_, HashMap<String, (u64, ContentHash)>> {
-        self.hash_cache.lock().unwrap_or_else(|p| p.into_inner())
+    /// Registers (or reopens) the map state `name`: per key, a map from `UK` to `UV`.
+    pub fn map_state<K, UK, UV>(&self, name: &str) -> Result<MapState<K, UK, UV>>
+    where
+        K: Serialize + DeserializeOwned,
+        UK: Serialize + DeserializeOwned,
+        UV: Serialize + DeserializeOwned,
+    {
+        let user_key_type = Some(std::any::type_name::<UK>().to_owned());
+        let core = self.register(StateDescriptor::new::<K, UV>(
+            name,
+            StateKind::Map,
+            user_key_type,
+        ))?;
+        Ok(MapState {
+            core,
+            _types: PhantomData,
+        })
     }
 
-    pub(crate) fn log_chains(&self) -> MutexGuard<'_, HashMap<String, Vec<(u64, Segment)>>> {
-        self.log_chains.lock().unwrap_or_else(|p| p.into_inner())
+    /// Registers (or reopens) the reducing state `name`; [`ReducingState::add`] folds a value into
+    /// the stored one with `reduce(stored, added)`.
+    pub fn reducing_state<K, V, F>(&self, name: &str, reduce: F) -> Result<ReducingState<K, V>>
+    where
+        K: Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned,
+        F: Fn(V, V) -> V + Send + Sync + 'static,
+    {
+        let core = self.register(StateDescriptor::new::<K, V>(
+            name,
+            StateKind::Reducing,
+            None,
+        ))?;
+        Ok(ReducingState {
+            core,
+            reduce: Arc::new(reduce),
+            _types: PhantomData,
+        })
     }
-
-    pub(crate) fn live_ssts(&self) -> MutexGuard<'_, Option<(String, u64, Vec<String>)>> {
-        self.live_ssts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn check_compatible(existing: &StateDescriptor, requested: &StateDescriptor) -> Result<()> {
-    if existing == requested {
-        return Ok(());
-    }
-    Err(ErrorDetail::StateIncompatible {
-        state: existing.name.clone(),
-        registered: existing.describe(),
-        requested: requested.describe(),
-    }
-    .into())
-}
-
-fn validate_state_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "state name `{name}`: use 1 to 200 characters of [A-Za-z0-9_.-], and not `default`"
-        )))
-    }
-}
-
-/// RocksDB options for the DB and for every column family. All column families share one block
-/// cache and the list-concatenation merge operator (only list state ever issues merges).
-fn rocksdb_options(settings: &BackendSettings) -> (Options, Options) {
-    let cache = Cache::new_lru_cache(settings.block_cache_size_bytes);
-    let mut table = BlockBasedOptions::default();
-    table.set_block_cache(&cache);
-    table.set_bloom_filter(10.0, false);
-    table.set_cache_index_and_filter_blocks(true);
-
-    let mut cf = Options::default();
-    cf.set_write_buffer_size(settings.write_buffer_size_bytes);
-    cf.set_max_write_buffer_number(settings.max_write_buffer_number);
-    cf.set_target_file_size_base(settings.target_file_size_bytes);
-    cf.set_compression_type(match settings.compression {
-        Compression::None => DBCompressionType::None,
-        Compression::Lz4 => DBCompressionType::Lz4,
-        Compression::Zstd => DBCompressionType::Zstd,
-    });
-    cf.set_block_based_table_factory(&table);
-    cf.set_merge_operator_associative(LIST_MERGE_OPERATOR, concat_merge);
-
-    let mut db = cf.clone();
-    db.create_if_missing(true);
-    db.create_missing_column_families(true);
-    db.set_max_background_jobs(settings.max_background_jobs);
-    db.set_max_manifest_file_size(settings.max_manifest_file_size_bytes);
-    // Checkpoints ship WAL files as append-only logs; a recycled WAL would be rewritten in place.
-    db.set_recycle_log_file_num(0);
-    // After a restore, keep the replayed WALs instead of flushing them into new SSTs: the first
-    // checkpoint then reuses the restored WAL segments instead of uploading their data again.
-    let db = db
-        .get_options_from_string("avoid_flush_during_recovery=true")
-        .expect("a valid RocksDB option string");
-    (db, cf)
-}
-
-/// Merge operator of list state: an element list is the concatenation of MessagePack values, so
-/// appending is concatenation, and concatenation is associative.
-fn concat_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
-    let len = existing.map_or(0, <[u8]>::len) + operands.iter().map(<[u8]>::len).sum::<usize>();
-    let mut out = Vec::with_capacity(len);
-    if let Some(existing) = existing {
-        out.extend_from_slice(existing);
-    }
-    for operand in operands.iter() {
-        out.extend_from_slice(operand);
-    }
-    Some(out)
 }

@@ -20,6 +20,7 @@
 mod backend;
 mod checkpoint;
 mod codec;
+mod engine;
 mod error;
 mod faults;
 mod fs;

@@ -12,7 +12,7 @@ use rocksdb::{AsColumnFamilyRef, DB, DBIteratorWithThreadMode, IteratorMode, Rea
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{BackendInner, KeyedStateBackend};
+use crate::engine::Engine;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
@@ -50,7 +50,7 @@ pub struct StateDescriptor {
 }
 
 impl StateDescriptor {
-    fn new<K: ?Sized, V: ?Sized>(
+    pub(crate) fn new<K: ?Sized, V: ?Sized>(
         name: &str,
         kind: StateKind,
         user_key_type: Option<String>,
@@ -85,7 +85,7 @@ struct CfHandle(*mut librocksdb_sys::rocksdb_column_family_handle_t);
 
 // SAFETY: the handle belongs to a column family that is never dropped (the engine has no drop-state
 // operation) of a DB that outlives it: every `CfHandle` sits in a `StateCore` next to the
-// `Arc<BackendInner>` that owns the DB. RocksDB column family handles are safe to use from any thread.
+// `Arc<Engine>` that owns the DB. RocksDB column family handles are safe to use from any thread.
 unsafe impl Send for CfHandle {}
 unsafe impl Sync for CfHandle {}
 
@@ -99,7 +99,7 @@ impl AsColumnFamilyRef for CfHandle {
 #[derive(Clone)]
 pub(crate) struct StateCore {
     cf: CfHandle,
-    inner: Arc<BackendInner>,
+    inner: Arc<Engine>,
     name: Arc<str>,
 }
 
@@ -110,7 +110,7 @@ pub(crate) type RawRow = (Box<[u8]>, Box<[u8]>);
 
 impl StateCore {
     /// The state's core; fails if its column family does not exist (it is created on registration).
-    pub(crate) fn new(inner: Arc<BackendInner>, name: String) -> Result<Self> {
+    pub(crate) fn new(inner: Arc<Engine>, name: String) -> Result<Self> {
         let cf = inner
             .db
             .cf_handle(&name)
@@ -283,81 +283,14 @@ impl StateCore {
     }
 }
 
-impl KeyedStateBackend {
-    /// Registers (or reopens) the value state `name`.
-    pub fn value_state<K, V>(&self, name: &str) -> Result<ValueState<K, V>>
-    where
-        K: Serialize + DeserializeOwned,
-        V: Serialize + DeserializeOwned,
-    {
-        let core = self.register(StateDescriptor::new::<K, V>(name, StateKind::Value, None))?;
-        Ok(ValueState {
-            core,
-            _types: PhantomData,
-        })
-    }
-
-    /// Registers (or reopens) the list state `name` with elements of type `T`.
-    pub fn list_state<K, T>(&self, name: &str) -> Result<ListState<K, T>>
-    where
-        K: Serialize + DeserializeOwned,
-        T: Serialize + DeserializeOwned,
-    {
-        let core = self.register(StateDescriptor::new::<K, T>(name, StateKind::List, None))?;
-        Ok(ListState {
-            core,
-            _types: PhantomData,
-        })
-    }
-
-    /// Registers (or reopens) the map state `name`: per key, a map from `UK` to `UV`.
-    pub fn map_state<K, UK, UV>(&self, name: &str) -> Result<MapState<K, UK, UV>>
-    where
-        K: Serialize + DeserializeOwned,
-        UK: Serialize + DeserializeOwned,
-        UV: Serialize + DeserializeOwned,
-    {
-        let user_key_type = Some(std::any::type_name::<UK>().to_owned());
-        let core = self.register(StateDescriptor::new::<K, UV>(
-            name,
-            StateKind::Map,
-            user_key_type,
-        ))?;
-        Ok(MapState {
-            core,
-            _types: PhantomData,
-        })
-    }
-
-    /// Registers (or reopens) the reducing state `name`; [`ReducingState::add`] folds a value into
-    /// the stored one with `reduce(stored, added)`.
-    pub fn reducing_state<K, V, F>(&self, name: &str, reduce: F) -> Result<ReducingState<K, V>>
-    where
-        K: Serialize + DeserializeOwned,
-        V: Serialize + DeserializeOwned,
-        F: Fn(V, V) -> V + Send + Sync + 'static,
-    {
-        let core = self.register(StateDescriptor::new::<K, V>(
-            name,
-            StateKind::Reducing,
-            None,
-        ))?;
-        Ok(ReducingState {
-            core,
-            reduce: Arc::new(reduce),
-            _types: PhantomData,
-        })
-    }
-}
-
 /// Marks the types a state handle is for without owning values of them (so the handle is `Send`
 /// and `Sync` whatever the types).
 type Types<T> = PhantomData<fn(T) -> T>;
 
 /// One value per key.
 pub struct ValueState<K, V> {
-    core: StateCore,
-    _types: Types<(K, V)>,
+    pub(crate) core: StateCore,
+    pub(crate) _types: Types<(K, V)>,
 }
 
 impl<K, V> Clone for ValueState<K, V> {
@@ -404,8 +337,8 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> ValueStat
 
 /// A list per key. Appending is a RocksDB merge: no read-modify-write.
 pub struct ListState<K, T> {
-    core: StateCore,
-    _types: Types<(K, T)>,
+    pub(crate) core: StateCore,
+    pub(crate) _types: Types<(K, T)>,
 }
 
 impl<K, T> Clone for ListState<K, T> {
@@ -502,8 +435,8 @@ impl<K: Serialize + DeserializeOwned, T: Serialize + DeserializeOwned> ListState
 
 /// A map per key; every entry is its own row, so entries are read and written one at a time.
 pub struct MapState<K, UK, UV> {
-    core: StateCore,
-    _types: Types<(K, UK, UV)>,
+    pub(crate) core: StateCore,
+    pub(crate) _types: Types<(K, UK, UV)>,
 }
 
 impl<K, UK, UV> Clone for MapState<K, UK, UV> {
@@ -646,9 +579,9 @@ type ReduceFn<V> = Arc<dyn Fn(V, V) -> V + Send + Sync>;
 /// `add` reads, folds and writes the value (a read-modify-write, as in Flink): the fold is user code
 /// and cannot run inside RocksDB's merge during recovery.
 pub struct ReducingState<K, V> {
-    core: StateCore,
-    reduce: ReduceFn<V>,
-    _types: Types<(K, V)>,
+    pub(crate) core: StateCore,
+    pub(crate) reduce: ReduceFn<V>,
+    pub(crate) _types: Types<(K, V)>,
 }
 
 impl<K, V> Clone for ReducingState<K, V> {

@@ -21,7 +21,8 @@ use super::logfile::complete_prefix_len;
 use super::metadata::{
     self, BackendHandle, LogFile, MAX_SEGMENTS, PinRecord, PrivateFile, SharedFile,
 };
-use crate::backend::{BackendInner, KeyedStateBackend, STAGING_DIR};
+use crate::backend::KeyedStateBackend;
+use crate::engine::{Engine, STAGING_DIR};
 use crate::error::{Error, Result};
 use crate::settings::WalMode;
 use crate::state::StateDescriptor;
@@ -38,7 +39,7 @@ struct RecordedLog {
 
 /// Re-enables RocksDB file deletions when dropped (the calls are a counter: always paired).
 struct DeletionGuard {
-    backend: Arc<BackendInner>,
+    backend: Arc<Engine>,
 }
 
 impl Drop for DeletionGuard {
@@ -52,7 +53,7 @@ impl Drop for DeletionGuard {
 /// The result of a backend's synchronous phase; [`upload`](PendingSnapshot::upload) runs the
 /// asynchronous phase. Dropping it without uploading releases everything it holds.
 pub struct PendingSnapshot {
-    backend: Arc<BackendInner>,
+    backend: Arc<Engine>,
     ticket: CheckpointTicket,
     guard: Option<DeletionGuard>,
     manifest: RecordedLog,
@@ -466,7 +467,7 @@ impl PendingSnapshot {
 struct PrepareJob {
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     faults: crate::faults::FaultRegistry,
-    backend: Arc<BackendInner>,
+    backend: Arc<Engine>,
     manifest: RecordedLog,
     wals: Vec<RecordedLog>,
     ssts: Vec<String>,
@@ -778,7 +779,7 @@ fn referenced_ssts(image: &Path, log_dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-impl BackendInner {
+impl Engine {
     /// The SSTs a MANIFEST prefix of this DB instance was found to reference, if it was inspected.
     fn cached_live_ssts(&self, manifest: &str, len: u64) -> Option<Vec<String>> {
         match &*self.live_ssts() {
