@@ -11,13 +11,12 @@ use rocksdb::DB;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::descriptor::{StateDescriptor, StateKind};
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::keygroup::KeyGroupRange;
 use crate::settings::BackendSettings;
-use crate::state::{
-    ListState, MapState, ReducingState, StateCore, StateDescriptor, StateKind, ValueState,
-};
+use crate::state::{ListState, MapState, ReducingState, StateCore, ValueState};
 
 /// Every row of every state as raw bytes: state name → `(row key, value)` in row-key order
 /// (see [`KeyedStateBackend::scan_raw`]).

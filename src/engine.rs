@@ -23,11 +23,11 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::descriptor::StateDescriptor;
 use crate::error::{Error, ErrorDetail, Result};
+use crate::hash::{ContentHash, Segment};
 use crate::keygroup::{KeyGroupRange, check_max_parallelism};
 use crate::settings::{BackendSettings, Compression, WalMode};
-use crate::state::StateDescriptor;
-use crate::hash::{ContentHash, Segment};
 
 /// Version of the key layout and descriptor format stored in a backend directory.
 const BACKEND_FORMAT_VERSION: u32 = 1;
@@ -160,17 +160,17 @@ impl Engine {
         }
 
         Ok(Engine {
-                db,
-                dir,
-                max_parallelism,
-                key_groups,
-                settings,
-                write_opts,
-                cf_options,
-                states: RwLock::new(states),
-                hash_cache: Mutex::new(HashMap::new()),
-                log_chains: Mutex::new(HashMap::new()),
-                live_ssts: Mutex::new(None),
+            db,
+            dir,
+            max_parallelism,
+            key_groups,
+            settings,
+            write_opts,
+            cf_options,
+            states: RwLock::new(states),
+            hash_cache: Mutex::new(HashMap::new()),
+            log_chains: Mutex::new(HashMap::new()),
+            live_ssts: Mutex::new(None),
         })
     }
 
@@ -186,8 +186,7 @@ impl Engine {
         names.push(rocksdb::DEFAULT_COLUMN_FAMILY_NAME.to_owned());
         for name in names {
             if let Some(cf) = self.db.cf_handle(&name) {
-                self
-                    .db
+                self.db
                     .flush_cf(&cf)
                     .map_err(|e| Error::rocksdb(format!("flushing state `{name}`"), e))?;
             }
@@ -201,9 +200,7 @@ impl Engine {
         let names: Vec<String> = self.states_read().keys().cloned().collect();
         for name in names {
             if let Some(cf) = self.db.cf_handle(&name) {
-                self
-                    .db
-                    .compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
+                self.db.compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
             }
         }
         Ok(())
@@ -233,16 +230,12 @@ impl Engine {
             let mut key = STATE_DESCRIPTOR_PREFIX.to_vec();
             key.extend_from_slice(descriptor.name.as_bytes());
             let bytes = codec::encode(&descriptor.name, "state descriptor", &descriptor)?;
-            self
-                .db
-                .put_opt(key, bytes, &self.write_opts)
-                .map_err(|e| {
-                    Error::rocksdb(format!("registering state `{}`", descriptor.name), e)
-                })?;
+            self.db.put_opt(key, bytes, &self.write_opts).map_err(|e| {
+                Error::rocksdb(format!("registering state `{}`", descriptor.name), e)
+            })?;
         }
         if self.db.cf_handle(&descriptor.name).is_none() {
-            self
-                .db
+            self.db
                 .create_cf(&descriptor.name, &self.cf_options)
                 .map_err(|e| {
                     Error::rocksdb(

@@ -219,7 +219,10 @@ pub(crate) fn reader_pin_path(src_job: &str, kind: SnapshotKind, id: u64) -> Str
 
 /// The prefix of every reader pin on one checkpoint.
 pub(crate) fn reader_pin_prefix(src_job: &str, kind: SnapshotKind, id: u64) -> String {
-    format!("{PINS}{src_job}/{READER_PIN}{}-{id:020}-", kind.dir_prefix())
+    format!(
+        "{PINS}{src_job}/{READER_PIN}{}-{id:020}-",
+        kind.dir_prefix()
+    )
 }
 
 /// Whether `path` is a reader pin (`pins/<src>/read-…`).
@@ -246,7 +249,8 @@ mod tests {
             let parsed = parse_checkpoint_path(&meta).unwrap();
             assert_eq!((parsed.job, parsed.kind, parsed.id), ("job-1", kind, 42));
             assert!(parsed.is_metadata());
-            let private = private_file_path("job-1", kind, 42, &backend_tag(range), "OPTIONS-000007");
+            let private =
+                private_file_path("job-1", kind, 42, &backend_tag(range), "OPTIONS-000007");
             let parsed = parse_checkpoint_path(&private).unwrap();
             assert_eq!(parsed.rest, "kg-00003-00009/OPTIONS-000007");
             assert!(!parsed.is_metadata());

@@ -20,6 +20,7 @@
 mod backend;
 mod checkpoint;
 mod codec;
+mod descriptor;
 mod engine;
 mod error;
 mod faults;
@@ -41,25 +42,24 @@ pub use checkpoint::coordinator::{
 pub use checkpoint::gc::{GcOptions, GcReport, collect_garbage};
 pub use checkpoint::job::{JobRecord, job_record};
 pub use checkpoint::metadata::{
-    BackendHandle, CheckpointMetadata, LogFile, METADATA_FORMAT_VERSION, PrivateFile,
-    SharedFile,
+    BackendHandle, CheckpointMetadata, LogFile, METADATA_FORMAT_VERSION, PrivateFile, SharedFile,
 };
 pub use checkpoint::restore::{
     ClaimMode, DownloadReport, Progress, RestoreSource, RestoreTarget, VerifyReport, backend_for,
     download_backend, latest_checkpoint, read_metadata, restore_backend, verify_checkpoint,
 };
 pub use checkpoint::snapshot::PendingSnapshot;
+pub use descriptor::{StateDescriptor, StateKind};
 pub use error::{Error, ErrorKind, Result};
 pub use faults::{FailPointRegistry, FaultRegistry};
 pub use fs::{Fs, FsEntry, FsRead, FsWrite, StdFs};
-pub use keygroup::{KeyGroupRange, MAX_PARALLELISM_LIMIT, key_group_of};
-pub use settings::{BackendSettings, Compression, WalMode};
-pub use state::{ListState, MapState, ReducingState, StateDescriptor, StateKind, ValueState};
 pub use hash::{ContentHash, Segment};
+pub use keygroup::{KeyGroupRange, MAX_PARALLELISM_LIMIT, key_group_of};
 pub use layout::SnapshotKind;
+pub use settings::{BackendSettings, Compression, WalMode};
+pub use state::{ListState, MapState, ReducingState, ValueState};
 pub use store::{
-    LocalStore, ObjectInfo, ObjectStoreStore, ObjectVersion, Staged, Store, SweepMode,
-    WriteMode,
+    LocalStore, ObjectInfo, ObjectStoreStore, ObjectVersion, Staged, Store, SweepMode, WriteMode,
 };
 
 /// The README's examples are compiled as doc tests, so they cannot drift from the API.

@@ -415,7 +415,8 @@ fn orphaned_records(
     let read = reader_pinned(&view.pins, view, now_ms, margin_ms);
     let mut out = Vec::new();
     for object in jobs {
-        let Some(layout::CheckpointPath { job, kind, id, .. }) = parse_checkpoint_path(&object.path)
+        let Some(layout::CheckpointPath { job, kind, id, .. }) =
+            parse_checkpoint_path(&object.path)
         else {
             continue;
         };

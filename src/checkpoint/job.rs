@@ -84,8 +84,7 @@ impl JobRecord {
     }
 
     fn validate(&self) -> Result<()> {
-        layout::validate_job_id(&self.job_id)
-            .map_err(|e| Error::corruption(e.to_string()))?;
+        layout::validate_job_id(&self.job_id).map_err(|e| Error::corruption(e.to_string()))?;
         let sorted = |ids: &[u64]| ids.windows(2).all(|w| w[0] < w[1]);
         let bounded = |ids: &[u64]| ids.iter().all(|&id| id >= 1 && id < self.next_id);
         let ok = self.epoch < u64::MAX / 2
@@ -138,7 +137,10 @@ pub(crate) async fn read_job(
     store: &dyn Store,
     job_id: &str,
 ) -> Result<Option<(JobRecord, ObjectVersion)>> {
-    match store.get_versioned(&layout::job_record_path(job_id)).await? {
+    match store
+        .get_versioned(&layout::job_record_path(job_id))
+        .await?
+    {
         Some((bytes, version)) => Ok(Some((decode_job(&bytes, job_id)?, version))),
         None => Ok(None),
     }
@@ -160,13 +162,20 @@ pub(crate) async fn swap_job(
 ) -> Result<Option<ObjectVersion>> {
     let bytes = encode_job(record)?;
     match store
-        .put_if(&layout::job_record_path(&record.job_id), bytes.clone(), version)
+        .put_if(
+            &layout::job_record_path(&record.job_id),
+            bytes.clone(),
+            version,
+        )
         .await
     {
         Ok(version) => Ok(Some(version)),
         Err(e) if e.kind() == ErrorKind::Conflict => Ok(None),
         Err(e) if e.kind() == ErrorKind::Poisoned => Err(e),
-        Err(e) => match store.get_versioned(&layout::job_record_path(&record.job_id)).await {
+        Err(e) => match store
+            .get_versioned(&layout::job_record_path(&record.job_id))
+            .await
+        {
             Ok(Some((found, version))) if found == bytes => Ok(Some(version)),
             Ok(_) => Ok(None),
             Err(_) => Err(e),

@@ -9,10 +9,10 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::descriptor::StateDescriptor;
 use crate::error::{Error, Result};
-use crate::keygroup::{KeyGroupRange, check_max_parallelism};
-use crate::state::StateDescriptor;
 use crate::hash::{ContentHash, Segment};
+use crate::keygroup::{KeyGroupRange, check_max_parallelism};
 use crate::layout::{
     SnapshotKind, backend_tag, metadata_path, private_file_path, validate_job_id,
     validate_object_path,

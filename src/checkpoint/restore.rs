@@ -20,10 +20,10 @@ use super::metadata::{self, BackendHandle, CheckpointMetadata, PinRecord};
 use crate::backend::KeyedStateBackend;
 use crate::engine::DB_DIR;
 use crate::error::{Error, ErrorKind, Result};
-use crate::keygroup::KeyGroupRange;
-use crate::settings::BackendSettings;
 use crate::hash::{ContentHash, Verifier};
+use crate::keygroup::KeyGroupRange;
 use crate::layout::{self, SnapshotKind, checkpoint_dir, parse_checkpoint_path, shared_path};
+use crate::settings::BackendSettings;
 use crate::store::{Store, WriteMode, missing_as_corruption};
 
 /// Where to restore from.
@@ -497,29 +497,26 @@ async fn verified_stream(
     verifier.size_is(size)?;
     // Hold back one chunk so that the last one is released only after the hash matched.
     let state = (chunks, verifier, None::<Bytes>, false);
-    let stream = stream::try_unfold(
-        state,
-        |(mut chunks, mut verifier, held, done)| async move {
-            if done {
-                return Ok(None);
+    let stream = stream::try_unfold(state, |(mut chunks, mut verifier, held, done)| async move {
+        if done {
+            return Ok(None);
+        }
+        match chunks.next().await {
+            Some(chunk) => {
+                let chunk = chunk?;
+                verifier.update(&chunk)?;
+                // The first chunk releases nothing (an empty chunk, filtered below).
+                Ok(Some((
+                    held.unwrap_or_default(),
+                    (chunks, verifier, Some(chunk), false),
+                )))
             }
-            match chunks.next().await {
-                Some(chunk) => {
-                    let chunk = chunk?;
-                    verifier.update(&chunk)?;
-                    // The first chunk releases nothing (an empty chunk, filtered below).
-                    Ok(Some((
-                        held.unwrap_or_default(),
-                        (chunks, verifier, Some(chunk), false),
-                    )))
-                }
-                None => {
-                    verifier.finish()?;
-                    Ok(held.map(|last| (last, (chunks, verifier, None, true))))
-                }
+            None => {
+                verifier.finish()?;
+                Ok(held.map(|last| (last, (chunks, verifier, None, true))))
             }
-        },
-    );
+        }
+    });
     Ok(stream
         .try_filter(|chunk| futures::future::ready(!chunk.is_empty()))
         .boxed())

@@ -22,12 +22,12 @@ use super::metadata::{
     self, BackendHandle, LogFile, MAX_SEGMENTS, PinRecord, PrivateFile, SharedFile,
 };
 use crate::backend::KeyedStateBackend;
+use crate::descriptor::StateDescriptor;
 use crate::engine::{Engine, STAGING_DIR};
 use crate::error::{Error, Result};
-use crate::settings::WalMode;
-use crate::state::StateDescriptor;
 use crate::hash::{ContentHash, Segment, hash_file};
 use crate::layout::{self, backend_tag, shared_path};
+use crate::settings::WalMode;
 use crate::store::{Staged, Store, WriteMode};
 
 /// A log file's name and the length recorded in the synchronous phase.

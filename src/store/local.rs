@@ -19,8 +19,8 @@ use super::{
     SweepMode, WriteMode, missing_as_corruption, validate_object_path,
 };
 use crate::error::{Error, Result};
-use crate::hash::{self, Verifier, copy_hashing};
 use crate::fs::{self, DurableError, Fs, FsEntry, Publish, StdFs};
+use crate::hash::{self, Verifier, copy_hashing};
 
 const CHUNK_BYTES: usize = 1 << 20;
 /// The lock file of compare-and-swaps: housekeeping of this store, never listed as an object.

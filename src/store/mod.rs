@@ -129,11 +129,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// neither published nor discarded is a temporary file that GC sweeps.
     async fn stage_file(&self, file: &Path, offset: u64, len: u64) -> Result<Staged> {
         let source = file.to_path_buf();
-        let (hash, size) = tokio::task::spawn_blocking(move || {
-            crate::hash::hash_file(&source, offset, Some(len))
-        })
-        .await
-        .map_err(|e| Error::invalid(format!("hashing task failed: {e}")))??;
+        let (hash, size) =
+            tokio::task::spawn_blocking(move || crate::hash::hash_file(&source, offset, Some(len)))
+                .await
+                .map_err(|e| Error::invalid(format!("hashing task failed: {e}")))??;
         Ok(Staged {
             hash,
             size,
