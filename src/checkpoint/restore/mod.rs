@@ -1,0 +1,189 @@
+//! Restore from a checkpoint's path (R1–R7 of `docs/protocols.md`), one file per step:
+//! `resolve` (R1–R2 and the reader pin of R4: find and verify the metadata, pin what it names),
+//! `download` (R5: assemble every file in a temporary directory, hashing while streaming; R7's
+//! publish), `verify` (read and hash a whole checkpoint without restoring), `claim` (a coordinator's
+//! restore: R3–R7 with or without claim). This file holds the public types and the standalone
+//! `restore_backend`.
+//!
+//! Safety: metadata is verified (envelope, checksum, validation) before anything is written, and
+//! every local name it holds is a plain RocksDB file name, so nothing lands outside the temporary
+//! directory (G5). Every byte is hashed as it streams in; a missing, short, long or altered file
+//! fails the restore with an error naming it, and the temporary directory is removed: a restore
+//! yields the checkpoint's exact state or nothing (G2).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::KeyedStateBackend;
+use crate::checkpoint::coordinator::CheckpointCoordinator;
+use crate::checkpoint::job;
+use crate::checkpoint::metadata::{self, BackendHandle, CheckpointMetadata, PinRecord};
+use crate::engine::DB_DIR;
+use crate::error::{Error, ErrorKind, Result};
+use crate::hash::{ContentHash, Verifier};
+use crate::keygroup::KeyGroupRange;
+use crate::layout::{self, SnapshotKind, checkpoint_dir, parse_checkpoint_path, shared_path};
+use crate::settings::BackendSettings;
+use crate::store::{Store, WriteMode, missing_as_corruption};
+
+mod claim;
+mod download;
+mod resolve;
+mod verify;
+
+pub use download::download_backend;
+pub use resolve::{latest_checkpoint, read_metadata};
+pub use verify::{VerifyReport, verify_checkpoint};
+
+use download::*;
+use resolve::*;
+
+/// Where to restore from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestoreSource {
+    /// The object path of a metadata record (`jobs/<job>/chk-<id>/_metadata`).
+    Metadata(String),
+    /// The object path of a checkpoint directory (`jobs/<job>/chk-<id>`).
+    Directory(String),
+    /// The newest committed checkpoint of a job.
+    Latest(String),
+}
+
+impl RestoreSource {
+    /// Parses `latest:<job>`, a metadata path, or a checkpoint directory path (relative to the root).
+    pub fn parse(text: &str) -> Result<Self> {
+        if let Some(job) = text.strip_prefix("latest:") {
+            layout::validate_job_id(job)?;
+            return Ok(RestoreSource::Latest(job.to_owned()));
+        }
+        let trimmed = text.trim_matches('/');
+        if trimmed.rsplit('/').next() == Some(layout::METADATA) {
+            Ok(RestoreSource::Metadata(trimmed.to_owned()))
+        } else {
+            Ok(RestoreSource::Directory(trimmed.to_owned()))
+        }
+    }
+}
+
+/// Whether a restored job takes ownership of the checkpoint it starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimMode {
+    /// The source stays with its job; the restored job pins its files until its own first
+    /// checkpoint, which uploads only what is new.
+    NoClaim,
+    /// The restored job adopts the checkpoint (re-committed under its own id) and discards it when
+    /// it is subsumed.
+    Claim,
+}
+
+/// One backend to restore: its directory (must not exist), key groups and settings.
+#[derive(Clone, Debug)]
+pub struct RestoreTarget {
+    /// The backend directory to create.
+    pub dir: PathBuf,
+    /// The key groups it owns; a backend of the checkpoint must have exactly this range.
+    pub key_groups: KeyGroupRange,
+    /// Its settings.
+    pub settings: BackendSettings,
+}
+
+/// Figures of one backend's download.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DownloadReport {
+    /// Files written.
+    pub files: u64,
+    /// Bytes downloaded and verified.
+    pub bytes: u64,
+}
+
+/// A callback told how many more bytes arrived (for progress bars).
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// The handle of `metadata` whose key-group range is exactly `key_groups`.
+pub fn backend_for(
+    metadata: &CheckpointMetadata,
+    key_groups: KeyGroupRange,
+) -> Result<&BackendHandle> {
+    metadata
+        .backends
+        .iter()
+        .find(|b| b.key_groups == key_groups)
+        .ok_or_else(|| {
+            let ranges: Vec<String> = metadata
+                .backends
+                .iter()
+                .map(|b| b.key_groups.to_string())
+                .collect();
+            Error::invalid(format!(
+                "checkpoint {} of job `{}` has no backend for key groups {key_groups}; it has {}",
+                metadata.checkpoint_id,
+                metadata.job_id,
+                ranges.join(", ")
+            ))
+        })
+}
+
+/// Downloads the backend of `source` owning `key_groups` into `target` and opens it, outside any
+/// job (the `rockpoint restore` command). A reader pin, renewed while the download runs, keeps the
+/// checkpoint's files from GC and its job's discards; it is removed at the end.
+pub async fn restore_backend(
+    store: &dyn Store,
+    source: &RestoreSource,
+    target: &RestoreTarget,
+    parallelism: usize,
+    progress: Option<Progress>,
+) -> Result<KeyedStateBackend> {
+    let (_, metadata) = read_metadata(store, source).await?;
+    let handle = backend_for(&metadata, target.key_groups)?;
+    let mut hashes: Vec<ContentHash> = handle.shared_hashes().collect();
+    hashes.sort();
+    hashes.dedup();
+    with_reader_pin(
+        store,
+        &metadata,
+        &hashes,
+        download_backend(store, handle, &target.dir, parallelism, progress),
+    )
+    .await?;
+    open_restored(handle, target)
+}
+
+/// Opens a downloaded backend and checks it holds the states the checkpoint recorded.
+fn open_restored(handle: &BackendHandle, target: &RestoreTarget) -> Result<KeyedStateBackend> {
+    let started = std::time::Instant::now();
+    let backend = KeyedStateBackend::open(
+        &target.dir,
+        handle.max_parallelism,
+        handle.key_groups,
+        target.settings.clone(),
+    )?;
+    let mut recorded = handle.states.clone();
+    recorded.sort_by(|a, b| a.name.cmp(&b.name));
+    if backend.states() != recorded {
+        return Err(Error::corruption(format!(
+            "restored backend {} holds states {:?}, the checkpoint recorded {:?}",
+            handle.key_groups,
+            backend.states().iter().map(|s| &s.name).collect::<Vec<_>>(),
+            recorded.iter().map(|s| &s.name).collect::<Vec<_>>()
+        )));
+    }
+    backend.seed_hash_cache(
+        handle
+            .shared_files
+            .iter()
+            .map(|f| (f.local_name.clone(), f.size, f.hash)),
+    );
+    backend.seed_log_chains(&handle.log_files);
+    tracing::debug!(
+        key_groups = %handle.key_groups,
+        open_us = started.elapsed().as_micros() as u64,
+        "restored backend opened"
+    );
+    Ok(backend)
+}
