@@ -31,6 +31,11 @@ pub enum ErrorKind {
     /// lease expired. Nothing more is committed or deleted by this coordinator: drop it; the job's
     /// live coordinator (or a reopen) carries on from the store.
     Fenced,
+    /// Too much is in flight (more concurrent checkpoints than the settings allow). Retry later.
+    Busy,
+    /// A bug inside the engine: a background task panicked, or an invariant did not hold. Not the
+    /// caller's fault and not transient; please report it with the message.
+    Internal,
 }
 
 /// The public error: a kind plus a message naming what went wrong.
@@ -112,6 +117,18 @@ pub(crate) enum ErrorDetail {
     Conflict(String),
     #[error("fenced: {0}")]
     Fenced(String),
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("internal error (a bug; please report it): {0}")]
+    Internal(String),
+    /// An error made by code outside the crate (a user's [`Store`](crate::Store)), with its kind.
+    #[error("{message}")]
+    External {
+        kind: ErrorKind,
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
 }
 
 impl Error {
@@ -152,6 +169,52 @@ impl Error {
             ErrorDetail::Cancelled(_) => ErrorKind::Cancelled,
             ErrorDetail::Conflict(_) => ErrorKind::Conflict,
             ErrorDetail::Fenced(_) => ErrorKind::Fenced,
+            ErrorDetail::Busy(_) => ErrorKind::Busy,
+            ErrorDetail::Internal(_) => ErrorKind::Internal,
+            ErrorDetail::External { kind, .. } => *kind,
+        }
+    }
+
+    /// An error of `kind` with a message, for code outside the crate (a [`Store`](crate::Store)
+    /// implementation reporting, say, [`ErrorKind::Corruption`]).
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorDetail::External {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+        .into()
+    }
+
+    /// Like [`Error::new`], keeping the underlying error as the [`source`](std::error::Error::source).
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        ErrorDetail::External {
+            kind,
+            message: message.into(),
+            source: Some(source.into()),
+        }
+        .into()
+    }
+
+    pub(crate) fn busy(msg: impl Into<String>) -> Self {
+        ErrorDetail::Busy(msg.into()).into()
+    }
+
+    pub(crate) fn internal(msg: impl Into<String>) -> Self {
+        ErrorDetail::Internal(msg.into()).into()
+    }
+
+    /// A background task of `what` that did not finish: `Internal` if it panicked, `Cancelled` if
+    /// the runtime shut down under it.
+    pub(crate) fn task(what: &str, e: tokio::task::JoinError) -> Self {
+        if e.is_cancelled() {
+            Error::cancelled(format!("{what}: the runtime shut down"))
+        } else {
+            Error::internal(format!("{what} panicked: {e}"))
         }
     }
 
@@ -281,5 +344,32 @@ impl fmt::Debug for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         std::error::Error::source(&*self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_made_outside_the_crate_keep_their_kind_message_and_source() {
+        let plain = Error::new(ErrorKind::Corruption, "object `x` is short");
+        assert_eq!(plain.kind(), ErrorKind::Corruption);
+        assert_eq!(plain.to_string(), "object `x` is short");
+        assert!(std::error::Error::source(&plain).is_none());
+
+        let io = std::io::Error::other("disk on fire");
+        let wrapped = Error::with_source(ErrorKind::Unavailable, "reading `y`", io);
+        assert_eq!(wrapped.kind(), ErrorKind::Unavailable);
+        let source = std::error::Error::source(&wrapped).expect("a source");
+        assert_eq!(source.to_string(), "disk on fire");
+    }
+
+    #[tokio::test]
+    async fn a_panicked_task_is_internal_not_invalid() {
+        let joined = tokio::spawn(async { panic!("boom") }).await.unwrap_err();
+        let e = Error::task("hashing task", joined);
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert!(e.to_string().contains("hashing task panicked"), "{e}");
     }
 }

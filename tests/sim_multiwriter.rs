@@ -449,7 +449,7 @@ impl Sim {
                     // Fenced: another open of the job claimed it while this one recovered.
                     if !matches!(
                         e.kind(),
-                        ErrorKind::Unavailable | ErrorKind::Conflict | ErrorKind::Fenced
+                        ErrorKind::Unavailable | ErrorKind::Busy | ErrorKind::Conflict | ErrorKind::Fenced
                     ) {
                         self.unexpected(&format!("open `{job}`"), &e);
                     }
@@ -516,7 +516,7 @@ impl Sim {
                             ErrorKind::Corruption => self.violation(format!(
                                 "G2/G3: restoring {source:?} into job `{job}` ({mode:?}) failed with Corruption: {e}"
                             )),
-                            ErrorKind::NotFound | ErrorKind::Unavailable | ErrorKind::Conflict => {}
+                            ErrorKind::NotFound | ErrorKind::Unavailable | ErrorKind::Busy | ErrorKind::Conflict => {}
                             ErrorKind::Fenced => break,
                             _ => self.unexpected(&format!("restore into `{job}`"), &e),
                         }
@@ -573,6 +573,7 @@ impl Sim {
             } else if !matches!(
                 e.kind(),
                 ErrorKind::Unavailable
+                    | ErrorKind::Busy
                     | ErrorKind::Cancelled
                     | ErrorKind::Conflict
                     | ErrorKind::NotFound
@@ -800,7 +801,7 @@ impl Sim {
         if let Err(e) = &result
             && !matches!(
                 e.kind(),
-                ErrorKind::Fenced | ErrorKind::Unavailable | ErrorKind::Conflict
+                ErrorKind::Fenced | ErrorKind::Unavailable | ErrorKind::Busy | ErrorKind::Conflict
             )
         {
             self.unexpected(&format!("shutdown of `{job}`"), e);
@@ -896,7 +897,7 @@ impl Sim {
                     self.fig().gc_errors += 1;
                     if !matches!(
                         e.kind(),
-                        ErrorKind::Unavailable | ErrorKind::NotFound | ErrorKind::Conflict
+                        ErrorKind::Unavailable | ErrorKind::Busy | ErrorKind::NotFound | ErrorKind::Conflict
                     ) {
                         self.unexpected("GC pass", &e);
                     }

@@ -181,7 +181,7 @@ impl LocalStore {
         let this = self.clone();
         tokio::task::spawn_blocking(move || f(this))
             .await
-            .map_err(|e| Error::invalid(format!("storage task failed: {e}")))?
+            .map_err(|e| Error::task("storage task", e))?
     }
 
     /// Walks `dir` recursively, calling `visit` with each entry's path relative to the root.
@@ -373,7 +373,7 @@ impl Store for LocalStore {
                 (result.map(|n| Bytes::from(buf).slice(..n)), reader, target)
             })
             .await
-            .map_err(|e| Error::invalid(format!("storage task failed: {e}")))?;
+            .map_err(|e| Error::task("storage task", e))?;
             let chunk = chunk.map_err(|e| Error::io("reading", &target, e))?;
             Ok(if chunk.is_empty() {
                 None

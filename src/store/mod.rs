@@ -132,7 +132,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         let (hash, size) =
             tokio::task::spawn_blocking(move || crate::hash::hash_file(&source, offset, Some(len)))
                 .await
-                .map_err(|e| Error::invalid(format!("hashing task failed: {e}")))??;
+                .map_err(|e| Error::task("hashing task", e))??;
         Ok(Staged {
             hash,
             size,

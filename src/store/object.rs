@@ -144,7 +144,7 @@ async fn read_part(file: std::fs::File, want: usize) -> Result<(std::fs::File, V
         Ok((file, buf))
     })
     .await
-    .map_err(|e| Error::invalid(format!("storage task failed: {e}")))?
+    .map_err(|e| Error::task("storage task", e))?
     .map_err(|e| Error::io("reading for upload", "<staged file>", e))
 }
 

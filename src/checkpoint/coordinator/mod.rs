@@ -632,10 +632,5 @@ impl CheckpointCoordinator {
 }
 
 fn busy(job: &str, why: String) -> Error {
-    crate::error::ErrorDetail::Io {
-        context: "triggering a checkpoint",
-        path: format!("job {job}").into(),
-        source: std::io::Error::new(std::io::ErrorKind::ResourceBusy, why),
-    }
-    .into()
+    Error::busy(format!("triggering a checkpoint of job `{job}`: {why}"))
 }

@@ -184,7 +184,7 @@ pub(super) async fn assemble(
     let file = path.clone();
     tokio::task::spawn_blocking(move || std::fs::File::open(&file).and_then(|f| f.sync_all()))
         .await
-        .map_err(|e| Error::invalid(format!("restore task failed: {e}")))?
+        .map_err(|e| Error::task("restore task", e))?
         .map_err(|e| Error::io("syncing", &path, e))?;
     Ok(total)
 }

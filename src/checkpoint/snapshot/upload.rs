@@ -58,7 +58,7 @@ impl PendingSnapshot {
         let staging_dir = staging.to_path_buf();
         let prepared = tokio::task::spawn_blocking(move || job.prepare(staging_dir))
             .await
-            .map_err(|e| Error::invalid(format!("snapshot task failed: {e}")))??;
+            .map_err(|e| Error::task("snapshot task", e))??;
         // The links now keep every file alive: deletions may resume.
         self.guard = None;
         self.ticket.check_live()?;
