@@ -189,6 +189,19 @@ impl DurableError {
         }
     }
 
+    /// As a plain error, for writers that are not a store (a failed fsync there fails the one
+    /// operation, whose output the caller discards, instead of poisoning a store).
+    pub(crate) fn into_error(self) -> crate::error::Error {
+        match self {
+            DurableError::Io {
+                context,
+                path,
+                source,
+            } => crate::error::Error::io(context, path, source),
+            DurableError::Sync { path, source } => crate::error::Error::io("syncing", path, source),
+        }
+    }
+
     pub(crate) fn is_already_exists(&self) -> bool {
         matches!(self, DurableError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists)
     }
@@ -357,6 +370,42 @@ pub(crate) fn publish_synced_temporary(
         Err(e) => return Err(DurableError::io("removing temporary file", temp, e)),
     }
     fs.sync_dir(dir).map_err(|e| DurableError::sync(dir, e))
+}
+
+/// Writes a new file `path` holding `bytes` and fsyncs it; fails if it exists. The caller fsyncs the
+/// directory (once, after its last file).
+pub(crate) fn write_new_file_synced(
+    fs: &dyn Fs,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), DurableError> {
+    let mut file = fs
+        .create_new(path)
+        .map_err(|e| DurableError::io("creating", path, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.flush())
+        .map_err(|e| DurableError::io("writing", path, e))?;
+    file.sync_all().map_err(|e| DurableError::sync(path, e))
+}
+
+/// Makes a directory's entries durable.
+pub(crate) fn sync_dir_durable(fs: &dyn Fs, dir: &Path) -> Result<(), DurableError> {
+    fs.sync_dir(dir).map_err(|e| DurableError::sync(dir, e))
+}
+
+/// Durably moves the fully written directory `from` onto `to`, which must be absent or an empty
+/// directory: fsync `from`, remove the empty `to`, rename, fsync the parent.
+pub(crate) fn rename_dir_durable(fs: &dyn Fs, from: &Path, to: &Path) -> Result<(), DurableError> {
+    let parent = parent_dir(to)?;
+    sync_dir_durable(fs, from)?;
+    match fs.remove_dir(to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(DurableError::io("replacing empty directory", to, e)),
+    }
+    fs.rename(from, to)
+        .map_err(|e| DurableError::io("moving into place at", to, e))?;
+    sync_dir_durable(fs, parent)
 }
 
 /// Durably removes a file: unlink, then fsync its directory. A missing file is not an error.

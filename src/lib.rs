@@ -15,8 +15,18 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A [`CheckpointCoordinator`] checkpoints a job's backends into a root (a [`Store`]: a local
+//! directory or any `object_store` backend); [`restore_backend`] and [`CheckpointCoordinator::restore`]
+//! bring a checkpoint back, [`verify_checkpoint`] checks one, [`collect_garbage`] cleans a root.
+//! Beyond the top level: [`admin`] (a read-only view of a root's jobs and checkpoints), [`restore`]
+//! (restore step by step), [`format`] (the metadata's vocabulary), [`store`] (the [`Store`] seam, for
+//! implementations outside the crate), [`testing`] (test seams).
+//!
 //! See `ARCHITECTURE.md` for the design and the guarantees.
 
+pub mod admin;
+#[cfg(test)]
+mod architecture;
 mod backend;
 mod checkpoint;
 mod codec;
@@ -30,37 +40,58 @@ mod keygroup;
 mod layout;
 mod settings;
 mod state;
-mod store;
+pub mod store;
 mod util;
 
+// Keyed state.
 pub use backend::{KeyedStateBackend, RawScan};
+pub use descriptor::{StateDescriptor, StateKind};
+pub use keygroup::{KeyGroupRange, MAX_PARALLELISM_LIMIT, key_group_of};
+pub use settings::{BackendSettings, Compression, WalMode};
+pub use state::{ListState, MapState, ReducingState, ValueState};
+// Checkpoints.
 pub use checkpoint::CheckpointTicket;
 pub use checkpoint::coordinator::{
     CancellationPolicy, CheckpointCoordinator, CheckpointMetrics, CheckpointSettings,
     CompletedCheckpoint, CoordinatorBuilder, JobEnd,
 };
-pub use checkpoint::gc::{GcOptions, GcReport, collect_garbage};
-pub use checkpoint::job::{JobRecord, job_record};
-pub use checkpoint::metadata::{
-    BackendHandle, CheckpointMetadata, LogFile, METADATA_FORMAT_VERSION, PrivateFile, SharedFile,
-};
-pub use checkpoint::restore::{
-    ClaimMode, DownloadReport, Progress, RestoreSource, RestoreTarget, VerifyReport, backend_for,
-    download_backend, latest_checkpoint, read_metadata, restore_backend, verify_checkpoint,
-};
+pub use checkpoint::metadata::{BackendHandle, CheckpointMetadata};
 pub use checkpoint::snapshot::PendingSnapshot;
-pub use descriptor::{StateDescriptor, StateKind};
-pub use error::{Error, ErrorKind, Result};
-pub use faults::{FailPointRegistry, FaultRegistry};
-pub use fs::{Fs, FsEntry, FsRead, FsWrite, StdFs};
-pub use hash::{ContentHash, Segment};
-pub use keygroup::{KeyGroupRange, MAX_PARALLELISM_LIMIT, key_group_of};
 pub use layout::SnapshotKind;
-pub use settings::{BackendSettings, Compression, WalMode};
-pub use state::{ListState, MapState, ReducingState, ValueState};
-pub use store::{
-    LocalStore, ObjectInfo, ObjectStoreStore, ObjectVersion, Staged, Store, SweepMode, WriteMode,
+// Restore, verify, GC.
+pub use checkpoint::gc::{GcOptions, GcReport, collect_garbage};
+pub use checkpoint::restore::{
+    ClaimMode, Progress, RestoreSource, RestoreTarget, VerifyReport, restore_backend,
+    verify_checkpoint,
 };
+// Storage roots.
+pub use store::{LocalStore, ObjectStoreStore, Store, SweepMode};
+// Errors.
+pub use error::{Error, ErrorKind, Result};
+
+/// Lower-level restore steps, for tools that restore one backend at a time or inspect a source
+/// first: resolve a source to its metadata, pick the handle for a key-group range, download it.
+pub mod restore {
+    pub use crate::checkpoint::restore::{
+        DownloadReport, backend_for, download_backend, latest_checkpoint, read_metadata,
+    };
+}
+
+/// The on-disk vocabulary of a checkpoint's metadata, for tools that read it: its files, their
+/// content hashes, and the format version.
+pub mod format {
+    pub use crate::checkpoint::metadata::{
+        LogFile, METADATA_FORMAT_VERSION, PrivateFile, SharedFile,
+    };
+    pub use crate::hash::{ContentHash, Segment};
+}
+
+/// Test seams: the filesystem under [`LocalStore`](crate::LocalStore) (to simulate crashes and
+/// failed fsyncs) and named fault points (with the `failpoints` feature). Not needed in production.
+pub mod testing {
+    pub use crate::faults::{FailPointRegistry, FaultRegistry};
+    pub use crate::fs::{Fs, FsEntry, FsRead, FsWrite, StdFs};
+}
 
 /// The README's examples are compiled as doc tests, so they cannot drift from the API.
 #[cfg(doctest)]

@@ -449,7 +449,10 @@ impl Sim {
                     // Fenced: another open of the job claimed it while this one recovered.
                     if !matches!(
                         e.kind(),
-                        ErrorKind::Unavailable | ErrorKind::Busy | ErrorKind::Conflict | ErrorKind::Fenced
+                        ErrorKind::Unavailable
+                            | ErrorKind::Busy
+                            | ErrorKind::Conflict
+                            | ErrorKind::Fenced
                     ) {
                         self.unexpected(&format!("open `{job}`"), &e);
                     }
@@ -897,7 +900,10 @@ impl Sim {
                     self.fig().gc_errors += 1;
                     if !matches!(
                         e.kind(),
-                        ErrorKind::Unavailable | ErrorKind::Busy | ErrorKind::NotFound | ErrorKind::Conflict
+                        ErrorKind::Unavailable
+                            | ErrorKind::Busy
+                            | ErrorKind::NotFound
+                            | ErrorKind::Conflict
                     ) {
                         self.unexpected("GC pass", &e);
                     }

@@ -209,26 +209,8 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
     let (mut view, jobs) = View::load(store).await?;
     report.requests += view.requests;
 
-    // G2: fence the jobs whose lease expired, so that their pins are really dead.
-    let now = crate::util::now_ms();
-    let expired: Vec<String> = view
-        .records
-        .iter()
-        .filter_map(|(job, record)| {
-            let record = record.as_ref()?;
-            (record.owner.is_some() && record.lease_until_ms.saturating_add(margin_ms) < now)
-                .then(|| job.clone())
-        })
-        .collect();
-    for job in expired {
-        report.fenced_jobs.push(job.clone());
-        if deleting {
-            report.requests += 2;
-            if let Some(record) = fence(store, &job, margin_ms).await? {
-                view.records.insert(job, Some(record));
-            }
-        }
-    }
+    // G2
+    fence_expired(store, &mut view, &mut report, margin_ms, deleting).await?;
 
     // G3
     let now = crate::util::now_ms();
@@ -242,38 +224,30 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
     report.metadata_records = view.metadata.len();
     report.referenced_shared_files = referenced.len();
     report.unreadable = view.unreadable.clone();
-    let mut shared_candidates: BTreeMap<String, (ContentHash, u64)> = BTreeMap::new();
-    for object in &shared {
-        match parse_shared_path(&object.path) {
+    let mut shared_candidates: BTreeMap<String, (ContentHash, u64)> = shared
+        .iter()
+        .filter_map(|object| match parse_shared_path(&object.path) {
             Some(hash) if !referenced.contains(&hash) && old(object) => {
-                shared_candidates.insert(object.path.clone(), (hash, object.size));
+                Some((object.path.clone(), (hash, object.size)))
             }
-            Some(_) => {}
+            Some(_) => None,
             // Not a name the engine writes: leave it alone, but say so.
-            None => tracing::warn!(
-                path = object.path,
-                "unexpected object under shared/; left in place"
-            ),
-        }
-    }
+            None => {
+                tracing::warn!(
+                    path = object.path,
+                    "unexpected object under shared/; left in place"
+                );
+                None
+            }
+        })
+        .collect();
     let mut dead: Vec<(String, u64)> = view
         .pins
         .iter()
         .filter(|(info, pin)| !view.pin_live(pin, now, margin_ms) && old(info))
         .map(|(info, _)| (info.path.clone(), info.size))
         .collect();
-    for object in &intents {
-        report.requests += 1;
-        let expired = match store.get(&object.path).await {
-            Ok(bytes) => job::decode_intent(&bytes, &object.path)
-                .map(|i| i.expired(now))
-                .unwrap_or_else(|_| object.modified.elapsed().is_ok_and(|a| a > INTENT_LEASE)),
-            Err(_) => false,
-        };
-        if expired {
-            dead.push((object.path.clone(), object.size));
-        }
-    }
+    dead.extend(expired_intents(store, &intents, now, &mut report).await);
 
     report.pins = dead.iter().map(|(p, _)| p.clone()).collect();
     report.private_files = private_candidates.iter().map(|(p, _)| p.clone()).collect();
@@ -308,32 +282,7 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
         report.reclaimed_bytes += size;
     }
     if !shared_candidates.is_empty() {
-        let intent = DeletionIntent {
-            created_at_ms: crate::util::now_ms(),
-            expires_at_ms: crate::util::now_ms() + INTENT_LEASE.as_millis() as u64,
-            hashes: shared_candidates.values().map(|(h, _)| *h).collect(),
-        };
-        let intent_path = layout::intent_path();
-        report.requests += 1;
-        store
-            .put(
-                &intent_path,
-                job::encode_intent(&intent)?,
-                WriteMode::CreateOnly,
-            )
-            .await?;
-        let result = delete_shared(
-            store,
-            &intent,
-            &mut shared_candidates,
-            &mut report,
-            margin_ms,
-        )
-        .await;
-        report.requests += 1;
-        let removed = store.delete(&intent_path).await;
-        result?;
-        removed?;
+        delete_under_intent(store, &mut shared_candidates, &mut report, margin_ms).await?;
         report.shared_files = shared_candidates.into_keys().collect();
     }
     report.incomplete = store
@@ -496,4 +445,87 @@ async fn spare_read_records(
         parse_checkpoint_path(path).is_none_or(|p| !read.contains(&(p.job.to_owned(), p.id)))
     });
     Ok(())
+}
+
+/// G2: fences the jobs whose lease expired (only when deleting), so that their pins are really
+/// dead; reports them either way.
+async fn fence_expired(
+    store: &dyn Store,
+    view: &mut View,
+    report: &mut GcReport,
+    margin_ms: u64,
+    deleting: bool,
+) -> Result<()> {
+    let now = crate::util::now_ms();
+    let expired: Vec<String> = view
+        .records
+        .iter()
+        .filter_map(|(job, record)| {
+            let record = record.as_ref()?;
+            (record.owner.is_some() && record.lease_until_ms.saturating_add(margin_ms) < now)
+                .then(|| job.clone())
+        })
+        .collect();
+    for job in expired {
+        report.fenced_jobs.push(job.clone());
+        if deleting {
+            report.requests += 2;
+            if let Some(record) = fence(store, &job, margin_ms).await? {
+                view.records.insert(job, Some(record));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletion intents whose lease ran out (their pass died): records to delete, with their sizes.
+async fn expired_intents(
+    store: &dyn Store,
+    intents: &[ObjectInfo],
+    now: u64,
+    report: &mut GcReport,
+) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for object in intents {
+        report.requests += 1;
+        let expired = match store.get(&object.path).await {
+            Ok(bytes) => job::decode_intent(&bytes, &object.path)
+                .map(|i| i.expired(now))
+                .unwrap_or_else(|_| object.modified.elapsed().is_ok_and(|a| a > INTENT_LEASE)),
+            Err(_) => false,
+        };
+        if expired {
+            out.push((object.path.clone(), object.size));
+        }
+    }
+    out
+}
+
+/// G4 for shared files, the deleter rule: write a deletion intent naming them, delete those that a
+/// second look at pins and metadata still finds unreferenced, remove the intent.
+async fn delete_under_intent(
+    store: &dyn Store,
+    candidates: &mut BTreeMap<String, (ContentHash, u64)>,
+    report: &mut GcReport,
+    margin_ms: u64,
+) -> Result<()> {
+    let intent = DeletionIntent {
+        created_at_ms: crate::util::now_ms(),
+        expires_at_ms: crate::util::now_ms() + INTENT_LEASE.as_millis() as u64,
+        hashes: candidates.values().map(|(h, _)| *h).collect(),
+    };
+    let intent_path = layout::intent_path();
+    report.requests += 1;
+    store
+        .put(
+            &intent_path,
+            job::encode_intent(&intent)?,
+            WriteMode::CreateOnly,
+        )
+        .await?;
+    let result = delete_shared(store, &intent, candidates, report, margin_ms).await;
+    report.requests += 1;
+    let removed = store.delete(&intent_path).await;
+    result?;
+    removed
 }

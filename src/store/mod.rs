@@ -1,4 +1,5 @@
-//! The storage seam: every byte the engine persists goes through [`Store`].
+//! The storage seam: every byte the engine persists goes through [`Store`]. This module is public
+//! for implementations of `Store` outside the crate: it holds the trait and its vocabulary.
 //!
 //! Two implementations: [`LocalStore`] (the default; a directory, with every write published by the
 //! durability recipes of `fs`) and [`ObjectStoreStore`] (any `object_store` backend: S3, GCS, Azure,
@@ -27,8 +28,9 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-pub(crate) use crate::hash::ContentHash;
+pub use crate::hash::ContentHash;
 use crate::hash::Verifier;
+pub(crate) use crate::layout::validate_object_path;
 
 pub use local::LocalStore;
 pub use object::ObjectStoreStore;
@@ -247,28 +249,6 @@ pub(crate) enum StagedKind {
     },
     /// Copied into a temporary file of the store: publishing links it into place.
     Temporary(std::path::PathBuf),
-}
-
-/// Checks that `path` is a relative object path the engine could have written: `/`-separated
-/// segments of `[A-Za-z0-9._-]`, none empty, none starting with `.` (so no `..` and no temporary
-/// names). Paths read from metadata pass through here before any use (G5).
-pub(crate) fn validate_object_path(path: &str) -> Result<()> {
-    let ok = !path.is_empty()
-        && path.len() <= 1024
-        && path.split('/').all(|segment| {
-            !segment.is_empty()
-                && !segment.starts_with('.')
-                && segment
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "`{path}` is not a valid object path"
-        )))
-    }
 }
 
 /// The largest object the engine reads whole into memory (metadata and pins).

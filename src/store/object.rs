@@ -22,7 +22,7 @@ use super::{
     validate_object_path,
 };
 use crate::error::{Error, Result};
-use crate::hash;
+use crate::hash::Verifier;
 
 /// Files up to this size are uploaded with one request; larger ones in parts of this size.
 const PART_BYTES: usize = 8 << 20;
@@ -182,23 +182,15 @@ impl Store for ObjectStoreStore {
     ) -> Result<()> {
         let location = self.location(path)?;
         let mut source = super::open_for_upload(file, offset)?;
-        let mut hasher = blake3::Hasher::new();
-        let mismatch = |actual: ContentHash, actual_size: u64| -> Error {
-            hash::mismatch(
-                format!("{} (bytes {offset}..{})", file.display(), offset + len),
-                expected,
-                len,
-                actual.to_hex(),
-                actual_size,
-            )
-        };
+        let mut check = Verifier::new(
+            format!("{} (bytes {offset}..{})", file.display(), offset + len),
+            expected,
+            len,
+        );
         if len <= PART_BYTES as u64 {
             let (_, data) = read_part(source, len as usize).await?;
-            hasher.update(&data);
-            let actual = ContentHash::from(hasher.finalize());
-            if (actual, data.len() as u64) != (expected, len) {
-                return Err(mismatch(actual, data.len() as u64));
-            }
+            check.update(&data)?;
+            check.finish()?;
             return self.put(path, Bytes::from(data), WriteMode::Replace).await;
         }
         let upload = self
@@ -225,14 +217,13 @@ impl Store for ObjectStoreStore {
             if chunk.is_empty() {
                 break;
             }
-            hasher.update(&chunk);
             sent += chunk.len() as u64;
+            check.update(&chunk)?;
             writer.put(Bytes::from(chunk));
         }
-        let actual = ContentHash::from(hasher.finalize());
-        if (actual, sent) != (expected, len) {
+        if let Err(e) = check.finish() {
             let _ = writer.abort().await;
-            return Err(mismatch(actual, sent));
+            return Err(e);
         }
         writer
             .finish()

@@ -77,12 +77,48 @@ impl CheckpointCoordinator {
         Ok(done)
     }
 
+    /// C2–C6 for a ticket whose handles passed C1.
     pub(super) async fn commit(
         &self,
         ticket: &CheckpointTicket,
         handles: Vec<BackendHandle>,
         triggered: Instant,
     ) -> Result<CompletedCheckpoint> {
+        let metadata = self.write_metadata(ticket, handles).await?;
+        self.swap_commit(ticket, &metadata.metadata_path()).await?;
+        let committed_after = triggered.elapsed();
+        crate::failpoint!(self.inner.faults, "commit::after_record");
+        let metadata = Arc::new(metadata);
+        self.after_commit(ticket, &metadata).await;
+        let done = CompletedCheckpoint {
+            sync_pause: Duration::from_micros(
+                metadata
+                    .backends
+                    .iter()
+                    .map(|b| b.sync_pause_us)
+                    .max()
+                    .unwrap_or(0),
+            ),
+            duration: committed_after,
+            cleanup: triggered.elapsed() - committed_after,
+            metadata,
+        };
+        tracing::debug!(
+            checkpoint = ticket.checkpoint_id,
+            committed_us = done.duration.as_micros() as u64,
+            "checkpoint committed"
+        );
+        self.record_metrics(&done);
+        Ok(done)
+    }
+
+    /// C2–C3: builds the metadata and writes it, create-only. Durable, but not complete until the
+    /// record lists it; a failure that is known to have written nothing aborts the checkpoint.
+    async fn write_metadata(
+        &self,
+        ticket: &CheckpointTicket,
+        handles: Vec<BackendHandle>,
+    ) -> Result<CheckpointMetadata> {
         let id = ticket.checkpoint_id;
         let max_parallelism = handles
             .first()
@@ -105,7 +141,7 @@ impl CheckpointCoordinator {
         );
         let path = metadata.metadata_path();
         crate::failpoint!(self.inner.faults, "commit::before_metadata");
-        // C3: durable, but not complete until the record lists it.
+        // C3
         if let Err(e) = self
             .st()
             .put(&path, bytes.clone(), WriteMode::CreateOnly)
@@ -143,7 +179,13 @@ impl CheckpointCoordinator {
             self.abort_by_id(ticket.kind, id).await.ok();
             return Err(e);
         }
-        // C4: the commit point.
+        Ok(metadata)
+    }
+
+    /// C4, the commit point: the record swap that lists the checkpoint (retention by id; a late,
+    /// older checkpoint is refused as subsumed). On failure it deletes only what is known dead.
+    async fn swap_commit(&self, ticket: &CheckpointTicket, path: &str) -> Result<()> {
+        let id = ticket.checkpoint_id;
         let retained_max = self.inner.settings.retained;
         let kind = ticket.kind;
         let swapped = self
@@ -184,10 +226,13 @@ impl CheckpointCoordinator {
             }
             return Err(e);
         }
-        let committed_after = triggered.elapsed();
-        crate::failpoint!(self.inner.faults, "commit::after_record");
-        let metadata = Arc::new(metadata);
-        // C5 (in memory first: from here on the checkpoint is complete whatever fails next).
+        Ok(())
+    }
+
+    /// C5, in memory first (from here on the checkpoint is complete whatever fails next): remember
+    /// the metadata, cancel the older pending checkpoints it subsumes, then remove its pins.
+    async fn after_commit(&self, ticket: &CheckpointTicket, metadata: &Arc<CheckpointMetadata>) {
+        let id = ticket.checkpoint_id;
         let subsumed_pending = {
             let mut state = self.lock();
             state.metadata.insert(id, metadata.clone());
@@ -220,40 +265,22 @@ impl CheckpointCoordinator {
                 "pending checkpoint subsumed"
             );
         }
-        let done = CompletedCheckpoint {
-            sync_pause: Duration::from_micros(
-                metadata
-                    .backends
-                    .iter()
-                    .map(|b| b.sync_pause_us)
-                    .max()
-                    .unwrap_or(0),
-            ),
-            duration: committed_after,
-            cleanup: triggered.elapsed() - committed_after,
-            metadata,
-        };
-        tracing::debug!(
-            checkpoint = id,
-            committed_us = done.duration.as_micros() as u64,
-            "checkpoint committed"
-        );
-        {
-            let mut metrics = self.inner.metrics.lock().unwrap_or_else(|p| p.into_inner());
-            for backend in &done.metadata.backends {
-                metrics
-                    .sync_pause_us
-                    .saturating_record(backend.sync_pause_us);
-            }
+    }
+
+    fn record_metrics(&self, done: &CompletedCheckpoint) {
+        let mut metrics = self.inner.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        for backend in &done.metadata.backends {
             metrics
-                .checkpoint_duration_us
-                .saturating_record(done.duration.as_micros() as u64);
-            metrics
-                .uploaded_bytes
-                .saturating_record(done.uploaded_bytes());
-            metrics.completed += 1;
+                .sync_pause_us
+                .saturating_record(backend.sync_pause_us);
         }
-        Ok(done)
+        metrics
+            .checkpoint_duration_us
+            .saturating_record(done.duration.as_micros() as u64);
+        metrics
+            .uploaded_bytes
+            .saturating_record(done.uploaded_bytes());
+        metrics.completed += 1;
     }
 
     pub(super) fn remove_pending(&self, id: u64) {

@@ -3,6 +3,7 @@
 //! streams in; write CURRENT; fsync; rename onto the target.
 
 use super::*;
+use crate::fs::{self, DurableError, StdFs};
 
 /// R5–R6: downloads one backend into the new directory `target` (its RocksDB files land in
 /// `target/db`), verifying every file. `target` must not exist or be empty.
@@ -54,7 +55,9 @@ pub async fn download_backend(
     let started = std::time::Instant::now();
     let result = fill(store, handle, &db, parallelism, progress).await;
     let result = match result {
-        Ok(report) => publish(&temp, &target, &parent).map(|()| report),
+        Ok(report) => fs::rename_dir_durable(&StdFs, &temp, &target)
+            .map_err(DurableError::into_error)
+            .map(|()| report),
         Err(e) => Err(e),
     };
     tracing::debug!(
@@ -147,8 +150,10 @@ pub(super) async fn fill(
     .await;
     results.into_iter().collect::<Result<Vec<()>>>()?;
     let current = db.join("CURRENT");
-    write_synced(&current, format!("{}\n", handle.manifest_name).as_bytes())?;
-    sync_dir(db)?;
+    let manifest = format!("{}\n", handle.manifest_name);
+    fs::write_new_file_synced(&StdFs, &current, manifest.as_bytes())
+        .and_then(|()| fs::sync_dir_durable(&StdFs, db))
+        .map_err(DurableError::into_error)?;
     Ok(DownloadReport {
         files,
         bytes: bytes.into_inner(),
@@ -230,30 +235,4 @@ pub(super) async fn verified_stream(
     Ok(stream
         .try_filter(|chunk| futures::future::ready(!chunk.is_empty()))
         .boxed())
-}
-
-pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).map_err(|e| Error::io("creating", path, e))?;
-    file.write_all(bytes)
-        .map_err(|e| Error::io("writing", path, e))?;
-    file.sync_all().map_err(|e| Error::io("syncing", path, e))
-}
-
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("syncing directory", dir, e))
-}
-
-pub(super) fn publish(temp: &Path, target: &Path, parent: &Path) -> Result<()> {
-    sync_dir(temp)?;
-    if target.exists() {
-        // An empty directory was allowed; rename needs it gone.
-        std::fs::remove_dir(target)
-            .map_err(|e| Error::io("replacing empty directory", target, e))?;
-    }
-    std::fs::rename(temp, target)
-        .map_err(|e| Error::io("moving restored backend into place at", target, e))?;
-    sync_dir(parent)
 }

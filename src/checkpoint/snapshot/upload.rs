@@ -3,6 +3,7 @@
 //! files (A7), and remove the staging directory on every exit (A8).
 
 use super::*;
+use std::collections::HashSet;
 
 /// A file to ship: where its bytes are and which hash they must have (and, for a new SST, its
 /// bytes already staged in the store by the single read-hash-copy pass).
@@ -64,15 +65,103 @@ impl PendingSnapshot {
         self.ticket.check_live()?;
         let prepared_at = start.elapsed();
 
-        let ticket = &self.ticket;
         let Prepared {
             ssts,
             log_files,
             mut shipments,
             options,
         } = prepared;
-        // A4 for new SSTs: read, hash and stage in one pass, in parallel.
-        let parallelism = ticket.upload_parallelism.max(1);
+        let shared_files = self.stage_new_ssts(store, ssts, &mut shipments).await?;
+        let hashes = self.pin(store, tag, &shipments).await;
+        let doubtful = match hashes {
+            // A6, reuser rule: no GC pass may be about to delete what we reuse. A hash that an
+            // intent named is checked against the store even if the ticket knows it.
+            Ok(needed) => {
+                crate::checkpoint::job::wait_for_intents(store, &needed, &|| {
+                    self.ticket.check_live()
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let doubtful = match doubtful {
+            Ok(named) => named,
+            Err(e) => {
+                discard_all(store, shipments.into_iter().filter_map(|s| s.staged)).await;
+                return Err(e);
+            }
+        };
+        let outcomes = ship_all(store, &self.ticket, &doubtful, shipments).await?;
+
+        let ticket = &self.ticket;
+        let mut handle = BackendHandle {
+            key_groups: self.backend.key_groups,
+            max_parallelism: self.backend.max_parallelism,
+            states: self.states.clone(),
+            shared_files,
+            log_files,
+            private_files: Vec::new(),
+            manifest_name: self.manifest.name.clone(),
+            uploaded_bytes: 0,
+            uploaded_files: 0,
+            reused_bytes: 0,
+            reused_files: 0,
+            sync_pause_us: self.sync_pause.as_micros() as u64,
+            async_duration_us: 0,
+        };
+        for (uploaded, size) in outcomes {
+            if uploaded {
+                handle.uploaded_bytes += size;
+                handle.uploaded_files += 1;
+            } else {
+                handle.reused_bytes += size;
+                handle.reused_files += 1;
+            }
+        }
+
+        let uploaded_at = start.elapsed();
+        // A7: private files.
+        if let Some((name, source, hash, size)) = options {
+            ticket.check_live()?;
+            let path = layout::private_file_path(
+                &ticket.job_id,
+                ticket.kind,
+                ticket.checkpoint_id,
+                tag,
+                &name,
+            );
+            store.put_file(&path, &source, 0, size, hash).await?;
+            handle.uploaded_bytes += size;
+            handle.uploaded_files += 1;
+            handle.private_files.push(PrivateFile {
+                path,
+                local_name: name,
+                hash,
+                size,
+            });
+        }
+        handle.async_duration_us = start.elapsed().as_micros() as u64;
+        tracing::debug!(
+            checkpoint = ticket.checkpoint_id,
+            key_groups = %handle.key_groups,
+            prepare_us = prepared_at.as_micros() as u64,
+            upload_us = (uploaded_at - prepared_at).as_micros() as u64,
+            total_us = handle.async_duration_us,
+            uploaded_bytes = handle.uploaded_bytes,
+            "asynchronous phase done"
+        );
+        Ok(handle)
+    }
+
+    /// A4 for new SSTs: read, hash and stage in one pass, in parallel. Every SST becomes a shipment;
+    /// returns the SSTs as shared files of the handle. On failure nothing staged is left behind.
+    async fn stage_new_ssts(
+        &self,
+        store: &dyn Store,
+        ssts: Vec<LiveSst>,
+        shipments: &mut Vec<Shipment>,
+    ) -> Result<Vec<SharedFile>> {
+        let ticket = &self.ticket;
         let work: Vec<(usize, PathBuf, u64)> = ssts
             .iter()
             .enumerate()
@@ -83,7 +172,7 @@ impl PendingSnapshot {
             work.into_iter()
                 .map(|(i, path, size)| async move { (i, store.stage_file(&path, 0, size).await) }),
         )
-        .buffer_unordered(parallelism)
+        .buffer_unordered(ticket.upload_parallelism.max(1))
         .collect()
         .await;
         let mut staged: HashMap<usize, Staged> = HashMap::new();
@@ -127,8 +216,19 @@ impl PendingSnapshot {
                 staged,
             });
         }
+        Ok(shared_files)
+    }
 
-        // A5: pin every hash before checking what exists.
+    /// A5: pins every hash of the shipments before anything checks what exists; returns them. On
+    /// failure the pin is removed if the ticket was aborted (the abort may have listed before it
+    /// landed); the caller discards what was staged.
+    async fn pin(
+        &self,
+        store: &dyn Store,
+        tag: &str,
+        shipments: &[Shipment],
+    ) -> Result<HashSet<ContentHash>> {
+        let ticket = &self.ticket;
         let mut hashes: Vec<ContentHash> = shipments.iter().map(|s| s.hash).collect();
         hashes.sort();
         hashes.dedup();
@@ -164,102 +264,9 @@ impl PendingSnapshot {
             if e.kind() == crate::ErrorKind::Cancelled {
                 store.delete(&pin_path).await.ok();
             }
-            discard_all(store, shipments.into_iter().filter_map(|s| s.staged)).await;
             return Err(e);
         }
-        // A6, reuser rule: no GC pass may be about to delete what we reuse. A hash that an
-        // intent named is checked against the store even if the ticket knows it.
-        let needed: std::collections::HashSet<ContentHash> = pin.hashes.iter().copied().collect();
-        let doubtful =
-            match crate::checkpoint::job::wait_for_intents(store, &needed, &|| ticket.check_live())
-                .await
-            {
-                Ok(named) => named,
-                Err(e) => {
-                    discard_all(store, shipments.into_iter().filter_map(|s| s.staged)).await;
-                    return Err(e);
-                }
-            };
-
-        // A6: upload what the store lacks, with bounded parallelism. Every shipment runs to its
-        // end (a cancelled one stops at once), so no staged temporary is left behind.
-        let mut unique: HashMap<ContentHash, Shipment> = HashMap::new();
-        let mut duplicates = Vec::new();
-        for shipment in shipments {
-            match unique.entry(shipment.hash) {
-                std::collections::hash_map::Entry::Occupied(_) => {
-                    duplicates.extend(shipment.staged)
-                }
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(shipment);
-                }
-            }
-        }
-        discard_all(store, duplicates).await;
-        let results: Vec<Result<(bool, u64)>> = stream::iter(
-            unique
-                .into_values()
-                .map(|shipment| ship(store, ticket, &doubtful, shipment)),
-        )
-        .buffer_unordered(parallelism)
-        .collect()
-        .await;
-        let outcomes: Vec<(bool, u64)> = results.into_iter().collect::<Result<_>>()?;
-
-        let mut handle = BackendHandle {
-            key_groups: self.backend.key_groups,
-            max_parallelism: self.backend.max_parallelism,
-            states: self.states.clone(),
-            shared_files,
-            log_files,
-            private_files: Vec::new(),
-            manifest_name: self.manifest.name.clone(),
-            uploaded_bytes: 0,
-            uploaded_files: 0,
-            reused_bytes: 0,
-            reused_files: 0,
-            sync_pause_us: self.sync_pause.as_micros() as u64,
-            async_duration_us: 0,
-        };
-        for (uploaded, size) in outcomes {
-            if uploaded {
-                handle.uploaded_bytes += size;
-                handle.uploaded_files += 1;
-            } else {
-                handle.reused_bytes += size;
-                handle.reused_files += 1;
-            }
-        }
-
-        let uploaded_at = start.elapsed();
-        // A7: private files.
-        if let Some((name, source, hash, size)) = options {
-            ticket.check_live()?;
-            let path = format!(
-                "{}/{tag}/{name}",
-                layout::checkpoint_dir(&ticket.job_id, ticket.kind, ticket.checkpoint_id)
-            );
-            store.put_file(&path, &source, 0, size, hash).await?;
-            handle.uploaded_bytes += size;
-            handle.uploaded_files += 1;
-            handle.private_files.push(PrivateFile {
-                path,
-                local_name: name,
-                hash,
-                size,
-            });
-        }
-        handle.async_duration_us = start.elapsed().as_micros() as u64;
-        tracing::debug!(
-            checkpoint = ticket.checkpoint_id,
-            key_groups = %handle.key_groups,
-            prepare_us = prepared_at.as_micros() as u64,
-            upload_us = (uploaded_at - prepared_at).as_micros() as u64,
-            total_us = handle.async_duration_us,
-            uploaded_bytes = handle.uploaded_bytes,
-            "asynchronous phase done"
-        );
-        Ok(handle)
+        Ok(pin.hashes.into_iter().collect())
     }
 
     /// The parts of the snapshot the blocking preparation needs (moved to a blocking thread).
@@ -286,12 +293,43 @@ impl Drop for StagingCleanup {
     }
 }
 
+/// A6: uploads what the store lacks, with bounded parallelism; returns (uploaded?, size) per
+/// distinct file. Every shipment runs to its end (a cancelled one stops at once), so no staged
+/// temporary is left behind.
+pub(super) async fn ship_all(
+    store: &dyn Store,
+    ticket: &CheckpointTicket,
+    doubtful: &HashSet<ContentHash>,
+    shipments: Vec<Shipment>,
+) -> Result<Vec<(bool, u64)>> {
+    let mut unique: HashMap<ContentHash, Shipment> = HashMap::new();
+    let mut duplicates = Vec::new();
+    for shipment in shipments {
+        match unique.entry(shipment.hash) {
+            std::collections::hash_map::Entry::Occupied(_) => duplicates.extend(shipment.staged),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(shipment);
+            }
+        }
+    }
+    discard_all(store, duplicates).await;
+    let results: Vec<Result<(bool, u64)>> = stream::iter(
+        unique
+            .into_values()
+            .map(|shipment| ship(store, ticket, doubtful, shipment)),
+    )
+    .buffer_unordered(ticket.upload_parallelism.max(1))
+    .collect()
+    .await;
+    results.into_iter().collect()
+}
+
 /// A6 for one shipment: reuse it if the job's committed checkpoints or the store already hold it,
 /// else publish it (a staged copy) or upload it. A staged copy not published is discarded.
 pub(super) async fn ship(
     store: &dyn Store,
     ticket: &CheckpointTicket,
-    doubtful: &std::collections::HashSet<ContentHash>,
+    doubtful: &HashSet<ContentHash>,
     shipment: Shipment,
 ) -> Result<(bool, u64)> {
     let Shipment {

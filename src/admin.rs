@@ -1,0 +1,204 @@
+//! A read-only view of a checkpoint root, for operators and tools (the `rockpoint` CLI is built on
+//! it): which jobs the root holds, their committed checkpoints and savepoints with sizes, and how
+//! many bytes those share.
+//!
+//! The view is taken from one listing of the root plus one read per job record and per committed
+//! metadata record; it writes nothing. A record that cannot be read is reported in
+//! [`RootView::unreadable`] and leaves the rest of the view intact; a record that vanishes between
+//! the listing and its read (a job discarding it meanwhile) is simply not in the view.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::job;
+pub use crate::checkpoint::job::{JobRecord, job_record};
+use crate::checkpoint::metadata::{self, CheckpointMetadata};
+use crate::error::{ErrorKind, Result};
+use crate::hash::ContentHash;
+use crate::layout::{self, SnapshotKind};
+use crate::store::Store;
+
+/// One committed checkpoint or savepoint, summarised.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointSummary {
+    /// Its metadata path (what `restore` and `verify` take).
+    pub path: String,
+    /// The job it belongs to.
+    pub job_id: String,
+    /// Its id within the job.
+    pub id: u64,
+    /// Checkpoint or savepoint.
+    pub kind: SnapshotKind,
+    /// When it was committed, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// How many backends (key-group ranges) it holds.
+    pub backends: usize,
+    /// Bytes this checkpoint uploaded (what was new when it was taken).
+    pub checkpointed_bytes: u64,
+    /// Bytes of state it restores to (every file it references, shared or not).
+    pub full_bytes: u64,
+    /// Bytes no other committed checkpoint of the root references: what deleting this one (and
+    /// then running GC) would free, besides its small metadata record.
+    pub exclusive_bytes: u64,
+}
+
+/// One job of the root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The job's id.
+    pub job_id: String,
+    /// Its record (epoch, owner, lease, retained ids), if it has one.
+    pub record: Option<JobRecord>,
+    /// Its committed checkpoints and savepoints, by ascending id.
+    pub checkpoints: Vec<CheckpointSummary>,
+}
+
+/// What a root holds; see [`inspect_root`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootView {
+    /// Every job, by id.
+    pub jobs: Vec<JobView>,
+    /// Bytes of every object in the root (including what GC may still remove).
+    pub stored_bytes: u64,
+    /// Bytes of the distinct files that committed checkpoints reference (what must stay).
+    pub referenced_bytes: u64,
+    /// Records that could not be read, one line each (path and reason).
+    pub unreadable: Vec<String>,
+}
+
+impl RootView {
+    /// Every committed checkpoint and savepoint of every job, by job then id.
+    pub fn checkpoints(&self) -> impl Iterator<Item = &CheckpointSummary> {
+        self.jobs.iter().flat_map(|job| job.checkpoints.iter())
+    }
+}
+
+/// Reads what `store` holds: every job (or only `job`), its record, and a summary of each of its
+/// committed checkpoints and savepoints. Only complete checkpoints are listed: those the job's record
+/// retains (in a root written before job records existed, every metadata record).
+pub async fn inspect_root(store: &dyn Store, job: Option<&str>) -> Result<RootView> {
+    if let Some(job) = job {
+        layout::validate_job_id(job)?;
+    }
+    let objects = store.list("").await?;
+    let mut view = RootView {
+        stored_bytes: objects.iter().map(|o| o.size).sum(),
+        ..RootView::default()
+    };
+    // Every job the listing shows, with the metadata records found under it.
+    let mut found: BTreeMap<String, BTreeSet<(SnapshotKind, u64)>> = BTreeMap::new();
+    for object in &objects {
+        if let Some(name) = layout::parse_job_record_path(&object.path) {
+            found.entry(name.to_owned()).or_default();
+        } else if let Some(parsed) = layout::parse_checkpoint_path(&object.path)
+            && parsed.is_metadata()
+        {
+            found
+                .entry(parsed.job.to_owned())
+                .or_default()
+                .insert((parsed.kind, parsed.id));
+        }
+    }
+    if let Some(job) = job {
+        found.retain(|name, _| name == job);
+    }
+    let mut all: Vec<(String, CheckpointMetadata)> = Vec::new();
+    for (job_id, listed) in found {
+        let record = match job::read_job(store, &job_id).await {
+            Ok(record) => record.map(|(record, _)| record),
+            Err(e) => {
+                view.unreadable
+                    .push(format!("{}: {e}", layout::job_record_path(&job_id)));
+                continue;
+            }
+        };
+        let committed: BTreeSet<(SnapshotKind, u64)> = match &record {
+            Some(record) => record
+                .retained
+                .iter()
+                .map(|&id| (SnapshotKind::Checkpoint, id))
+                .chain(
+                    record
+                        .savepoints
+                        .iter()
+                        .map(|&id| (SnapshotKind::Savepoint, id)),
+                )
+                .collect(),
+            None => listed,
+        };
+        for (kind, id) in committed {
+            let path = layout::metadata_path(&job_id, kind, id);
+            let decoded = match store.get(&path).await {
+                Ok(bytes) => metadata::decode_metadata(&bytes, &path),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue, // discarded meanwhile
+                Err(e) => Err(e),
+            };
+            match decoded {
+                Ok(metadata) => all.push((path, metadata)),
+                Err(e) => view.unreadable.push(format!("{path}: {e}")),
+            }
+        }
+        view.jobs.push(JobView {
+            job_id,
+            record,
+            checkpoints: Vec::new(),
+        });
+    }
+
+    // Sizes: how many committed checkpoints reference each file, to tell shared from exclusive.
+    let files = |m: &CheckpointMetadata| -> Vec<(ContentHash, u64)> {
+        let mut out: Vec<(ContentHash, u64)> = m
+            .backends
+            .iter()
+            .flat_map(|b| {
+                b.shared_files.iter().map(|f| (f.hash, f.size)).chain(
+                    b.log_files
+                        .iter()
+                        .flat_map(|l| l.segments.iter().map(|s| (s.hash, s.size))),
+                )
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    };
+    let mut users: HashMap<ContentHash, (u64, usize)> = HashMap::new();
+    for (_, m) in &all {
+        for (hash, size) in files(m) {
+            users.entry(hash).or_insert((size, 0)).1 += 1;
+        }
+    }
+    view.referenced_bytes = users.values().map(|(size, _)| size).sum();
+    for (path, m) in &all {
+        let private: u64 = m
+            .backends
+            .iter()
+            .flat_map(|b| b.private_files.iter().map(|f| f.size))
+            .sum();
+        let exclusive = files(m)
+            .into_iter()
+            .filter(|(hash, _)| users.get(hash).is_some_and(|(_, n)| *n == 1))
+            .map(|(_, size)| size)
+            .sum::<u64>()
+            + private;
+        let summary = CheckpointSummary {
+            path: path.clone(),
+            job_id: m.job_id.clone(),
+            id: m.checkpoint_id,
+            kind: m.kind,
+            created_at_ms: m.created_at_ms,
+            backends: m.backends.len(),
+            checkpointed_bytes: m.checkpointed_size_bytes,
+            full_bytes: m.full_size_bytes,
+            exclusive_bytes: exclusive,
+        };
+        if let Some(job) = view.jobs.iter_mut().find(|j| j.job_id == m.job_id) {
+            job.checkpoints.push(summary);
+        }
+    }
+    for job in &mut view.jobs {
+        job.checkpoints.sort_by_key(|c| (c.id, c.kind));
+    }
+    Ok(view)
+}

@@ -1,0 +1,176 @@
+//! The architecture invariant, checked: the crate's modules form layers, and a module names only
+//! modules below it (ARCHITECTURE.md, "Layers"). This reads every source file's `crate::…` paths, so
+//! a new import that climbs a layer fails here, in review, before it becomes a cycle.
+//!
+//! `cargo test --lib architecture -- --nocapture` prints the import graph.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Every top-level module, lowest first. A module may use only modules listed before it.
+const LAYERS: &[&str] = &[
+    // Foundation: errors and small helpers.
+    "error",
+    "util",
+    "faults",
+    "settings",
+    "keygroup",
+    "codec",
+    // Format vocabulary: content hashes, object paths, state descriptors.
+    "hash",
+    "layout",
+    "descriptor",
+    // Storage: the local filesystem seam and the object store seam.
+    "fs",
+    "store",
+    // Keyed state: the RocksDB instance, typed access, the user's handle.
+    "engine",
+    "state",
+    "backend",
+    // Checkpoints: snapshot, coordinator, restore, GC.
+    "checkpoint",
+    // Operators' read-only view of a root.
+    "admin",
+];
+
+/// The top-level module a source file belongs to (`src/checkpoint/gc.rs` → `checkpoint`).
+fn module_of(src: &Path, file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src).ok()?;
+    let first = rel.components().next()?.as_os_str().to_str()?.to_owned();
+    Some(first.trim_end_matches(".rs").to_owned())
+}
+
+/// The top-level modules a file's code names through `crate::<module>`.
+fn crate_paths(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            let after = &rest[at + "crate::".len()..];
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // `crate::{a, b}` groups: take every name in the braces.
+            if name.is_empty() && after.starts_with('{') {
+                let group = &after[1..after.find('}').unwrap_or(after.len())];
+                for item in group.split(',') {
+                    let item = item.trim().split("::").next().unwrap_or("").trim();
+                    if !item.is_empty() {
+                        out.insert(item.to_owned());
+                    }
+                }
+            } else if !name.is_empty() {
+                out.insert(name);
+            }
+            rest = after;
+        }
+    }
+    out
+}
+
+fn source_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("src is readable") {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            source_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The names the crate root re-exports (`pub use store::{LocalStore, …}`), by the module they come
+/// from: `crate::LocalStore` names `store` as surely as `crate::store::LocalStore` does.
+fn root_reexports(lib: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for statement in lib.split(';') {
+        let Some(at) = statement.find("pub use ") else {
+            continue;
+        };
+        let body = &statement[at + "pub use ".len()..];
+        let module: String = body
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let names = body.rsplit("::").next().unwrap_or("");
+        for name in names.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !name.is_empty() && name != module {
+                out.insert(name.to_owned(), module.clone());
+            }
+        }
+    }
+    out
+}
+
+/// module → the modules it names (only modules of `LAYERS`; macros aside).
+fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("src/lib.rs");
+    let reexports = root_reexports(&lib);
+    let mut files = Vec::new();
+    source_files(&src, &mut files);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let Some(module) = module_of(&src, &file) else {
+            continue;
+        };
+        if module == "lib" || module == "architecture" {
+            continue; // the crate root re-exports everything; this file names the layers
+        }
+        let text = std::fs::read_to_string(&file).expect("a readable source file");
+        let used: Vec<String> = crate_paths(&text)
+            .into_iter()
+            .map(|name| reexports.get(&name).cloned().unwrap_or(name))
+            .filter(|m| *m != module && LAYERS.contains(&m.as_str()))
+            .collect();
+        graph.entry(module).or_default().extend(used);
+    }
+    graph
+}
+
+#[test]
+fn every_module_is_in_a_layer() {
+    for module in import_graph().keys() {
+        assert!(
+            LAYERS.contains(&module.as_str()),
+            "module `{module}` is in no layer: add it to LAYERS in src/architecture.rs and to \
+             ARCHITECTURE.md"
+        );
+    }
+}
+
+#[test]
+fn modules_use_only_lower_layers() {
+    let rank = |m: &str| LAYERS.iter().position(|l| *l == m).expect("a known module");
+    let graph = import_graph();
+    let mut violations = Vec::new();
+    for (module, used) in &graph {
+        println!(
+            "{module:<11} -> {}",
+            used.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        for dependency in used {
+            if rank(dependency) > rank(module) {
+                violations.push(format!("`{module}` uses `{dependency}`, a higher layer"));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[test]
+fn root_reexports_count_as_their_module() {
+    let lib = "pub use store::{LocalStore, Store};\npub use error::{Error, ErrorKind, Result};";
+    let map = root_reexports(lib);
+    assert_eq!(map["LocalStore"], "store");
+    assert_eq!(map["ErrorKind"], "error");
+}
+
+#[test]
+fn the_checker_sees_grouped_and_inline_paths() {
+    let text = "use crate::{error::Error, hash};\nlet x = crate::util::nonce(); // crate::admin\n";
+    let found: Vec<String> = crate_paths(text).into_iter().collect();
+    assert_eq!(found, ["error", "hash", "util"]);
+}
