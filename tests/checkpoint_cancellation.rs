@@ -248,12 +248,12 @@ async fn claim_mode_transfers_ownership() -> TestResult {
     assert_eq!(job_b.scan()?, expected);
     // The claimed checkpoint is B's now: A's record no longer retains it (so nothing restores it
     // as A's), and its leftover records go with A's next recovery or, A being stopped, with GC.
-    let record_a = rockpoint::job_record(&*store, "job-a")
+    let record_a = rockpoint::admin::job_record(&*store, "job-a")
         .await?
         .expect("A has a record");
     assert!(!record_a.is_complete(chk_a.id()), "{record_a:?}");
     assert_eq!(
-        rockpoint::read_metadata(&*store, &RestoreSource::Metadata(chk_a.path()))
+        rockpoint::restore::read_metadata(&*store, &RestoreSource::Metadata(chk_a.path()))
             .await
             .err()
             .map(|e| e.kind()),

@@ -445,7 +445,7 @@ impl Store for SwapGate {
         &self,
         path: &str,
         data: bytes::Bytes,
-        mode: rockpoint::WriteMode,
+        mode: rockpoint::store::WriteMode,
     ) -> rockpoint::Result<()> {
         self.inner.put(path, data, mode).await
     }
@@ -455,7 +455,7 @@ impl Store for SwapGate {
         file: &std::path::Path,
         offset: u64,
         len: u64,
-        expected: rockpoint::ContentHash,
+        expected: rockpoint::format::ContentHash,
     ) -> rockpoint::Result<()> {
         self.inner.put_file(path, file, offset, len, expected).await
     }
@@ -465,15 +465,15 @@ impl Store for SwapGate {
     async fn get_versioned(
         &self,
         path: &str,
-    ) -> rockpoint::Result<Option<(bytes::Bytes, rockpoint::ObjectVersion)>> {
+    ) -> rockpoint::Result<Option<(bytes::Bytes, rockpoint::store::ObjectVersion)>> {
         self.inner.get_versioned(path).await
     }
     async fn put_if(
         &self,
         path: &str,
         data: bytes::Bytes,
-        expected: Option<&rockpoint::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::ObjectVersion> {
+        expected: Option<&rockpoint::store::ObjectVersion>,
+    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
         if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
             let released = self.release.notified();
             self.waiting.notify_one();
@@ -490,13 +490,13 @@ impl Store for SwapGate {
     )> {
         self.inner.get_stream(path).await
     }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::ObjectInfo>> {
+    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::store::ObjectInfo>> {
         self.inner.head(path).await
     }
     async fn delete(&self, path: &str) -> rockpoint::Result<()> {
         self.inner.delete(path).await
     }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::ObjectInfo>> {
+    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::store::ObjectInfo>> {
         self.inner.list(prefix).await
     }
     async fn sweep_incomplete(
@@ -514,13 +514,17 @@ impl Store for SwapGate {
         file: &std::path::Path,
         offset: u64,
         len: u64,
-    ) -> rockpoint::Result<rockpoint::Staged> {
+    ) -> rockpoint::Result<rockpoint::store::Staged> {
         self.inner.stage_file(file, offset, len).await
     }
-    async fn publish_staged(&self, staged: rockpoint::Staged, path: &str) -> rockpoint::Result<()> {
+    async fn publish_staged(
+        &self,
+        staged: rockpoint::store::Staged,
+        path: &str,
+    ) -> rockpoint::Result<()> {
         self.inner.publish_staged(staged, path).await
     }
-    async fn discard_staged(&self, staged: rockpoint::Staged) -> rockpoint::Result<()> {
+    async fn discard_staged(&self, staged: rockpoint::store::Staged) -> rockpoint::Result<()> {
         self.inner.discard_staged(staged).await
     }
 }

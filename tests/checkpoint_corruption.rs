@@ -73,7 +73,8 @@ async fn restore_into(f: &Fixture, name: &str) -> rockpoint::Result<rockpoint::K
 /// Every object the checkpoint references: shared files, segments and private files.
 async fn referenced_objects(f: &Fixture) -> TestResult<Vec<String>> {
     let (_, metadata) =
-        rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata(f.path.clone())).await?;
+        rockpoint::restore::read_metadata(&*f.store, &RestoreSource::Metadata(f.path.clone()))
+            .await?;
     let mut out = std::collections::BTreeSet::new();
     for b in &metadata.backends {
         for hash in b.shared_hashes() {
@@ -173,19 +174,20 @@ async fn corrupt_or_missing_metadata_gets_a_clear_error() -> TestResult {
         assert!(!f.restores.join("never").exists());
     }
     std::fs::write(&file, &original)?;
-    let missing = rockpoint::read_metadata(
+    let missing = rockpoint::restore::read_metadata(
         &*f.store,
         &RestoreSource::Metadata("jobs/job/chk-00000000000000000042/_metadata".into()),
     )
     .await;
     assert_eq!(missing.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
-    let nonsense = rockpoint::read_metadata(
+    let nonsense = rockpoint::restore::read_metadata(
         &*f.store,
         &RestoreSource::Metadata("../../etc/passwd".into()),
     )
     .await;
     assert_eq!(nonsense.err().map(|e| e.kind()), Some(ErrorKind::Invalid));
-    let latest = rockpoint::read_metadata(&*f.store, &RestoreSource::Latest("nobody".into())).await;
+    let latest =
+        rockpoint::restore::read_metadata(&*f.store, &RestoreSource::Latest("nobody".into())).await;
     assert_eq!(latest.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
     Ok(())
 }
@@ -205,7 +207,8 @@ async fn hostile_metadata_is_rejected_before_any_write() -> TestResult {
     let f = fixture().await?;
     let file = f.root.join(&f.path);
     let (_, metadata) =
-        rockpoint::read_metadata(&*f.store, &RestoreSource::Metadata(f.path.clone())).await?;
+        rockpoint::restore::read_metadata(&*f.store, &RestoreSource::Metadata(f.path.clone()))
+            .await?;
     type Edit = Box<dyn Fn(&mut rockpoint::CheckpointMetadata)>;
     let edits: Vec<(&str, Edit)> = vec![
         (

@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use common::*;
 use futures::stream::BoxStream;
-use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ContentHash, ObjectInfo, ObjectVersion, Store,
-    SweepMode, WriteMode,
-};
+use rockpoint::format::ContentHash;
+use rockpoint::store::{ObjectInfo, ObjectVersion, WriteMode};
+use rockpoint::{CheckpointCoordinator, CheckpointSettings, Store, SweepMode};
 
 /// Counts requests by kind, forwarding everything (the local store's own staging paths included).
 #[derive(Debug)]
@@ -100,14 +99,18 @@ impl Store for CountingStore {
         file: &Path,
         offset: u64,
         len: u64,
-    ) -> rockpoint::Result<rockpoint::Staged> {
+    ) -> rockpoint::Result<rockpoint::store::Staged> {
         self.inner.stage_file(file, offset, len).await
     }
-    async fn publish_staged(&self, staged: rockpoint::Staged, path: &str) -> rockpoint::Result<()> {
+    async fn publish_staged(
+        &self,
+        staged: rockpoint::store::Staged,
+        path: &str,
+    ) -> rockpoint::Result<()> {
         self.count("put");
         self.inner.publish_staged(staged, path).await
     }
-    async fn discard_staged(&self, staged: rockpoint::Staged) -> rockpoint::Result<()> {
+    async fn discard_staged(&self, staged: rockpoint::store::Staged) -> rockpoint::Result<()> {
         self.inner.discard_staged(staged).await
     }
     async fn append_verified(

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use rockpoint::format::ContentHash;
+use rockpoint::store::WriteMode;
 use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ContentHash, GcOptions, SnapshotKind, SweepMode,
-    WriteMode, collect_garbage,
+    CheckpointCoordinator, CheckpointSettings, GcOptions, SnapshotKind, SweepMode, collect_garbage,
 };
 
 fn shared_path(hash: &ContentHash) -> String {

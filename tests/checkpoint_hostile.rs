@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use rockpoint::format::ContentHash;
+use rockpoint::store::{Staged, WriteMode};
 use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ClaimMode, ContentHash, ErrorKind, JobEnd,
-    RestoreSource, RestoreTarget, SnapshotKind, Staged, Store, SweepMode, WriteMode,
+    CheckpointCoordinator, CheckpointSettings, ClaimMode, ErrorKind, JobEnd, RestoreSource,
+    RestoreTarget, SnapshotKind, Store, SweepMode,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -51,7 +53,7 @@ fn rewrite(job: &mut TestJob, count: u64) -> TestResult {
 /// The shared objects a checkpoint references that are missing from the store.
 async fn missing_shared(store: &dyn Store, path: &str) -> TestResult<Vec<String>> {
     let (_, metadata) =
-        rockpoint::read_metadata(store, &RestoreSource::Metadata(path.into())).await?;
+        rockpoint::restore::read_metadata(store, &RestoreSource::Metadata(path.into())).await?;
     let mut missing = Vec::new();
     for hash in metadata.shared_hashes() {
         let p = shared_path(&hash);
@@ -187,7 +189,7 @@ impl Store for GateStore {
     async fn get_versioned(
         &self,
         path: &str,
-    ) -> rockpoint::Result<Option<(Bytes, rockpoint::ObjectVersion)>> {
+    ) -> rockpoint::Result<Option<(Bytes, rockpoint::store::ObjectVersion)>> {
         self.pass("get_versioned", path).await;
         self.inner.get_versioned(path).await
     }
@@ -195,8 +197,8 @@ impl Store for GateStore {
         &self,
         path: &str,
         data: Bytes,
-        expected: Option<&rockpoint::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::ObjectVersion> {
+        expected: Option<&rockpoint::store::ObjectVersion>,
+    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
         self.pass("put_if", path).await;
         self.inner.put_if(path, data, expected).await
     }
@@ -210,7 +212,7 @@ impl Store for GateStore {
         self.pass("get_stream", path).await;
         self.inner.get_stream(path).await
     }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::ObjectInfo>> {
+    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::store::ObjectInfo>> {
         self.pass("head", path).await;
         self.inner.head(path).await
     }
@@ -218,7 +220,7 @@ impl Store for GateStore {
         self.pass("delete", path).await;
         self.inner.delete(path).await
     }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::ObjectInfo>> {
+    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::store::ObjectInfo>> {
         self.pass("list", prefix).await;
         self.inner.list(prefix).await
     }
@@ -527,18 +529,18 @@ async fn gc_deletes_private_files_under_a_reader_that_pinned_before_the_discard(
 fn seal(magic: &[u8; 8], body: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(52 + body.len());
     out.extend_from_slice(magic);
-    out.extend_from_slice(&rockpoint::METADATA_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&rockpoint::format::METADATA_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(blake3::hash(body).as_bytes());
     out.extend_from_slice(body);
     Bytes::from(out)
 }
 
-fn seal_job(record: &rockpoint::JobRecord) -> TestResult<Bytes> {
+fn seal_job(record: &rockpoint::admin::JobRecord) -> TestResult<Bytes> {
     Ok(seal(b"RKPTJOB\0", &rmp_serde::to_vec_named(record)?))
 }
 
-fn unseal_job(bytes: &[u8]) -> TestResult<rockpoint::JobRecord> {
+fn unseal_job(bytes: &[u8]) -> TestResult<rockpoint::admin::JobRecord> {
     Ok(rmp_serde::from_slice(&bytes[52..])?)
 }
 
@@ -549,7 +551,7 @@ fn unseal_job(bytes: &[u8]) -> TestResult<rockpoint::JobRecord> {
 async fn job_record_at_the_largest_epoch_panics_open_and_gc() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = local_store(&dir.path().join("root"))?;
-    let record = rockpoint::JobRecord {
+    let record = rockpoint::admin::JobRecord {
         job_id: "x".into(),
         epoch: u64::MAX,
         owner: Some("someone".into()),
@@ -694,15 +696,15 @@ impl Store for BusySource {
     async fn get_versioned(
         &self,
         path: &str,
-    ) -> rockpoint::Result<Option<(Bytes, rockpoint::ObjectVersion)>> {
+    ) -> rockpoint::Result<Option<(Bytes, rockpoint::store::ObjectVersion)>> {
         self.inner.get_versioned(path).await
     }
     async fn put_if(
         &self,
         path: &str,
         data: Bytes,
-        expected: Option<&rockpoint::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::ObjectVersion> {
+        expected: Option<&rockpoint::store::ObjectVersion>,
+    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
         if path == self.record {
             self.bump().await?;
         }
@@ -717,13 +719,13 @@ impl Store for BusySource {
     )> {
         self.inner.get_stream(path).await
     }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::ObjectInfo>> {
+    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::store::ObjectInfo>> {
         self.inner.head(path).await
     }
     async fn delete(&self, path: &str) -> rockpoint::Result<()> {
         self.inner.delete(path).await
     }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::ObjectInfo>> {
+    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::store::ObjectInfo>> {
         self.inner.list(prefix).await
     }
     async fn sweep_incomplete(
@@ -789,7 +791,7 @@ async fn claim_that_loses_every_source_swap_still_discards_the_retained_source()
         ClaimMode::Claim,
     )
     .await;
-    let record = rockpoint::job_record(&*store, "a")
+    let record = rockpoint::admin::job_record(&*store, "a")
         .await?
         .ok_or("A has no record")?;
     let mut problems = Vec::new();

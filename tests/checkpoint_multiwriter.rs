@@ -16,10 +16,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use futures::FutureExt;
+use rockpoint::format::{ContentHash, METADATA_FORMAT_VERSION};
+use rockpoint::store::{Staged, WriteMode};
 use rockpoint::{
     CancellationPolicy, CheckpointCoordinator, CheckpointMetadata, CheckpointSettings, ClaimMode,
-    ContentHash, ErrorKind, GcOptions, JobEnd, METADATA_FORMAT_VERSION, RestoreSource,
-    RestoreTarget, SnapshotKind, Staged, Store, SweepMode, WriteMode, collect_garbage,
+    ErrorKind, GcOptions, JobEnd, RestoreSource, RestoreTarget, SnapshotKind, Store, SweepMode,
+    collect_garbage,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -365,7 +367,7 @@ impl Store for GateStore {
     async fn get_versioned(
         &self,
         path: &str,
-    ) -> rockpoint::Result<Option<(Bytes, rockpoint::ObjectVersion)>> {
+    ) -> rockpoint::Result<Option<(Bytes, rockpoint::store::ObjectVersion)>> {
         self.pass("get_versioned", path).await?;
         self.inner.get_versioned(path).await
     }
@@ -373,8 +375,8 @@ impl Store for GateStore {
         &self,
         path: &str,
         data: Bytes,
-        expected: Option<&rockpoint::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::ObjectVersion> {
+        expected: Option<&rockpoint::store::ObjectVersion>,
+    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
         self.pass("put_if", path).await?;
         self.inner.put_if(path, data, expected).await
     }
@@ -388,7 +390,7 @@ impl Store for GateStore {
         self.pass("get_stream", path).await?;
         self.inner.get_stream(path).await
     }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::ObjectInfo>> {
+    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::store::ObjectInfo>> {
         self.pass("head", path).await?;
         self.inner.head(path).await
     }
@@ -396,7 +398,7 @@ impl Store for GateStore {
         self.pass("delete", path).await?;
         self.inner.delete(path).await
     }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::ObjectInfo>> {
+    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::store::ObjectInfo>> {
         self.pass("list", prefix).await?;
         self.inner.list(prefix).await
     }
@@ -997,7 +999,7 @@ async fn private_file_paths_cannot_name_other_records_and_claim_refuses_savepoin
     store
         .put(&evil1.path(), seal_metadata(&crafted)?, WriteMode::Replace)
         .await?;
-    match rockpoint::read_metadata(&*store, &RestoreSource::Metadata(evil1.path())).await {
+    match rockpoint::restore::read_metadata(&*store, &RestoreSource::Metadata(evil1.path())).await {
         Ok(_) => v.push(format!(
             "a record whose private file path is another job's `{victim_path}` is accepted when read"
         )),

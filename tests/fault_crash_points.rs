@@ -34,10 +34,11 @@ use bytes::Bytes;
 use common::checking::{CheckingStore, shared};
 use common::simfs::{Loss, SimFs, TraceOp};
 use common::*;
+use rockpoint::format::ContentHash;
+use rockpoint::store::WriteMode;
 use rockpoint::{
     BackendHandle, CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode,
-    ContentHash, GcOptions, JobEnd, LocalStore, RestoreSource, SnapshotKind, Store, SweepMode,
-    WriteMode, collect_garbage,
+    GcOptions, JobEnd, LocalStore, RestoreSource, SnapshotKind, Store, SweepMode, collect_garbage,
 };
 
 const ROOT: &str = "/sim/root";
@@ -330,7 +331,8 @@ async fn check_recovered(
             .get(path)
             .ok_or_else(|| format!("committed {path} was never snapshotted"))?;
         let (_, metadata) =
-            rockpoint::read_metadata(&**store, &RestoreSource::Metadata(path.clone())).await?;
+            rockpoint::restore::read_metadata(&**store, &RestoreSource::Metadata(path.clone()))
+                .await?;
         for hash in metadata.shared_hashes() {
             let bytes = read_all(&**store, &shared(&hash))
                 .await

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use common::checking::{CheckingStore, shared};
 use common::*;
+use rockpoint::testing::{FailPointRegistry, FaultRegistry};
 use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ErrorKind, FailPointRegistry, FaultRegistry,
-    GcOptions, JobEnd, Store, SweepMode, collect_garbage,
+    CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, Store, SweepMode,
+    collect_garbage,
 };
 
 const POINTS: &[&str] = &[
@@ -131,7 +132,7 @@ async fn an_error_or_full_disk_at_any_step_leaves_a_restorable_root() -> TestRes
                     "{point} with {action} must fail the checkpoint"
                 ),
             }
-            let committed = rockpoint::job_record(&*store, "job")
+            let committed = rockpoint::admin::job_record(&*store, "job")
                 .await?
                 .is_some_and(|record| record.is_complete(2));
             assert_eq!(

@@ -359,7 +359,7 @@ impl Sim {
                 .chain(record.savepoints.iter().map(|id| ("sp", *id)));
             for (kind, id) in ids {
                 let path = format!("jobs/{job}/{kind}-{id:020}/_metadata");
-                match rockpoint::read_metadata(&frozen, &RestoreSource::Metadata(path.clone()))
+                match rockpoint::restore::read_metadata(&frozen, &RestoreSource::Metadata(path.clone()))
                     .await
                 {
                     Err(e) => self.violation(format!(

@@ -12,7 +12,9 @@ use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
-use rockpoint::{ContentHash, ErrorKind, LocalStore, ObjectStoreStore, Store, WriteMode};
+use rockpoint::format::ContentHash;
+use rockpoint::store::WriteMode;
+use rockpoint::{ErrorKind, LocalStore, ObjectStoreStore, Store};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

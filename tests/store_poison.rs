@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use common::*;
-use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ErrorKind, Fs, FsEntry, FsRead, FsWrite, LocalStore,
-    StdFs, Store, WriteMode,
-};
+use rockpoint::store::WriteMode;
+use rockpoint::testing::{Fs, FsEntry, FsRead, FsWrite, StdFs};
+use rockpoint::{CheckpointCoordinator, CheckpointSettings, ErrorKind, LocalStore, Store};
 
 /// The real filesystem, except that fsyncs fail once armed; counts every operation.
 #[derive(Debug, Default)]

@@ -167,7 +167,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("crashed: in-memory state and local backend directories are gone");
 
     // Restore a new job from the latest retained checkpoint's path, and verify.
-    let latest = rockpoint::latest_checkpoint(&*store, "wordcount")
+    let latest = rockpoint::restore::latest_checkpoint(&*store, "wordcount")
         .await?
         .ok_or("no checkpoint to restore")?;
     let restored_job =

@@ -110,8 +110,11 @@ async fn committed(
     let mut out = Vec::new();
     for object in store.list(&prefix).await? {
         if object.path.ends_with("/_metadata") {
-            match rockpoint::read_metadata(store, &RestoreSource::Metadata(object.path.clone()))
-                .await
+            match rockpoint::restore::read_metadata(
+                store,
+                &RestoreSource::Metadata(object.path.clone()),
+            )
+            .await
             {
                 Ok((_, metadata)) => out.push(metadata),
                 // Not complete (aborted, discarded meanwhile, or a fenced writer's): not listed.
@@ -189,7 +192,8 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
         }
         Command::Show { checkpoint } => {
             let (_, metadata) =
-                rockpoint::read_metadata(&*store, &RestoreSource::parse(&checkpoint)?).await?;
+                rockpoint::restore::read_metadata(&*store, &RestoreSource::parse(&checkpoint)?)
+                    .await?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&metadata).expect("serializable")
@@ -226,9 +230,9 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
             target,
         } => {
             let source = RestoreSource::parse(&checkpoint)?;
-            let (_, metadata) = rockpoint::read_metadata(&*store, &source).await?;
+            let (_, metadata) = rockpoint::restore::read_metadata(&*store, &source).await?;
             let range = parse_range(&key_groups)?;
-            let handle = rockpoint::backend_for(&metadata, range)?;
+            let handle = rockpoint::restore::backend_for(&metadata, range)?;
             let progress = bar(handle.full_size_bytes(), "restoring");
             let callback = {
                 let progress = progress.clone();

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use rockpoint::{ContentHash, ObjectInfo, RestoreSource, Store, SweepMode, WriteMode};
+use rockpoint::format::ContentHash;
+use rockpoint::store::{ObjectInfo, WriteMode};
+use rockpoint::{RestoreSource, Store, SweepMode};
 
 #[derive(serde::Deserialize)]
 struct PinBody {
@@ -32,7 +34,7 @@ fn now_ms() -> u64 {
 }
 
 /// Decodes a job record (envelope: 8-byte magic, version, length, BLAKE3, MessagePack body).
-pub fn decode_job(bytes: &[u8]) -> rockpoint::JobRecord {
+pub fn decode_job(bytes: &[u8]) -> rockpoint::admin::JobRecord {
     assert_eq!(&bytes[..8], b"RKPTJOB\0", "job record envelope");
     rmp_serde::from_slice(&bytes[52..]).expect("job record body decodes")
 }
@@ -83,7 +85,8 @@ impl CheckingStore {
                 for id in ids {
                     let path = format!("jobs/{job}/{kind}-{id:020}/_metadata");
                     let (_, metadata) =
-                        rockpoint::read_metadata(store, &RestoreSource::Metadata(path)).await?;
+                        rockpoint::restore::read_metadata(store, &RestoreSource::Metadata(path))
+                            .await?;
                     out.extend(metadata.shared_hashes().map(|h| shared(&h)));
                 }
             }
@@ -141,15 +144,15 @@ impl Store for CheckingStore {
     async fn get_versioned(
         &self,
         path: &str,
-    ) -> rockpoint::Result<Option<(Bytes, rockpoint::ObjectVersion)>> {
+    ) -> rockpoint::Result<Option<(Bytes, rockpoint::store::ObjectVersion)>> {
         self.inner.get_versioned(path).await
     }
     async fn put_if(
         &self,
         path: &str,
         data: Bytes,
-        expected: Option<&rockpoint::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::ObjectVersion> {
+        expected: Option<&rockpoint::store::ObjectVersion>,
+    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
         self.inner.put_if(path, data, expected).await
     }
     async fn get_stream(
@@ -194,13 +197,17 @@ impl Store for CheckingStore {
         file: &Path,
         offset: u64,
         len: u64,
-    ) -> rockpoint::Result<rockpoint::Staged> {
+    ) -> rockpoint::Result<rockpoint::store::Staged> {
         self.inner.stage_file(file, offset, len).await
     }
-    async fn publish_staged(&self, staged: rockpoint::Staged, path: &str) -> rockpoint::Result<()> {
+    async fn publish_staged(
+        &self,
+        staged: rockpoint::store::Staged,
+        path: &str,
+    ) -> rockpoint::Result<()> {
         self.inner.publish_staged(staged, path).await
     }
-    async fn discard_staged(&self, staged: rockpoint::Staged) -> rockpoint::Result<()> {
+    async fn discard_staged(&self, staged: rockpoint::store::Staged) -> rockpoint::Result<()> {
         self.inner.discard_staged(staged).await
     }
 }

@@ -149,7 +149,7 @@ pub fn scan_backends(backends: &[KeyedStateBackend]) -> TestResult<Scan> {
 /// Restores every backend of the checkpoint at `path` (outside any job) and scans them.
 pub async fn restore_scan(store: &dyn Store, path: &str, base: &Path) -> TestResult<Scan> {
     let (_, metadata) =
-        rockpoint::read_metadata(store, &RestoreSource::Metadata(path.to_owned())).await?;
+        rockpoint::restore::read_metadata(store, &RestoreSource::Metadata(path.to_owned())).await?;
     let mut backends = Vec::new();
     for (i, handle) in metadata.backends.iter().enumerate() {
         let target = RestoreTarget {
@@ -257,7 +257,7 @@ pub async fn shared_sets(
     let mut referenced = std::collections::BTreeSet::new();
     for object in store.list("jobs/").await? {
         if object.path.ends_with("/_metadata") {
-            let metadata = match rockpoint::read_metadata(
+            let metadata = match rockpoint::restore::read_metadata(
                 store,
                 &RestoreSource::Metadata(object.path.clone()),
             )
@@ -338,7 +338,7 @@ impl Store for TestStore {
         &self,
         path: &str,
         data: bytes::Bytes,
-        mode: rockpoint::WriteMode,
+        mode: rockpoint::store::WriteMode,
     ) -> rockpoint::Result<()> {
         self.inner.put(path, data, mode).await?;
         if path.ends_with("/_metadata")
@@ -360,7 +360,7 @@ impl Store for TestStore {
         file: &Path,
         offset: u64,
         len: u64,
-        expected: rockpoint::ContentHash,
+        expected: rockpoint::format::ContentHash,
     ) -> rockpoint::Result<()> {
         use std::sync::atomic::Ordering;
         let n = self.uploads_started.fetch_add(1, Ordering::SeqCst);
@@ -391,15 +391,15 @@ impl Store for TestStore {
     async fn get_versioned(
         &self,
         path: &str,
-    ) -> rockpoint::Result<Option<(bytes::Bytes, rockpoint::ObjectVersion)>> {
+    ) -> rockpoint::Result<Option<(bytes::Bytes, rockpoint::store::ObjectVersion)>> {
         self.inner.get_versioned(path).await
     }
     async fn put_if(
         &self,
         path: &str,
         data: bytes::Bytes,
-        expected: Option<&rockpoint::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::ObjectVersion> {
+        expected: Option<&rockpoint::store::ObjectVersion>,
+    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
         self.inner.put_if(path, data, expected).await
     }
     async fn get_stream(
@@ -411,13 +411,13 @@ impl Store for TestStore {
     )> {
         self.inner.get_stream(path).await
     }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::ObjectInfo>> {
+    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::store::ObjectInfo>> {
         self.inner.head(path).await
     }
     async fn delete(&self, path: &str) -> rockpoint::Result<()> {
         self.inner.delete(path).await
     }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::ObjectInfo>> {
+    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::store::ObjectInfo>> {
         self.inner.list(prefix).await
     }
     async fn sweep_incomplete(

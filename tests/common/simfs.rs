@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use rockpoint::{Fs, FsEntry, FsRead, FsWrite};
+use rockpoint::testing::{Fs, FsEntry, FsRead, FsWrite};
 
 #[derive(Clone, Debug)]
 struct Inode {

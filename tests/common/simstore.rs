@@ -29,7 +29,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::stream::BoxStream;
-use rockpoint::{ContentHash, ObjectInfo, ObjectVersion, Store, SweepMode, WriteMode};
+use rockpoint::format::ContentHash;
+use rockpoint::store::{ObjectInfo, ObjectVersion, WriteMode};
+use rockpoint::{Store, SweepMode};
 
 /// A small, fast, seedable RNG (splitmix64).
 #[derive(Clone, Debug)]
@@ -253,7 +255,7 @@ impl SimStore {
     }
 
     /// The job record of `job`, decoded directly (no fault, never yields).
-    pub fn job_record(&self, job: &str) -> Option<rockpoint::JobRecord> {
+    pub fn job_record(&self, job: &str) -> Option<rockpoint::admin::JobRecord> {
         self.peek(&format!("jobs/{job}/_job"))
             .map(|b| super::checking::decode_job(&b))
     }
@@ -756,7 +758,7 @@ async fn references(frozen: &SimStore, path: &str) -> (Vec<String>, Vec<(String,
         for (kind, ids) in [("chk", &record.retained), ("sp", &record.savepoints)] {
             for id in ids {
                 let meta = format!("jobs/{job}/{kind}-{id:020}/_metadata");
-                if let Ok((_, metadata)) = rockpoint::read_metadata(
+                if let Ok((_, metadata)) = rockpoint::restore::read_metadata(
                     frozen,
                     &rockpoint::RestoreSource::Metadata(meta.clone()),
                 )
