@@ -10,13 +10,10 @@
 //! `cargo test` the bench runs once on a tiny state so it never rots. Side-by-side ratios of the
 //! same deltas come from `cargo run --release --bin rockpoint-benchreport` (see benches/README.md).
 
-#[path = "harness/mod.rs"]
-mod harness;
-
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use harness::{Fixture, parse_size};
+use rockpoint_bench::{Fixture, parse_size};
 
 fn bench_mode() -> bool {
     std::env::args().any(|a| a == "--bench")

@@ -1,4 +1,5 @@
-//! The checkpoint comparison shared by the criterion benches and `tools/benchreport.rs`.
+//! The checkpoint comparison shared by the criterion benches (`benches/`) and the report tool
+//! (`rockpoint-benchreport`, `src/main.rs`).
 //!
 //! One backend holds `state_bytes` of incompressible 1 KiB values. A *cycle* first changes a fraction
 //! of the keys, then measures on the same DB:
@@ -13,7 +14,6 @@
 //!
 //! `unflushed_cycle` measures what rockpoint does by default instead: checkpoint with the change in
 //! the memtable, shipping the WAL written since the previous checkpoint.
-#![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -3,9 +3,6 @@
 //!
 //! `cargo run --release --bin rockpoint-benchreport -- --sizes 100MiB,1GiB --cycles 5 --out benches`
 
-#[path = "../benches/harness/mod.rs"]
-mod harness;
-
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use harness::{Cycle, Fixture, human, median, parse_size};
 use hdrhistogram::Histogram;
+use rockpoint_bench::{Cycle, Fixture, human, median, parse_size};
 
 /// Side-by-side checkpoint benchmark report.
 #[derive(Parser)]
@@ -161,9 +158,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fixture.backend.flush()?;
         fixture.quiesce();
         let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let before = harness::rss_bytes();
+        let before = rockpoint_bench::rss_bytes();
         let done = runtime.block_on(fixture.coordinator.checkpoint(&[&fixture.backend]))?;
-        let peak = harness::peak_rss_bytes();
+        let peak = rockpoint_bench::peak_rss_bytes();
         memory.push((label.clone(), done.uploaded_bytes(), before, peak));
     }
     let load = runtime.block_on(under_load(sizes[0].1, Duration::from_secs(args.load_secs)));
@@ -193,7 +190,7 @@ async fn under_load(size: u64, secs: Duration) -> Load {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut n = 0u64;
-            let value = vec![0xA5u8; harness::VALUE_BYTES];
+            let value = vec![0xA5u8; rockpoint_bench::VALUE_BYTES];
             while !stop.load(Ordering::Relaxed) {
                 values
                     .put(&(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % keys), &value)
