@@ -2,7 +2,6 @@
 //!
 //! Inspect commands print JSON with `--json`; `gc` is a dry run unless `--confirm`.
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,9 +9,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use rockpoint::admin::{RootView, inspect_root};
 use rockpoint::{
-    BackendSettings, CheckpointMetadata, GcOptions, KeyGroupRange, LocalStore, RestoreSource,
-    RestoreTarget, Store, SweepMode,
+    BackendSettings, GcOptions, KeyGroupRange, LocalStore, RestoreSource, RestoreTarget, Store,
+    SweepMode,
 };
 use serde::Serialize;
 
@@ -99,47 +99,20 @@ fn main() -> ExitCode {
     }
 }
 
-async fn committed(
-    store: &dyn Store,
-    job: Option<&str>,
-) -> rockpoint::Result<Vec<CheckpointMetadata>> {
-    let prefix = match job {
-        Some(job) => format!("jobs/{job}/"),
-        None => "jobs/".to_owned(),
-    };
-    let mut out = Vec::new();
-    for object in store.list(&prefix).await? {
-        if object.path.ends_with("/_metadata") {
-            match rockpoint::restore::read_metadata(
-                store,
-                &RestoreSource::Metadata(object.path.clone()),
-            )
-            .await
-            {
-                Ok((_, metadata)) => out.push(metadata),
-                // Not complete (aborted, discarded meanwhile, or a fenced writer's): not listed.
-                Err(e) if e.kind() == rockpoint::ErrorKind::NotFound => {}
-                Err(e) => eprintln!("warning: skipping {}: {e}", object.path),
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn parse_range(text: &str) -> rockpoint::Result<KeyGroupRange> {
-    let (start, end) = text.split_once("..").ok_or_else(|| {
-        rockpoint::Error::from(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "use START..END",
-        ))
-    })?;
+    let invalid = |why: String| {
+        rockpoint::Error::new(
+            rockpoint::ErrorKind::Invalid,
+            format!("--key-groups `{text}`: {why}"),
+        )
+    };
+    let (start, end) = text
+        .split_once("..")
+        .ok_or_else(|| invalid("use START..END (end exclusive)".to_owned()))?;
     let parse = |s: &str| {
-        s.trim().parse::<u32>().map_err(|e| {
-            rockpoint::Error::from(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                e.to_string(),
-            ))
-        })
+        s.trim()
+            .parse::<u32>()
+            .map_err(|e| invalid(format!("`{s}`: {e}")))
     };
     KeyGroupRange::new(parse(start)?, parse(end)?)
 }
@@ -157,23 +130,31 @@ fn bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// Records `inspect_root` could not read: named on stderr, the rest of the root listed anyway.
+fn warn_unreadable(view: &RootView) {
+    for record in &view.unreadable {
+        eprintln!("warning: skipping {record}");
+    }
+}
+
 async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(&cli.root)?);
     let json = cli.json;
     match cli.command {
         Command::List { job } => {
-            let listed: Vec<ListedCheckpoint> = committed(&*store, job.as_deref())
-                .await?
-                .into_iter()
-                .map(|m| ListedCheckpoint {
-                    path: m.metadata_path(),
-                    job: m.job_id.clone(),
-                    id: m.checkpoint_id,
-                    kind: format!("{:?}", m.kind).to_lowercase(),
-                    created_at_ms: m.created_at_ms,
-                    backends: m.backends.len(),
-                    checkpointed_bytes: m.checkpointed_size_bytes,
-                    full_bytes: m.full_size_bytes,
+            let view = inspect_root(&*store, job.as_deref()).await?;
+            warn_unreadable(&view);
+            let listed: Vec<ListedCheckpoint> = view
+                .checkpoints()
+                .map(|c| ListedCheckpoint {
+                    path: c.path.clone(),
+                    job: c.job_id.clone(),
+                    id: c.id,
+                    kind: format!("{:?}", c.kind).to_lowercase(),
+                    created_at_ms: c.created_at_ms,
+                    backends: c.backends,
+                    checkpointed_bytes: c.checkpointed_bytes,
+                    full_bytes: c.full_bytes,
                 })
                 .collect();
             if json {
@@ -300,41 +281,19 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
             }
         }
         Command::Du => {
-            let all = committed(&*store, None).await?;
-            let stored: u64 = store.list("").await?.iter().map(|o| o.size).sum();
-            let mut unique = HashSet::new();
-            let mut referenced_bytes = 0u64;
-            for m in &all {
-                for b in &m.backends {
-                    for f in &b.shared_files {
-                        if unique.insert(f.hash) {
-                            referenced_bytes += f.size;
-                        }
-                    }
-                    for l in &b.log_files {
-                        for s in &l.segments {
-                            if unique.insert(s.hash) {
-                                referenced_bytes += s.size;
-                            }
-                        }
-                    }
-                }
-            }
-            let per: BTreeMap<String, (u64, u64)> = all
-                .iter()
-                .map(|m| {
-                    (
-                        m.metadata_path(),
-                        (m.checkpointed_size_bytes, m.full_size_bytes),
-                    )
-                })
-                .collect();
-            let full_sum: u64 = per.values().map(|(_, full)| full).sum();
+            let view = inspect_root(&*store, None).await?;
+            warn_unreadable(&view);
+            let full_sum: u64 = view.checkpoints().map(|c| c.full_bytes).sum();
             if json {
                 let value = serde_json::json!({
-                    "checkpoints": per.iter().map(|(p, (new, full))| serde_json::json!({"path": p, "checkpointed_bytes": new, "full_bytes": full})).collect::<Vec<_>>(),
-                    "stored_bytes": stored,
-                    "unique_shared_bytes": referenced_bytes,
+                    "checkpoints": view.checkpoints().map(|c| serde_json::json!({
+                        "path": c.path,
+                        "checkpointed_bytes": c.checkpointed_bytes,
+                        "full_bytes": c.full_bytes,
+                        "exclusive_bytes": c.exclusive_bytes,
+                    })).collect::<Vec<_>>(),
+                    "stored_bytes": view.stored_bytes,
+                    "unique_shared_bytes": view.referenced_bytes,
                     "sum_of_full_sizes": full_sum,
                 });
                 println!(
@@ -342,12 +301,16 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                     serde_json::to_string_pretty(&value).expect("serializable")
                 );
             } else {
-                for (path, (new, full)) in &per {
-                    println!("{path:<60} {new:>14} checkpointed {full:>14} full");
+                for c in view.checkpoints() {
+                    println!(
+                        "{:<60} {:>14} checkpointed {:>14} full {:>14} exclusive",
+                        c.path, c.checkpointed_bytes, c.full_bytes, c.exclusive_bytes
+                    );
                 }
                 println!(
-                    "root stores {stored} bytes; retained checkpoints add up to {full_sum} bytes of state, \
-                     {referenced_bytes} bytes of distinct shared files"
+                    "root stores {} bytes; retained checkpoints add up to {full_sum} bytes of state, \
+                     {} bytes of distinct shared files",
+                    view.stored_bytes, view.referenced_bytes
                 );
             }
         }
