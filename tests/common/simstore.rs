@@ -75,7 +75,7 @@ pub struct FaultConfig {
     pub ambiguous: f64,
     /// Whether mutations of GC deletion intents (`gc/…`) may fail or be ambiguous. A leftover
     /// intent blocks every reuser of the hashes it names until it expires (10 min), which stalls a
-    /// simulation; off by default (see the report in `tests/sim_multiwriter.rs`).
+    /// simulation; off by default (see the report in `tests/sim/multiwriter.rs`).
     pub intent_faults: bool,
 }
 

@@ -3,7 +3,7 @@
 //! (`trigger` / `snapshot` / `upload` / `complete`). Each test is named after what breaks and
 //! asserts the guarantee, so it fails while the bug exists.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

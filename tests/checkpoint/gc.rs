@@ -1,7 +1,7 @@
 //! GC of a root: removes exactly the unreferenced objects older than the grace period, is a dry run
 //! unless told otherwise, honours pins, and deletes nothing the second time.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

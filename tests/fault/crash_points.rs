@@ -23,7 +23,7 @@
 //! The default run explores every crash point of every workload. `ROCKPOINT_CRASH_STRIDE=N` explores
 //! every N-th only (for quick local iterations).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Concurrent checkpoints, aborts and subsumption, with the regression tests named after the bugs
 //! they would catch coming back (see BRIEF.md, "What went wrong before us").
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! cancel during upload, subsumption while a pending checkpoint reuses files, and GC during an
 //! uncommitted upload; a panic mid-commit is recovered by the next coordinator.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

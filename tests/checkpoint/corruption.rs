@@ -2,7 +2,7 @@
 //! metadata, and metadata whose paths try to escape. Each gets its documented error, and a failed
 //! restore writes nothing: the target is not created and its parent holds exactly what it held.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! round, and the first checkpoint after each restore uploads only files that were not in the
 //! checkpoint it was restored from.
 
-mod common;
+use crate::common;
 
 use common::*;
 use rockpoint::{

@@ -2,7 +2,7 @@
 //! number of jobs and checkpoints sharing the root. Counted (not timed), so the figures are exact
 //! and the test is deterministic; `-- --nocapture` prints them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

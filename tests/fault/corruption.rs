@@ -1,7 +1,7 @@
 //! Random damage to referenced files — bit flips, truncations, extensions, deletions — is always
 //! detected, by `verify_checkpoint` and by a restore: 100% detected, 0 silently wrong states.
 
-mod common;
+use crate::common;
 
 use common::*;
 use rockpoint::{

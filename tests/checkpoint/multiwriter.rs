@@ -6,7 +6,7 @@
 //! One test per schedule of the multi-writer issue. Each asserts what the guarantees demand; the
 //! tests that check several things collect every violation and report them all at the end.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
