@@ -6,24 +6,19 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use bytes::Bytes;
 use common::*;
-use futures::stream::BoxStream;
-use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ContentHash, ObjectInfo, ObjectVersion, Store,
-    SweepMode, WriteMode,
-};
+use rockpoint::{CheckpointCoordinator, CheckpointSettings, Store};
 
-/// Counts requests by kind, forwarding everything (the local store's own staging paths included).
-#[derive(Debug)]
-struct CountingStore {
-    inner: Arc<dyn Store>,
+/// Counts requests by kind (the local store's own staging paths included: the wrapper forwards
+/// them). Staging a file and dropping a staged copy are local work, not requests.
+#[derive(Default)]
+struct RequestCounter {
     counts: Mutex<BTreeMap<&'static str, u64>>,
 }
 
-impl CountingStore {
+impl RequestCounter {
     fn count(&self, what: &'static str) {
         *self.counts.lock().unwrap().entry(what).or_default() += 1;
     }
@@ -33,95 +28,22 @@ impl CountingStore {
 }
 
 #[async_trait::async_trait]
-impl Store for CountingStore {
-    async fn put(&self, path: &str, data: Bytes, mode: WriteMode) -> rockpoint::Result<()> {
-        self.count("put");
-        self.inner.put(path, data, mode).await
-    }
-    async fn put_file(
-        &self,
-        path: &str,
-        file: &Path,
-        offset: u64,
-        len: u64,
-        expected: ContentHash,
-    ) -> rockpoint::Result<()> {
-        self.count("put");
-        self.inner.put_file(path, file, offset, len, expected).await
-    }
-    async fn get(&self, path: &str) -> rockpoint::Result<Bytes> {
-        self.count("get");
-        self.inner.get(path).await
-    }
-    async fn get_versioned(&self, path: &str) -> rockpoint::Result<Option<(Bytes, ObjectVersion)>> {
-        self.count("get");
-        self.inner.get_versioned(path).await
-    }
-    async fn put_if(
-        &self,
-        path: &str,
-        data: Bytes,
-        expected: Option<&ObjectVersion>,
-    ) -> rockpoint::Result<ObjectVersion> {
-        self.count("put");
-        self.inner.put_if(path, data, expected).await
-    }
-    async fn get_stream(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<(u64, BoxStream<'static, rockpoint::Result<Bytes>>)> {
-        self.count("get");
-        self.inner.get_stream(path).await
-    }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<ObjectInfo>> {
-        self.count("head");
-        self.inner.head(path).await
-    }
-    async fn delete(&self, path: &str) -> rockpoint::Result<()> {
-        self.count("delete");
-        self.inner.delete(path).await
-    }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<ObjectInfo>> {
-        self.count("list");
-        self.inner.list(prefix).await
-    }
-    async fn sweep_incomplete(
-        &self,
-        older_than: std::time::Duration,
-        mode: SweepMode,
-    ) -> rockpoint::Result<Vec<String>> {
-        self.inner.sweep_incomplete(older_than, mode).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn stage_file(
-        &self,
-        file: &Path,
-        offset: u64,
-        len: u64,
-    ) -> rockpoint::Result<rockpoint::Staged> {
-        self.inner.stage_file(file, offset, len).await
-    }
-    async fn publish_staged(&self, staged: rockpoint::Staged, path: &str) -> rockpoint::Result<()> {
-        self.count("put");
-        self.inner.publish_staged(staged, path).await
-    }
-    async fn discard_staged(&self, staged: rockpoint::Staged) -> rockpoint::Result<()> {
-        self.inner.discard_staged(staged).await
-    }
-    async fn append_verified(
-        &self,
-        path: &str,
-        expected: ContentHash,
-        size: u64,
-        target: &Path,
-        label: &str,
-    ) -> rockpoint::Result<()> {
-        self.count("get");
-        self.inner
-            .append_verified(path, expected, size, target, label)
-            .await
+impl Hook for RequestCounter {
+    async fn before(&self, op: &Op<'_>, _store: &dyn Store) -> rockpoint::Result<()> {
+        match op {
+            Op::Put { .. } | Op::PutFile { .. } | Op::PutIf { .. } | Op::PublishStaged { .. } => {
+                self.count("put")
+            }
+            Op::Get { .. }
+            | Op::GetVersioned { .. }
+            | Op::GetStream { .. }
+            | Op::AppendVerified { .. } => self.count("get"),
+            Op::Head { .. } => self.count("head"),
+            Op::Delete { .. } => self.count("delete"),
+            Op::List { .. } => self.count("list"),
+            Op::SweepIncomplete { .. } | Op::StageFile { .. } | Op::DiscardStaged { .. } => {}
+        }
+        Ok(())
     }
 }
 
@@ -131,10 +53,7 @@ async fn requests_with_other_jobs(
     base: &Path,
     other_jobs: usize,
 ) -> TestResult<BTreeMap<&'static str, u64>> {
-    let store = Arc::new(CountingStore {
-        inner: local_store(&base.join("root"))?,
-        counts: Mutex::new(BTreeMap::new()),
-    });
+    let (store, counter) = with_hook(local_store(&base.join("root"))?, RequestCounter::default());
     let settings = CheckpointSettings {
         retained: 2,
         ..CheckpointSettings::default()
@@ -154,12 +73,12 @@ async fn requests_with_other_jobs(
     let c = CheckpointCoordinator::open(store.clone(), "measured", settings).await?;
     c.checkpoint(&job.refs()).await?;
     c.checkpoint(&job.refs()).await?;
-    store.take();
+    counter.take();
     for _ in 0..3 {
         job.write(50)?;
         c.checkpoint(&job.refs()).await?;
     }
-    Ok(store.take())
+    Ok(counter.take())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

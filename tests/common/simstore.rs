@@ -9,7 +9,7 @@
 //!   `put_if` and `delete`.
 //!
 //! At every `delete` of a `shared/…` object the store checks G3 against a frozen copy of the map
-//! taken atomically with the delete (first with `CheckingStore::referenced_now`, then classifying
+//! taken atomically with the delete (first with `checking::referenced_now`, then classifying
 //! the references): a violation is recorded (with the step number) if a complete checkpoint (one
 //! its job record lists) references the object, or a live pin that is older than every GC deletion
 //! intent naming it (such a pin was there for the deleting pass's second listing). A live pin
@@ -372,10 +372,9 @@ impl SimStore {
     /// before the delete) references `path`.
     async fn check_g3(&self, frozen: SimStore, path: &str) {
         let steps = self.steps();
-        let judged =
-            std::panic::AssertUnwindSafe(super::checking::CheckingStore::referenced_now(&frozen))
-                .catch_unwind()
-                .await;
+        let judged = std::panic::AssertUnwindSafe(super::checking::referenced_now(&frozen))
+            .catch_unwind()
+            .await;
         let problem = match judged {
             Ok(Ok(referenced)) if referenced.contains(path) => {
                 let (complete, live_pins) = references(&frozen, path).await;

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::checking::{CheckingStore, shared};
+use common::checking::{DeleteChecker, shared};
 use common::*;
 use rockpoint::{
     CheckpointCoordinator, CheckpointSettings, ErrorKind, FailPointRegistry, FaultRegistry,
@@ -88,8 +88,10 @@ async fn an_error_or_full_disk_at_any_step_leaves_a_restorable_root() -> TestRes
     for point in POINTS {
         for action in ["1*return(io)", "1*return(nospace)"] {
             let dir = tempfile::tempdir()?;
-            let checker = CheckingStore::new(local_store(&dir.path().join("root"))?);
-            let store: Arc<dyn Store> = checker.clone();
+            let (store, checker) = with_hook(
+                local_store(&dir.path().join("root"))?,
+                DeleteChecker::default(),
+            );
             let registry = Arc::new(FailPointRegistry::new());
             let c = coordinator(&store, &registry, settings(1, 2)).await?;
             let mut job = TestJob::open(&dir.path().join("job"), 2, 1_000)?;
@@ -162,8 +164,10 @@ async fn an_error_or_full_disk_at_any_step_leaves_a_restorable_root() -> TestRes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_during_upload_aborts_cleanly() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let checker = CheckingStore::new(local_store(&dir.path().join("root"))?);
-    let store: Arc<dyn Store> = checker.clone();
+    let (store, checker) = with_hook(
+        local_store(&dir.path().join("root"))?,
+        DeleteChecker::default(),
+    );
     let registry = Arc::new(FailPointRegistry::new());
     let c = coordinator(&store, &registry, settings(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 2, 1_000)?;
@@ -211,8 +215,10 @@ async fn cancel_during_upload_aborts_cleanly() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subsumption_while_a_paused_checkpoint_reuses_the_same_files() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let checker = CheckingStore::new(local_store(&dir.path().join("root"))?);
-    let store: Arc<dyn Store> = checker.clone();
+    let (store, checker) = with_hook(
+        local_store(&dir.path().join("root"))?,
+        DeleteChecker::default(),
+    );
     let registry = Arc::new(FailPointRegistry::new());
     let c = coordinator(&store, &registry, settings(1, 2)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
@@ -288,8 +294,7 @@ async fn subsumption_while_a_paused_checkpoint_reuses_the_same_files() -> TestRe
 async fn gc_during_a_paused_upload_keeps_what_it_pinned() -> TestResult {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("root");
-    let checker = CheckingStore::new(local_store(&root)?);
-    let store: Arc<dyn Store> = checker.clone();
+    let (store, checker) = with_hook(local_store(&root)?, DeleteChecker::default());
     let registry = Arc::new(FailPointRegistry::new());
     let c = coordinator(&store, &registry, settings(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;

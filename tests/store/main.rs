@@ -5,4 +5,5 @@
 mod common;
 
 mod contract;
+mod hooked;
 mod poison;
