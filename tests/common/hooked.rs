@@ -351,8 +351,3 @@ impl Store for HookedStore {
         )
     }
 }
-
-/// An error a hook injects: an I/O failure the engine cannot tell from a real one.
-pub fn injected(what: impl Into<String>) -> rockpoint::Error {
-    std::io::Error::other(what.into()).into()
-}
