@@ -3,7 +3,7 @@
 //! Every key maps to one key group in `0..max_parallelism` by a stable hash of its serialized bytes
 //! (MessagePack, see [`key_group_of`]). The mapping is part of the on-disk format: keys are stored
 //! prefixed by their key group, so a backend restored with another mapping would look for keys in
-//! the wrong place. Test vectors in `tests/keyed_state_key_groups.rs` pin it; changing it is a
+//! the wrong place. Test vectors in `tests/keyed_state/key_groups.rs` pin it; changing it is a
 //! format change.
 
 use serde::{Deserialize, Serialize};

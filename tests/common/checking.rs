@@ -1,17 +1,15 @@
-//! A store wrapper that checks G3 at the moment of every delete: a shared file may be deleted only
-//! if no metadata record (checkpoint or savepoint) and no pin (in-flight checkpoint, restore) in the
-//! root lists it right then. It decodes records itself, independently of the engine's own index.
+//! A hook that checks G3 at the moment of every delete: a shared file may be deleted only if no
+//! metadata record (checkpoint or savepoint) and no pin (in-flight checkpoint, restore) in the root
+//! lists it right then. It decodes records itself, independently of the engine's own index.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use bytes::Bytes;
-use futures::stream::BoxStream;
+use rockpoint::{RestoreSource, Store};
 use rockpoint::format::ContentHash;
-use rockpoint::store::{ObjectInfo, WriteMode};
-use rockpoint::{RestoreSource, Store, SweepMode};
+
+use super::hooked::{Hook, Op};
 
 #[derive(serde::Deserialize)]
 struct PinBody {
@@ -39,83 +37,68 @@ pub fn decode_job(bytes: &[u8]) -> rockpoint::admin::JobRecord {
     rmp_serde::from_slice(&bytes[52..]).expect("job record body decodes")
 }
 
-pub struct CheckingStore {
-    pub inner: Arc<dyn Store>,
+/// Wrap a store with it through [`with_hook`](super::with_hook); `violations()` lists the deletes
+/// that broke G3.
+#[derive(Default)]
+pub struct DeleteChecker {
     pub violations: Mutex<Vec<String>>,
     pub deletes_checked: std::sync::atomic::AtomicU64,
 }
 
-impl std::fmt::Debug for CheckingStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CheckingStore({:?})", self.inner)
-    }
-}
-
-impl CheckingStore {
-    pub fn new(inner: Arc<dyn Store>) -> Arc<Self> {
-        Arc::new(CheckingStore {
-            inner,
-            violations: Mutex::new(Vec::new()),
-            deletes_checked: 0.into(),
-        })
-    }
-
+impl DeleteChecker {
     pub fn violations(&self) -> Vec<String> {
         self.violations.lock().unwrap().clone()
     }
+}
 
-    /// Every shared path that a complete checkpoint or savepoint (one its job record lists) or a
-    /// live pin (its owner's epoch is the job's current one and the lease holds, or a reader's
-    /// expiry has not passed) references now. This is G3's promise, judged independently of the
-    /// engine's code.
-    pub async fn referenced_now(store: &dyn Store) -> rockpoint::Result<BTreeSet<String>> {
-        let mut out = BTreeSet::new();
-        let mut records = std::collections::HashMap::new();
-        for object in store.list("jobs/").await? {
-            if let Some(job) = object
-                .path
-                .strip_prefix("jobs/")
-                .and_then(|p| p.strip_suffix("/_job"))
-            {
-                records.insert(job.to_owned(), decode_job(&store.get(&object.path).await?));
-            }
+/// Every shared path that a complete checkpoint or savepoint (one its job record lists) or a
+/// live pin (its owner's epoch is the job's current one and the lease holds, or a reader's
+/// expiry has not passed) references now. This is G3's promise, judged independently of the
+/// engine's code.
+pub async fn referenced_now(store: &dyn Store) -> rockpoint::Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    let mut records = std::collections::HashMap::new();
+    for object in store.list("jobs/").await? {
+        if let Some(job) = object
+            .path
+            .strip_prefix("jobs/")
+            .and_then(|p| p.strip_suffix("/_job"))
+        {
+            records.insert(job.to_owned(), decode_job(&store.get(&object.path).await?));
         }
-        for (job, record) in &records {
-            for (kind, ids) in [("chk", &record.retained), ("sp", &record.savepoints)] {
-                for id in ids {
-                    let path = format!("jobs/{job}/{kind}-{id:020}/_metadata");
-                    let (_, metadata) =
-                        rockpoint::restore::read_metadata(store, &RestoreSource::Metadata(path))
-                            .await?;
-                    out.extend(metadata.shared_hashes().map(|h| shared(&h)));
-                }
-            }
-        }
-        let now = now_ms();
-        for object in store.list("pins/").await? {
-            let bytes = match store.get(&object.path).await {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == rockpoint::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            assert_eq!(&bytes[..8], b"RKPTPIN\0", "pin envelope");
-            let body: PinBody = rmp_serde::from_slice(&bytes[52..]).expect("pin body decodes");
-            let live = match &body.owner {
-                PinOwner::Reader { expires_at_ms } => *expires_at_ms >= now,
-                PinOwner::Epoch { job, epoch } => {
-                    records.get(job).is_none_or(|r| r.epoch <= *epoch)
-                }
-            };
-            if live {
-                out.extend(
-                    body.hashes
-                        .iter()
-                        .map(|h| format!("shared/{}/{h}", &h[..2])),
-                );
-            }
-        }
-        Ok(out)
     }
+    for (job, record) in &records {
+        for (kind, ids) in [("chk", &record.retained), ("sp", &record.savepoints)] {
+            for id in ids {
+                let path = format!("jobs/{job}/{kind}-{id:020}/_metadata");
+                let (_, metadata) =
+                    rockpoint::restore::read_metadata(store, &RestoreSource::Metadata(path)).await?;
+                out.extend(metadata.shared_hashes().map(|h| shared(&h)));
+            }
+        }
+    }
+    let now = now_ms();
+    for object in store.list("pins/").await? {
+        let bytes = match store.get(&object.path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == rockpoint::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        assert_eq!(&bytes[..8], b"RKPTPIN\0", "pin envelope");
+        let body: PinBody = rmp_serde::from_slice(&bytes[52..]).expect("pin body decodes");
+        let live = match &body.owner {
+            PinOwner::Reader { expires_at_ms } => *expires_at_ms >= now,
+            PinOwner::Epoch { job, epoch } => records.get(job).is_none_or(|r| r.epoch <= *epoch),
+        };
+        if live {
+            out.extend(
+                body.hashes
+                    .iter()
+                    .map(|h| format!("shared/{}/{h}", &h[..2])),
+            );
+        }
+    }
+    Ok(out)
 }
 
 pub fn shared(hash: &ContentHash) -> String {
@@ -124,52 +107,15 @@ pub fn shared(hash: &ContentHash) -> String {
 }
 
 #[async_trait::async_trait]
-impl Store for CheckingStore {
-    async fn put(&self, path: &str, data: Bytes, mode: WriteMode) -> rockpoint::Result<()> {
-        self.inner.put(path, data, mode).await
-    }
-    async fn put_file(
-        &self,
-        path: &str,
-        file: &Path,
-        offset: u64,
-        len: u64,
-        expected: ContentHash,
-    ) -> rockpoint::Result<()> {
-        self.inner.put_file(path, file, offset, len, expected).await
-    }
-    async fn get(&self, path: &str) -> rockpoint::Result<Bytes> {
-        self.inner.get(path).await
-    }
-    async fn get_versioned(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<Option<(Bytes, rockpoint::store::ObjectVersion)>> {
-        self.inner.get_versioned(path).await
-    }
-    async fn put_if(
-        &self,
-        path: &str,
-        data: Bytes,
-        expected: Option<&rockpoint::store::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
-        self.inner.put_if(path, data, expected).await
-    }
-    async fn get_stream(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<(u64, BoxStream<'static, rockpoint::Result<Bytes>>)> {
-        self.inner.get_stream(path).await
-    }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<ObjectInfo>> {
-        self.inner.head(path).await
-    }
-    async fn delete(&self, path: &str) -> rockpoint::Result<()> {
-        if path.starts_with("shared/") {
+impl Hook for DeleteChecker {
+    async fn before(&self, op: &Op<'_>, store: &dyn Store) -> rockpoint::Result<()> {
+        if let Op::Delete { path } = *op
+            && path.starts_with("shared/")
+        {
             self.deletes_checked
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // If the root cannot be read (the machine is down), the delete fails below anyway.
-            if let Ok(referenced) = Self::referenced_now(&*self.inner).await
+            // If the root cannot be read (the machine is down), the delete fails anyway.
+            if let Ok(referenced) = referenced_now(store).await
                 && referenced.contains(path)
             {
                 self.violations.lock().unwrap().push(format!(
@@ -177,37 +123,6 @@ impl Store for CheckingStore {
                 ));
             }
         }
-        self.inner.delete(path).await
-    }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<ObjectInfo>> {
-        self.inner.list(prefix).await
-    }
-    async fn sweep_incomplete(
-        &self,
-        older_than: std::time::Duration,
-        mode: SweepMode,
-    ) -> rockpoint::Result<Vec<String>> {
-        self.inner.sweep_incomplete(older_than, mode).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn stage_file(
-        &self,
-        file: &Path,
-        offset: u64,
-        len: u64,
-    ) -> rockpoint::Result<rockpoint::store::Staged> {
-        self.inner.stage_file(file, offset, len).await
-    }
-    async fn publish_staged(
-        &self,
-        staged: rockpoint::store::Staged,
-        path: &str,
-    ) -> rockpoint::Result<()> {
-        self.inner.publish_staged(staged, path).await
-    }
-    async fn discard_staged(&self, staged: rockpoint::store::Staged) -> rockpoint::Result<()> {
-        self.inner.discard_staged(staged).await
+        Ok(())
     }
 }

@@ -6,10 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rockpoint::{
-    BackendSettings, CheckpointCoordinator, CheckpointMetadata, ClaimMode, KeyGroupRange,
-    KeyedStateBackend, LocalStore, RestoreSource, RestoreTarget, Store,
-};
+use rockpoint::{BackendSettings, CheckpointCoordinator, CheckpointMetadata, ClaimMode, KeyGroupRange, KeyedStateBackend, LocalStore, RestoreSource, RestoreTarget, Store};
 
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -282,36 +279,31 @@ pub async fn shared_sets(
     Ok((referenced, present))
 }
 
-/// A store wrapper for scripting races and failures: uploads can be held at a gate, fail after a
-/// number of successful uploads, succeed but report failure (ambiguous outcome) after a number of
-/// uploads, and the commit record's write can be made ambiguous.
-pub struct TestStore {
-    pub inner: Arc<dyn Store>,
+/// A hook for scripting races and failures of uploads (`put_file`, and `publish_staged` of the
+/// bytes `stage_file` read): uploads can be held at a gate, fail after a number of uploads started,
+/// or land and report failure (an ambiguous outcome); and the commit record's write can be made
+/// ambiguous. Wrap a store with it through [`with_hook`].
+pub struct UploadFaults {
     gate: tokio::sync::watch::Sender<bool>,
     pub uploads_started: std::sync::atomic::AtomicU64,
     pub fail_uploads_after: std::sync::atomic::AtomicU64,
-    pub ambiguous_uploads_after: std::sync::atomic::AtomicU64,
+    pub ambiguous_uploads: std::sync::atomic::AtomicBool,
     pub ambiguous_metadata: std::sync::atomic::AtomicBool,
 }
 
-impl std::fmt::Debug for TestStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TestStore({:?})", self.inner)
-    }
-}
-
-impl TestStore {
-    pub fn new(inner: Arc<dyn Store>) -> Arc<Self> {
-        Arc::new(TestStore {
-            inner,
+impl Default for UploadFaults {
+    fn default() -> Self {
+        UploadFaults {
             gate: tokio::sync::watch::channel(true).0,
             uploads_started: 0.into(),
             fail_uploads_after: u64::MAX.into(),
-            ambiguous_uploads_after: u64::MAX.into(),
+            ambiguous_uploads: false.into(),
             ambiguous_metadata: false.into(),
-        })
+        }
     }
+}
 
+impl UploadFaults {
     /// Holds every upload that starts from now on until `open_gate`.
     pub fn close_gate(&self) {
         self.gate.send_replace(false);
@@ -333,36 +325,12 @@ impl TestStore {
 }
 
 #[async_trait::async_trait]
-impl Store for TestStore {
-    async fn put(
-        &self,
-        path: &str,
-        data: bytes::Bytes,
-        mode: rockpoint::store::WriteMode,
-    ) -> rockpoint::Result<()> {
-        self.inner.put(path, data, mode).await?;
-        if path.ends_with("/_metadata")
-            && self
-                .ambiguous_metadata
-                .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "ambiguous: written, reported failed",
-            )
-            .into());
-        }
-        Ok(())
-    }
-    async fn put_file(
-        &self,
-        path: &str,
-        file: &Path,
-        offset: u64,
-        len: u64,
-        expected: rockpoint::format::ContentHash,
-    ) -> rockpoint::Result<()> {
+impl hooked::Hook for UploadFaults {
+    async fn before(&self, op: &hooked::Op<'_>, _store: &dyn Store) -> rockpoint::Result<()> {
         use std::sync::atomic::Ordering;
+        if !op.is_upload() {
+            return Ok(());
+        }
         let n = self.uploads_started.fetch_add(1, Ordering::SeqCst);
         let mut gate = self.gate.subscribe();
         while !*gate.borrow_and_update() {
@@ -373,67 +341,37 @@ impl Store for TestStore {
         if n >= self.fail_uploads_after.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("injected upload failure").into());
         }
-        self.inner
-            .put_file(path, file, offset, len, expected)
-            .await?;
-        if n >= self.ambiguous_uploads_after.load(Ordering::SeqCst) {
+        Ok(())
+    }
+
+    async fn after(&self, op: &hooked::Op<'_>, _store: &dyn Store) -> rockpoint::Result<()> {
+        use std::sync::atomic::Ordering;
+        if op.is_upload() && self.ambiguous_uploads.load(Ordering::SeqCst) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "ambiguous: uploaded, reported failed",
             )
             .into());
         }
+        if let hooked::Op::Put { path, .. } = op
+            && path.ends_with("/_metadata")
+            && self.ambiguous_metadata.swap(false, Ordering::SeqCst)
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "ambiguous: written, reported failed",
+            )
+            .into());
+        }
         Ok(())
     }
-    async fn get(&self, path: &str) -> rockpoint::Result<bytes::Bytes> {
-        self.inner.get(path).await
-    }
-    async fn get_versioned(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<Option<(bytes::Bytes, rockpoint::store::ObjectVersion)>> {
-        self.inner.get_versioned(path).await
-    }
-    async fn put_if(
-        &self,
-        path: &str,
-        data: bytes::Bytes,
-        expected: Option<&rockpoint::store::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
-        self.inner.put_if(path, data, expected).await
-    }
-    async fn get_stream(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<(
-        u64,
-        futures::stream::BoxStream<'static, rockpoint::Result<bytes::Bytes>>,
-    )> {
-        self.inner.get_stream(path).await
-    }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::store::ObjectInfo>> {
-        self.inner.head(path).await
-    }
-    async fn delete(&self, path: &str) -> rockpoint::Result<()> {
-        self.inner.delete(path).await
-    }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::store::ObjectInfo>> {
-        self.inner.list(prefix).await
-    }
-    async fn sweep_incomplete(
-        &self,
-        older_than: std::time::Duration,
-        mode: rockpoint::SweepMode,
-    ) -> rockpoint::Result<Vec<String>> {
-        self.inner.sweep_incomplete(older_than, mode).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    // stage_file / publish_staged keep their default (hash, then put_file), so every upload passes
-    // the gate above.
 }
 
 pub mod checking;
+pub mod gates;
+pub mod hooked;
 pub mod simfs;
 pub mod simstore;
+
+#[allow(unused_imports)] // each binary uses some
+pub use hooked::{Hook, HookedStore, Op, with_hook};

@@ -9,7 +9,7 @@
 //!   `put_if` and `delete`.
 //!
 //! At every `delete` of a `shared/…` object the store checks G3 against a frozen copy of the map
-//! taken atomically with the delete (first with `CheckingStore::referenced_now`, then classifying
+//! taken atomically with the delete (first with `checking::referenced_now`, then classifying
 //! the references): a violation is recorded (with the step number) if a complete checkpoint (one
 //! its job record lists) references the object, or a live pin that is older than every GC deletion
 //! intent naming it (such a pin was there for the deleting pass's second listing). A live pin
@@ -77,7 +77,7 @@ pub struct FaultConfig {
     pub ambiguous: f64,
     /// Whether mutations of GC deletion intents (`gc/…`) may fail or be ambiguous. A leftover
     /// intent blocks every reuser of the hashes it names until it expires (10 min), which stalls a
-    /// simulation; off by default (see the report in `tests/sim_multiwriter.rs`).
+    /// simulation; off by default (see the report in `tests/sim/multiwriter.rs`).
     pub intent_faults: bool,
 }
 
@@ -374,10 +374,9 @@ impl SimStore {
     /// before the delete) references `path`.
     async fn check_g3(&self, frozen: SimStore, path: &str) {
         let steps = self.steps();
-        let judged =
-            std::panic::AssertUnwindSafe(super::checking::CheckingStore::referenced_now(&frozen))
-                .catch_unwind()
-                .await;
+        let judged = std::panic::AssertUnwindSafe(super::checking::referenced_now(&frozen))
+            .catch_unwind()
+            .await;
         let problem = match judged {
             Ok(Ok(referenced)) if referenced.contains(path) => {
                 let (complete, live_pins) = references(&frozen, path).await;

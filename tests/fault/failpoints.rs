@@ -4,19 +4,16 @@
 //! cancel during upload, subsumption while a pending checkpoint reuses files, and GC during an
 //! uncommitted upload; a panic mid-commit is recovered by the next coordinator.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::checking::{CheckingStore, shared};
+use common::checking::{DeleteChecker, shared};
 use common::*;
 use rockpoint::testing::{FailPointRegistry, FaultRegistry};
-use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, Store, SweepMode,
-    collect_garbage,
-};
+use rockpoint::{collect_garbage, CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, Store, SweepMode};
 
 const POINTS: &[&str] = &[
     "snapshot::before_link",
@@ -89,8 +86,10 @@ async fn an_error_or_full_disk_at_any_step_leaves_a_restorable_root() -> TestRes
     for point in POINTS {
         for action in ["1*return(io)", "1*return(nospace)"] {
             let dir = tempfile::tempdir()?;
-            let checker = CheckingStore::new(local_store(&dir.path().join("root"))?);
-            let store: Arc<dyn Store> = checker.clone();
+            let (store, checker) = with_hook(
+                local_store(&dir.path().join("root"))?,
+                DeleteChecker::default(),
+            );
             let registry = Arc::new(FailPointRegistry::new());
             let c = coordinator(&store, &registry, settings(1, 2)).await?;
             let mut job = TestJob::open(&dir.path().join("job"), 2, 1_000)?;
@@ -163,8 +162,10 @@ async fn an_error_or_full_disk_at_any_step_leaves_a_restorable_root() -> TestRes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_during_upload_aborts_cleanly() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let checker = CheckingStore::new(local_store(&dir.path().join("root"))?);
-    let store: Arc<dyn Store> = checker.clone();
+    let (store, checker) = with_hook(
+        local_store(&dir.path().join("root"))?,
+        DeleteChecker::default(),
+    );
     let registry = Arc::new(FailPointRegistry::new());
     let c = coordinator(&store, &registry, settings(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 2, 1_000)?;
@@ -212,8 +213,10 @@ async fn cancel_during_upload_aborts_cleanly() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subsumption_while_a_paused_checkpoint_reuses_the_same_files() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let checker = CheckingStore::new(local_store(&dir.path().join("root"))?);
-    let store: Arc<dyn Store> = checker.clone();
+    let (store, checker) = with_hook(
+        local_store(&dir.path().join("root"))?,
+        DeleteChecker::default(),
+    );
     let registry = Arc::new(FailPointRegistry::new());
     let c = coordinator(&store, &registry, settings(1, 2)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
@@ -289,8 +292,7 @@ async fn subsumption_while_a_paused_checkpoint_reuses_the_same_files() -> TestRe
 async fn gc_during_a_paused_upload_keeps_what_it_pinned() -> TestResult {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("root");
-    let checker = CheckingStore::new(local_store(&root)?);
-    let store: Arc<dyn Store> = checker.clone();
+    let (store, checker) = with_hook(local_store(&root)?, DeleteChecker::default());
     let registry = Arc::new(FailPointRegistry::new());
     let c = coordinator(&store, &registry, settings(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;

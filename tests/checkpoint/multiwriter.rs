@@ -6,23 +6,18 @@
 //! One test per schedule of the multi-writer issue. Each asserts what the guarantees demand; the
 //! tests that check several things collect every violation and report them all at the end.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::gates::{Gate, Gates};
 use common::*;
 use futures::FutureExt;
+use rockpoint::{collect_garbage, CancellationPolicy, CheckpointCoordinator, CheckpointMetadata, CheckpointSettings, ClaimMode, ErrorKind, GcOptions, JobEnd, RestoreSource, RestoreTarget, SnapshotKind, Store, SweepMode};
 use rockpoint::format::{ContentHash, METADATA_FORMAT_VERSION};
-use rockpoint::store::{Staged, WriteMode};
-use rockpoint::{
-    CancellationPolicy, CheckpointCoordinator, CheckpointMetadata, CheckpointSettings, ClaimMode,
-    ErrorKind, GcOptions, JobEnd, RestoreSource, RestoreTarget, SnapshotKind, Store, SweepMode,
-    collect_garbage,
-};
+use rockpoint::store::WriteMode;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -236,206 +231,6 @@ fn staging_leftovers(dirs: &[PathBuf]) -> Vec<String> {
         }
     }
     left
-}
-
-// ---------------------------------------------------------------------------------------------
-// A store wrapper with gates: the first call of a given operation on a matching path waits at the
-// gate until the test releases it, or every matching call fails once another gate was reached.
-// Every method (including stage_file / publish_staged / append_verified / discard_staged) is
-// forwarded to the inner store, so the production paths of the local store run.
-// ---------------------------------------------------------------------------------------------
-
-struct Gate {
-    ops: Vec<&'static str>,
-    needle: String,
-    /// `Some(g)`: every matching call fails once `g` was reached; `None`: the first matching call
-    /// holds until released.
-    fail_after: Option<Arc<Gate>>,
-    armed: AtomicBool,
-    reached: tokio::sync::watch::Sender<bool>,
-    released: tokio::sync::watch::Sender<bool>,
-}
-
-impl Gate {
-    fn new(ops: &[&'static str], needle: &str, fail_after: Option<Arc<Gate>>) -> Arc<Self> {
-        Arc::new(Gate {
-            ops: ops.to_vec(),
-            needle: needle.to_owned(),
-            fail_after,
-            armed: AtomicBool::new(true),
-            reached: tokio::sync::watch::channel(false).0,
-            released: tokio::sync::watch::channel(false).0,
-        })
-    }
-
-    /// Waits until a call is held at this gate.
-    async fn reached(&self) {
-        let mut rx = self.reached.subscribe();
-        let _reached = rx.wait_for(|r| *r).await.is_ok();
-    }
-
-    fn release(&self) {
-        self.released.send_replace(true);
-    }
-
-    async fn hold(&self) {
-        self.reached.send_replace(true);
-        let mut rx = self.released.subscribe();
-        let _released = rx.wait_for(|r| *r).await.is_ok();
-    }
-}
-
-struct GateStore {
-    inner: Arc<dyn Store>,
-    gates: Mutex<Vec<Arc<Gate>>>,
-}
-
-impl std::fmt::Debug for GateStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GateStore({:?})", self.inner)
-    }
-}
-
-impl GateStore {
-    fn new(inner: Arc<dyn Store>) -> Arc<Self> {
-        Arc::new(GateStore {
-            inner,
-            gates: Mutex::new(Vec::new()),
-        })
-    }
-
-    /// The first call of one of `ops` whose subject contains `needle` waits until released.
-    fn hold(&self, ops: &[&'static str], needle: &str) -> Arc<Gate> {
-        let gate = Gate::new(ops, needle, None);
-        self.gates.lock().unwrap().push(gate.clone());
-        gate
-    }
-
-    /// Every call of one of `ops` whose subject contains `needle` fails once `after` was reached.
-    fn fail_after(&self, ops: &[&'static str], needle: &str, after: Arc<Gate>) {
-        let gate = Gate::new(ops, needle, Some(after));
-        self.gates.lock().unwrap().push(gate);
-    }
-
-    async fn pass(&self, op: &'static str, subject: &str) -> rockpoint::Result<()> {
-        let gates: Vec<Arc<Gate>> = self.gates.lock().unwrap().clone();
-        for gate in gates {
-            if !gate.ops.contains(&op) || !subject.contains(&gate.needle) {
-                continue;
-            }
-            match &gate.fail_after {
-                Some(after) => {
-                    after.reached().await;
-                    return Err(std::io::Error::other(format!(
-                        "injected failure of {op} {subject}"
-                    ))
-                    .into());
-                }
-                None => {
-                    if gate.armed.swap(false, Ordering::SeqCst) {
-                        gate.hold().await;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for GateStore {
-    async fn put(&self, path: &str, data: Bytes, mode: WriteMode) -> rockpoint::Result<()> {
-        self.pass("put", path).await?;
-        self.inner.put(path, data, mode).await
-    }
-    async fn put_file(
-        &self,
-        path: &str,
-        file: &Path,
-        offset: u64,
-        len: u64,
-        expected: ContentHash,
-    ) -> rockpoint::Result<()> {
-        self.pass("put_file", &format!("{path} {}", file.display()))
-            .await?;
-        self.inner.put_file(path, file, offset, len, expected).await
-    }
-    async fn get(&self, path: &str) -> rockpoint::Result<Bytes> {
-        self.pass("get", path).await?;
-        self.inner.get(path).await
-    }
-    async fn get_versioned(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<Option<(Bytes, rockpoint::store::ObjectVersion)>> {
-        self.pass("get_versioned", path).await?;
-        self.inner.get_versioned(path).await
-    }
-    async fn put_if(
-        &self,
-        path: &str,
-        data: Bytes,
-        expected: Option<&rockpoint::store::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
-        self.pass("put_if", path).await?;
-        self.inner.put_if(path, data, expected).await
-    }
-    async fn get_stream(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<(
-        u64,
-        futures::stream::BoxStream<'static, rockpoint::Result<Bytes>>,
-    )> {
-        self.pass("get_stream", path).await?;
-        self.inner.get_stream(path).await
-    }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::store::ObjectInfo>> {
-        self.pass("head", path).await?;
-        self.inner.head(path).await
-    }
-    async fn delete(&self, path: &str) -> rockpoint::Result<()> {
-        self.pass("delete", path).await?;
-        self.inner.delete(path).await
-    }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::store::ObjectInfo>> {
-        self.pass("list", prefix).await?;
-        self.inner.list(prefix).await
-    }
-    async fn sweep_incomplete(
-        &self,
-        older_than: Duration,
-        mode: SweepMode,
-    ) -> rockpoint::Result<Vec<String>> {
-        self.inner.sweep_incomplete(older_than, mode).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn stage_file(&self, file: &Path, offset: u64, len: u64) -> rockpoint::Result<Staged> {
-        self.pass("stage_file", &file.display().to_string()).await?;
-        self.inner.stage_file(file, offset, len).await
-    }
-    async fn publish_staged(&self, staged: Staged, path: &str) -> rockpoint::Result<()> {
-        self.pass("publish_staged", path).await?;
-        self.inner.publish_staged(staged, path).await
-    }
-    async fn append_verified(
-        &self,
-        path: &str,
-        expected: ContentHash,
-        size: u64,
-        target: &Path,
-        label: &str,
-    ) -> rockpoint::Result<()> {
-        self.pass("append_verified", path).await?;
-        self.inner
-            .append_verified(path, expected, size, target, label)
-            .await
-    }
-    async fn discard_staged(&self, staged: Staged) -> rockpoint::Result<()> {
-        self.inner.discard_staged(staged).await
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -694,13 +489,13 @@ async fn reuse_found_by_head_survives_a_concurrent_gc_delete() -> TestResult {
 
     // GC holds at its first delete of a shared file (after it listed and re-listed); B checkpoints
     // in that window; then GC goes on.
-    let gated = GateStore::new(store.clone());
+    let (gated_store, gated) = with_hook(store.clone(), Gates::default());
     let gate = gated.hold(&["delete"], "shared/");
     let options = gc_now();
     let (b2_ref, job_b_ref) = (&b2, &job_b);
     let (gc, b_done) = interleave(
         &gate,
-        collect_garbage(&*gated, &options),
+        collect_garbage(&*gated_store, &options),
         move |_| async move { b2_ref.checkpoint(&job_b_ref.refs()).await },
     )
     .await;
@@ -742,8 +537,7 @@ async fn reuse_found_by_head_survives_a_concurrent_gc_delete() -> TestResult {
 async fn late_completion_of_an_older_checkpoint_never_discards_the_newer() -> TestResult {
     let dir = tempfile::tempdir()?;
     let root = local_store(&dir.path().join("root"))?;
-    let gated = GateStore::new(root.clone());
-    let store: Arc<dyn Store> = gated.clone();
+    let (store, gated) = with_hook(root.clone(), Gates::default());
     let c = CheckpointCoordinator::open(store.clone(), "job", cfg(1, 2)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 2_000)?;
     job.write(3_000)?;
@@ -895,13 +689,15 @@ async fn dropped_checkpoint_future_frees_its_slot_and_failed_uploads_leave_no_st
     let mut v = Violations::default();
 
     // Part 1: the dropped future.
-    let test_store = TestStore::new(local_store(&dir.path().join("root"))?);
-    let store: Arc<dyn Store> = test_store.clone();
+    let (store, faults) = with_hook(
+        local_store(&dir.path().join("root"))?,
+        UploadFaults::default(),
+    );
     let c = CheckpointCoordinator::open(store.clone(), "job", cfg(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 2_000)?;
     job.write(3_000)?;
     job.backends[0].flush()?;
-    test_store.close_gate();
+    faults.close_gate();
     {
         let refs = job.refs();
         let checkpoint = c.checkpoint(&refs);
@@ -910,11 +706,11 @@ async fn dropped_checkpoint_future_frees_its_slot_and_failed_uploads_leave_no_st
             done = &mut checkpoint => {
                 v.push(format!("the checkpoint finished while its upload was held: {:?}", done.map(|d| d.id())));
             }
-            _ = test_store.wait_for_uploads(1) => {}
+            _ = faults.wait_for_uploads(1) => {}
         }
         // The caller gives up: the future is dropped here.
     }
-    test_store.open_gate();
+    faults.open_gate();
     job.write(1_000)?;
     match c.checkpoint(&job.refs()).await {
         Ok(done) => {
@@ -936,8 +732,7 @@ async fn dropped_checkpoint_future_frees_its_slot_and_failed_uploads_leave_no_st
     }
 
     // Part 2: one backend's upload fails while its sibling's is held mid-upload.
-    let gated = GateStore::new(local_store(&dir.path().join("root2"))?);
-    let store2: Arc<dyn Store> = gated.clone();
+    let (store2, gated) = with_hook(local_store(&dir.path().join("root2"))?, Gates::default());
     let c2 = CheckpointCoordinator::open(store2.clone(), "job2", cfg(1, 1)).await?;
     let mut job2 = TestJob::open(&dir.path().join("job2"), 2, 2_000)?;
     job2.write(3_000)?;
@@ -1205,9 +1000,9 @@ async fn reader_racing_a_discard_gets_the_state_or_not_found_never_corruption() 
     );
 
     // Hold the reader's first read of a private OPTIONS file (after its pin and metadata check).
-    let gated = GateStore::new(store.clone());
+    let (gated_store, gated) = with_hook(store.clone(), Gates::default());
     let gate = gated.hold(&["append_verified", "get_stream", "get"], "/OPTIONS-");
-    let reader = CheckpointCoordinator::open(gated.clone(), "r", cfg(1, 1)).await?;
+    let reader = CheckpointCoordinator::open(gated_store, "r", cfg(1, 1)).await?;
     let r_targets = targets(&dir.path().join("r"), 1);
 
     let source = RestoreSource::Metadata(a1.path());

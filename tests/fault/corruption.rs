@@ -1,13 +1,10 @@
 //! Random damage to referenced files — bit flips, truncations, extensions, deletions — is always
 //! detected, by `verify_checkpoint` and by a restore: 100% detected, 0 silently wrong states.
 
-mod common;
+use crate::common;
 
 use common::*;
-use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ErrorKind, KeyGroupRange, RestoreSource,
-    RestoreTarget,
-};
+use rockpoint::{CheckpointCoordinator, CheckpointSettings, ErrorKind, KeyGroupRange, RestoreSource, RestoreTarget};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_damage_is_always_detected() -> TestResult {

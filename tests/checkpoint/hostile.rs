@@ -3,21 +3,17 @@
 //! (`trigger` / `snapshot` / `upload` / `complete`). Each test is named after what breaks and
 //! asserts the guarantee, so it fails while the bug exists.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use common::gates::Gates;
 use common::*;
+use rockpoint::{CheckpointCoordinator, CheckpointSettings, ClaimMode, ErrorKind, JobEnd, RestoreSource, RestoreTarget, SnapshotKind, Store};
 use rockpoint::format::ContentHash;
-use rockpoint::store::{Staged, WriteMode};
-use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ClaimMode, ErrorKind, JobEnd, RestoreSource,
-    RestoreTarget, SnapshotKind, Store, SweepMode,
-};
+use rockpoint::store::WriteMode;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -91,177 +87,6 @@ async fn check_restore(store: &dyn Store, path: &str, base: &Path, expected: &Sc
 }
 
 // ---------------------------------------------------------------------------------------------
-// A store wrapper with gates: the first call of one of the given operations whose subject contains
-// a needle is held until released. Every trait method is forwarded to the inner store.
-// ---------------------------------------------------------------------------------------------
-
-struct Gate {
-    ops: Vec<&'static str>,
-    needle: String,
-    armed: AtomicBool,
-    reached: tokio::sync::watch::Sender<bool>,
-    released: tokio::sync::watch::Sender<bool>,
-}
-
-impl Gate {
-    async fn reached(&self) {
-        let mut rx = self.reached.subscribe();
-        let _ = rx.wait_for(|r| *r).await;
-    }
-
-    fn release(&self) {
-        self.released.send_replace(true);
-    }
-
-    async fn hold(&self) {
-        self.reached.send_replace(true);
-        let mut rx = self.released.subscribe();
-        let _ = rx.wait_for(|r| *r).await;
-    }
-}
-
-struct GateStore {
-    inner: Arc<dyn Store>,
-    gates: Mutex<Vec<Arc<Gate>>>,
-}
-
-impl std::fmt::Debug for GateStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GateStore({:?})", self.inner)
-    }
-}
-
-impl GateStore {
-    fn new(inner: Arc<dyn Store>) -> Arc<Self> {
-        Arc::new(GateStore {
-            inner,
-            gates: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn hold(&self, ops: &[&'static str], needle: &str) -> Arc<Gate> {
-        let gate = Arc::new(Gate {
-            ops: ops.to_vec(),
-            needle: needle.to_owned(),
-            armed: AtomicBool::new(true),
-            reached: tokio::sync::watch::channel(false).0,
-            released: tokio::sync::watch::channel(false).0,
-        });
-        self.gates.lock().unwrap().push(gate.clone());
-        gate
-    }
-
-    async fn pass(&self, op: &'static str, subject: &str) {
-        let gates: Vec<Arc<Gate>> = self.gates.lock().unwrap().clone();
-        for gate in gates {
-            let matches = match gate.needle.strip_prefix('=') {
-                Some(exact) => subject == exact,
-                None => subject.contains(&gate.needle),
-            };
-            if gate.ops.contains(&op) && matches && gate.armed.swap(false, Ordering::SeqCst) {
-                gate.hold().await;
-            }
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for GateStore {
-    async fn put(&self, path: &str, data: Bytes, mode: WriteMode) -> rockpoint::Result<()> {
-        self.pass("put", path).await;
-        self.inner.put(path, data, mode).await
-    }
-    async fn put_file(
-        &self,
-        path: &str,
-        file: &Path,
-        offset: u64,
-        len: u64,
-        expected: ContentHash,
-    ) -> rockpoint::Result<()> {
-        self.pass("put_file", path).await;
-        self.inner.put_file(path, file, offset, len, expected).await
-    }
-    async fn get(&self, path: &str) -> rockpoint::Result<Bytes> {
-        self.pass("get", path).await;
-        self.inner.get(path).await
-    }
-    async fn get_versioned(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<Option<(Bytes, rockpoint::store::ObjectVersion)>> {
-        self.pass("get_versioned", path).await;
-        self.inner.get_versioned(path).await
-    }
-    async fn put_if(
-        &self,
-        path: &str,
-        data: Bytes,
-        expected: Option<&rockpoint::store::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
-        self.pass("put_if", path).await;
-        self.inner.put_if(path, data, expected).await
-    }
-    async fn get_stream(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<(
-        u64,
-        futures::stream::BoxStream<'static, rockpoint::Result<Bytes>>,
-    )> {
-        self.pass("get_stream", path).await;
-        self.inner.get_stream(path).await
-    }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::store::ObjectInfo>> {
-        self.pass("head", path).await;
-        self.inner.head(path).await
-    }
-    async fn delete(&self, path: &str) -> rockpoint::Result<()> {
-        self.pass("delete", path).await;
-        self.inner.delete(path).await
-    }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::store::ObjectInfo>> {
-        self.pass("list", prefix).await;
-        self.inner.list(prefix).await
-    }
-    async fn sweep_incomplete(
-        &self,
-        older_than: Duration,
-        mode: SweepMode,
-    ) -> rockpoint::Result<Vec<String>> {
-        self.inner.sweep_incomplete(older_than, mode).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn stage_file(&self, file: &Path, offset: u64, len: u64) -> rockpoint::Result<Staged> {
-        self.pass("stage_file", &file.display().to_string()).await;
-        self.inner.stage_file(file, offset, len).await
-    }
-    async fn publish_staged(&self, staged: Staged, path: &str) -> rockpoint::Result<()> {
-        self.pass("publish_staged", path).await;
-        self.inner.publish_staged(staged, path).await
-    }
-    async fn append_verified(
-        &self,
-        path: &str,
-        expected: ContentHash,
-        size: u64,
-        target: &Path,
-        label: &str,
-    ) -> rockpoint::Result<()> {
-        self.pass("append_verified", path).await;
-        self.inner
-            .append_verified(path, expected, size, target, label)
-            .await
-    }
-    async fn discard_staged(&self, staged: Staged) -> rockpoint::Result<()> {
-        self.pass("discard_staged", "").await;
-        self.inner.discard_staged(staged).await
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // 1. A claim by another job bypasses the known-set deferral of the source's live coordinator.
 // ---------------------------------------------------------------------------------------------
 
@@ -321,8 +146,7 @@ async fn claim_by_another_job_discards_a_checkpoint_the_source_tickets_reuse() -
 async fn zombie_recovery_deletes_the_live_coordinators_snapshot_pin() -> TestResult {
     let dir = tempfile::tempdir()?;
     let local = local_store(&dir.path().join("root"))?;
-    let gates = GateStore::new(local.clone());
-    let store: Arc<dyn Store> = gates.clone();
+    let (store, gates) = with_hook(local.clone(), Gates::default());
     // Epoch 1 exists and went away (e.g. a crashed process).
     drop(CheckpointCoordinator::open(store.clone(), "j", cfg(1, 1)).await?);
 
@@ -366,8 +190,7 @@ async fn zombie_recovery_deletes_the_live_coordinators_snapshot_pin() -> TestRes
 async fn partial_claim_commits_unpinned_backends_that_gc_deleted() -> TestResult {
     let dir = tempfile::tempdir()?;
     let local = local_store(&dir.path().join("root"))?;
-    let gates = GateStore::new(local.clone());
-    let store: Arc<dyn Store> = gates.clone();
+    let (store, gates) = with_hook(local.clone(), Gates::default());
     let a = CheckpointCoordinator::open(store.clone(), "a", cfg(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("a"), 2, 2_000)?;
     rewrite(&mut job, 4_000)?;
@@ -419,8 +242,7 @@ async fn partial_claim_commits_unpinned_backends_that_gc_deleted() -> TestResult
 async fn verify_racing_a_discard_reports_a_complete_checkpoint_as_corrupt() -> TestResult {
     let dir = tempfile::tempdir()?;
     let local = local_store(&dir.path().join("root"))?;
-    let gates = GateStore::new(local.clone());
-    let store: Arc<dyn Store> = gates.clone();
+    let (store, gates) = with_hook(local.clone(), Gates::default());
     let a = CheckpointCoordinator::open(store.clone(), "a", cfg(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("a"), 1, 2_000)?;
     rewrite(&mut job, 4_000)?;
@@ -467,8 +289,7 @@ async fn verify_racing_a_discard_reports_a_complete_checkpoint_as_corrupt() -> T
 async fn gc_deletes_private_files_under_a_reader_that_pinned_before_the_discard() -> TestResult {
     let dir = tempfile::tempdir()?;
     let local = local_store(&dir.path().join("root"))?;
-    let gates = GateStore::new(local.clone());
-    let store: Arc<dyn Store> = gates.clone();
+    let (store, gates) = with_hook(local.clone(), Gates::default());
     let a1 = CheckpointCoordinator::open(store.clone(), "a", cfg(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("a"), 1, 2_000)?;
     rewrite(&mut job, 4_000)?;
@@ -607,8 +428,7 @@ async fn job_record_at_the_largest_epoch_panics_open_and_gc() -> TestResult {
 async fn abort_racing_the_pin_write_leaves_a_pin_gc_never_removes() -> TestResult {
     let dir = tempfile::tempdir()?;
     let local = local_store(&dir.path().join("root"))?;
-    let gates = GateStore::new(local.clone());
-    let store: Arc<dyn Store> = gates.clone();
+    let (store, gates) = with_hook(local.clone(), Gates::default());
     let c = CheckpointCoordinator::open(store.clone(), "j", cfg(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("j"), 1, 2_000)?;
     rewrite(&mut job, 4_000)?;
@@ -645,20 +465,13 @@ async fn abort_racing_the_pin_write_leaves_a_pin_gc_never_removes() -> TestResul
 /// coordinator) between every read and compare-and-swap of the claimer: what a busy source job
 /// does to a slow claimer.
 struct BusySource {
-    inner: Arc<dyn Store>,
     record: String,
     bumps: std::sync::atomic::AtomicU64,
 }
 
-impl std::fmt::Debug for BusySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BusySource({:?})", self.inner)
-    }
-}
-
 impl BusySource {
-    async fn bump(&self) -> rockpoint::Result<()> {
-        let Some((bytes, version)) = self.inner.get_versioned(&self.record).await? else {
+    async fn bump(&self, store: &dyn Store) -> rockpoint::Result<()> {
+        let Some((bytes, version)) = store.get_versioned(&self.record).await? else {
             return Ok(());
         };
         let mut record = unseal_job(&bytes)
@@ -667,97 +480,21 @@ impl BusySource {
         record.lease_until_ms += 1;
         let sealed = seal_job(&record)
             .map_err(|e| rockpoint::Error::from(std::io::Error::other(e.to_string())))?;
-        self.inner
-            .put_if(&self.record, sealed, Some(&version))
-            .await?;
+        store.put_if(&self.record, sealed, Some(&version)).await?;
         self.bumps.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
 
 #[async_trait::async_trait]
-impl Store for BusySource {
-    async fn put(&self, path: &str, data: Bytes, mode: WriteMode) -> rockpoint::Result<()> {
-        self.inner.put(path, data, mode).await
-    }
-    async fn put_file(
-        &self,
-        path: &str,
-        file: &Path,
-        offset: u64,
-        len: u64,
-        expected: ContentHash,
-    ) -> rockpoint::Result<()> {
-        self.inner.put_file(path, file, offset, len, expected).await
-    }
-    async fn get(&self, path: &str) -> rockpoint::Result<Bytes> {
-        self.inner.get(path).await
-    }
-    async fn get_versioned(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<Option<(Bytes, rockpoint::store::ObjectVersion)>> {
-        self.inner.get_versioned(path).await
-    }
-    async fn put_if(
-        &self,
-        path: &str,
-        data: Bytes,
-        expected: Option<&rockpoint::store::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
-        if path == self.record {
-            self.bump().await?;
+impl Hook for BusySource {
+    async fn before(&self, op: &Op<'_>, store: &dyn Store) -> rockpoint::Result<()> {
+        if let Op::PutIf { path, .. } = *op
+            && path == self.record
+        {
+            self.bump(store).await?;
         }
-        self.inner.put_if(path, data, expected).await
-    }
-    async fn get_stream(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<(
-        u64,
-        futures::stream::BoxStream<'static, rockpoint::Result<Bytes>>,
-    )> {
-        self.inner.get_stream(path).await
-    }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::store::ObjectInfo>> {
-        self.inner.head(path).await
-    }
-    async fn delete(&self, path: &str) -> rockpoint::Result<()> {
-        self.inner.delete(path).await
-    }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::store::ObjectInfo>> {
-        self.inner.list(prefix).await
-    }
-    async fn sweep_incomplete(
-        &self,
-        older_than: Duration,
-        mode: SweepMode,
-    ) -> rockpoint::Result<Vec<String>> {
-        self.inner.sweep_incomplete(older_than, mode).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn stage_file(&self, file: &Path, offset: u64, len: u64) -> rockpoint::Result<Staged> {
-        self.inner.stage_file(file, offset, len).await
-    }
-    async fn publish_staged(&self, staged: Staged, path: &str) -> rockpoint::Result<()> {
-        self.inner.publish_staged(staged, path).await
-    }
-    async fn append_verified(
-        &self,
-        path: &str,
-        expected: ContentHash,
-        size: u64,
-        target: &Path,
-        label: &str,
-    ) -> rockpoint::Result<()> {
-        self.inner
-            .append_verified(path, expected, size, target, label)
-            .await
-    }
-    async fn discard_staged(&self, staged: Staged) -> rockpoint::Result<()> {
-        self.inner.discard_staged(staged).await
+        Ok(())
     }
 }
 
@@ -776,12 +513,14 @@ async fn claim_that_loses_every_source_swap_still_discards_the_retained_source()
     let first = a.checkpoint(&job.refs()).await?;
     let expected = job.scan()?;
 
-    let busy = Arc::new(BusySource {
-        inner: store.clone(),
-        record: "jobs/a/_job".into(),
-        bumps: 0.into(),
-    });
-    let b = CheckpointCoordinator::open(busy.clone(), "b", cfg(1, 1)).await?;
+    let (busy_store, busy) = with_hook(
+        store.clone(),
+        BusySource {
+            record: "jobs/a/_job".into(),
+            bumps: 0.into(),
+        },
+    );
+    let b = CheckpointCoordinator::open(busy_store, "b", cfg(1, 1)).await?;
     let claimed = restore_job(
         &b,
         &RestoreSource::Metadata(first.path()),
@@ -826,8 +565,7 @@ async fn claim_that_loses_every_source_swap_still_discards_the_retained_source()
 async fn restore_by_a_fenced_coordinator_reports_fenced_not_corruption() -> TestResult {
     let dir = tempfile::tempdir()?;
     let local = local_store(&dir.path().join("root"))?;
-    let gates = GateStore::new(local.clone());
-    let store: Arc<dyn Store> = gates.clone();
+    let (store, gates) = with_hook(local.clone(), Gates::default());
     let a = CheckpointCoordinator::open(store.clone(), "a", cfg(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("a"), 1, 2_000)?;
     rewrite(&mut job, 4_000)?;

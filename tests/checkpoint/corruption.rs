@@ -2,14 +2,12 @@
 //! metadata, and metadata whose paths try to escape. Each gets its documented error, and a failed
 //! restore writes nothing: the target is not created and its parent holds exactly what it held.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
 use common::*;
-use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ErrorKind, RestoreSource, RestoreTarget, Store,
-};
+use rockpoint::{CheckpointCoordinator, CheckpointSettings, ErrorKind, RestoreSource, RestoreTarget, Store};
 
 struct Fixture {
     _dir: tempfile::TempDir,

@@ -2,9 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use rockpoint::{
-    BackendSettings, ErrorKind, KeyGroupRange, KeyedStateBackend, StateKind, key_group_of,
-};
+use rockpoint::{key_group_of, BackendSettings, ErrorKind, KeyGroupRange, KeyedStateBackend, StateKind};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -3,7 +3,7 @@
 //! state the job had when it was taken; subsumed ones are gone with every file only they used; and
 //! each checkpoint uploaded exactly the bytes that were new (SSTs and WAL/MANIFEST suffixes).
 
-mod common;
+use crate::common;
 
 use common::*;
 use rockpoint::{CheckpointCoordinator, CheckpointSettings};

@@ -23,7 +23,7 @@
 //! The default run explores every crash point of every workload. `ROCKPOINT_CRASH_STRIDE=N` explores
 //! every N-th only (for quick local iterations).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,15 +31,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::checking::{CheckingStore, shared};
+use common::checking::{DeleteChecker, referenced_now, shared};
 use common::simfs::{Loss, SimFs, TraceOp};
 use common::*;
 use rockpoint::format::ContentHash;
 use rockpoint::store::WriteMode;
-use rockpoint::{
-    BackendHandle, CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode,
-    GcOptions, JobEnd, LocalStore, RestoreSource, SnapshotKind, Store, SweepMode, collect_garbage,
-};
+use rockpoint::{collect_garbage, BackendHandle, CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, GcOptions, JobEnd, LocalStore, RestoreSource, SnapshotKind, Store, SweepMode};
 
 const ROOT: &str = "/sim/root";
 
@@ -57,7 +54,7 @@ struct Record {
 struct Ctx {
     sim: SimFs,
     store: Arc<dyn Store>,
-    checker: Arc<CheckingStore>,
+    checker: Arc<DeleteChecker>,
     local: PathBuf,
     record: Record,
 }
@@ -66,10 +63,10 @@ impl Ctx {
     fn new(local: &Path) -> TestResult<Self> {
         let sim = SimFs::new();
         let inner: Arc<dyn Store> = Arc::new(LocalStore::with_fs(ROOT, Arc::new(sim.clone()))?);
-        let checker = CheckingStore::new(inner);
+        let (store, checker) = with_hook(inner, DeleteChecker::default());
         Ok(Ctx {
             sim,
-            store: checker.clone(),
+            store,
             checker,
             local: local.to_path_buf(),
             record: Record::default(),
@@ -281,10 +278,9 @@ fn gc_now() -> GcOptions {
 }
 
 /// Opens a store over `fs` with the G3 checker.
-fn store_over(fs: &SimFs) -> TestResult<(Arc<dyn Store>, Arc<CheckingStore>)> {
+fn store_over(fs: &SimFs) -> TestResult<(Arc<dyn Store>, Arc<DeleteChecker>)> {
     let inner: Arc<dyn Store> = Arc::new(LocalStore::with_fs(ROOT, Arc::new(fs.clone()))?);
-    let checker = CheckingStore::new(inner);
-    Ok((checker.clone(), checker))
+    Ok(with_hook(inner, DeleteChecker::default()))
 }
 
 /// Startup recovery of every job, then GC.
@@ -369,7 +365,7 @@ async fn check_recovered(
         }
     }
     // Exactly the referenced shared files remain; a second GC deletes nothing.
-    let referenced = CheckingStore::referenced_now(&**store).await?;
+    let referenced = referenced_now(&**store).await?;
     let present: BTreeSet<String> = store
         .list("shared/")
         .await?

@@ -2,7 +2,7 @@
 //! fails the same way without touching the filesystem (no retry over possibly lost pages), and a
 //! checkpoint on a poisoned store fails with `Poisoned` instead of committing.
 
-mod common;
+use crate::common;
 
 use std::io;
 use std::path::Path;

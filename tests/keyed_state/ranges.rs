@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use rockpoint::{BackendSettings, KeyGroupRange, KeyedStateBackend, key_group_of};
+use rockpoint::{key_group_of, BackendSettings, KeyGroupRange, KeyedStateBackend};
 
 fn key_group(key: &u64) -> u32 {
     key_group_of(&rmp_serde::to_vec(key).unwrap(), 128)

@@ -1,7 +1,7 @@
 //! GC of a root: removes exactly the unreferenced objects older than the grace period, is a dry run
 //! unless told otherwise, honours pins, and deletes nothing the second time.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -9,9 +9,7 @@ use bytes::Bytes;
 use common::*;
 use rockpoint::format::ContentHash;
 use rockpoint::store::WriteMode;
-use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, GcOptions, SnapshotKind, SweepMode, collect_garbage,
-};
+use rockpoint::{collect_garbage, CheckpointCoordinator, CheckpointSettings, GcOptions, SnapshotKind, SweepMode};
 
 fn shared_path(hash: &ContentHash) -> String {
     let hex = hash.to_hex();

@@ -39,11 +39,11 @@
 //! ```text
 //! export CARGO_TARGET_DIR=$HOME/.cache/rockpoint-target
 //! # quick tier (default): seeds 0.. until >= 50,000 store operations, ~2 minutes
-//! cargo test --features failpoints --test sim_multiwriter
+//! cargo test --features failpoints --test sim
 //! # long tier: N seeds (optionally from ROCKPOINT_SIM_FIRST_SEED), in parallel workers
-//! ROCKPOINT_SIM_SEEDS=2000 cargo test --release --features failpoints --test sim_multiwriter -- --nocapture
+//! ROCKPOINT_SIM_SEEDS=2000 cargo test --release --features failpoints --test sim -- --nocapture
 //! # replay one seed (prints the violation with its step count)
-//! ROCKPOINT_SIM_SEED=17 cargo test --features failpoints --test sim_multiwriter -- --nocapture
+//! ROCKPOINT_SIM_SEED=17 cargo test --features failpoints --test sim -- --nocapture
 //! # optional: ROCKPOINT_SIM_WORKERS=<threads>, ROCKPOINT_SIM_MIN_STEPS=<n>,
 //! #           ROCKPOINT_SIM_INTENT_FAULTS=1 (let GC intent writes/deletes fail too, see below),
 //! #           ROCKPOINT_SIM_TRACE=1 (write every store operation of a failing seed to
@@ -63,7 +63,7 @@
 //! leaves it live for its whole lease (10 min), and every reuser of a hash it names waits that long
 //! (a liveness cost, not a safety problem), which would stall a simulation.
 
-mod common;
+use crate::common;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -76,10 +76,7 @@ use std::time::{Duration, Instant};
 
 use common::simstore::{FaultConfig, SimRng, SimStore};
 use common::{Scan, TestJob};
-use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ClaimMode, ErrorKind, GcOptions, JobEnd,
-    RestoreSource, RestoreTarget, SnapshotKind, Store, SweepMode,
-};
+use rockpoint::{CheckpointCoordinator, CheckpointSettings, ClaimMode, ErrorKind, GcOptions, JobEnd, RestoreSource, RestoreTarget, SnapshotKind, Store, SweepMode};
 
 const KEYS: u64 = 300;
 const JOBS: [&str; 3] = ["a", "b", "c"];

@@ -1,16 +1,12 @@
 //! Concurrent checkpoints, aborts and subsumption, with the regression tests named after the bugs
 //! they would catch coming back (see BRIEF.md, "What went wrong before us").
 
-mod common;
+use crate::common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use rockpoint::{
-    CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, SnapshotKind, Store,
-    SweepMode, collect_garbage,
-};
+use rockpoint::{collect_garbage, CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, SnapshotKind, Store, SweepMode};
 
 fn settings(retained: usize, max_concurrent: usize) -> CheckpointSettings {
     CheckpointSettings {
@@ -191,8 +187,10 @@ async fn flink_29913_same_local_name_different_content_never_collide() -> TestRe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_mid_upload_leaves_no_orphans_and_gc_twice_deletes_nothing() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let test_store = TestStore::new(local_store(&dir.path().join("root"))?);
-    let store: Arc<dyn Store> = test_store.clone();
+    let (store, faults) = with_hook(
+        local_store(&dir.path().join("root"))?,
+        UploadFaults::default(),
+    );
     let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 2, 2_000)?;
     job.write(4_000)?;
@@ -201,8 +199,8 @@ async fn abort_mid_upload_leaves_no_orphans_and_gc_twice_deletes_nothing() -> Te
     let before = objects(&*store).await?;
     job.write(4_000)?;
 
-    test_store.close_gate();
-    let started = test_store
+    faults.close_gate();
+    let started = faults
         .uploads_started
         .load(std::sync::atomic::Ordering::SeqCst);
     let running = {
@@ -213,13 +211,13 @@ async fn abort_mid_upload_leaves_no_orphans_and_gc_twice_deletes_nothing() -> Te
             c.checkpoint(&refs).await
         })
     };
-    test_store.wait_for_uploads(started + 2).await;
+    faults.wait_for_uploads(started + 2).await;
     let cancel = {
         let c = c.clone();
         tokio::spawn(async move { c.shutdown(JobEnd::Cancelled).await })
     };
     wait_until_shut_down(&c).await;
-    test_store.open_gate();
+    faults.open_gate();
     let outcome = running.await?;
     assert_eq!(outcome.err().map(|e| e.kind()), Some(ErrorKind::Cancelled));
     cancel.await??;
@@ -245,8 +243,10 @@ async fn abort_mid_upload_leaves_no_orphans_and_gc_twice_deletes_nothing() -> Te
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flink_30461_interrupted_upload_is_cleaned_by_recovery_and_gc() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let test_store = TestStore::new(local_store(&dir.path().join("root"))?);
-    let store: Arc<dyn Store> = test_store.clone();
+    let (store, faults) = with_hook(
+        local_store(&dir.path().join("root"))?,
+        UploadFaults::default(),
+    );
     let mut job = TestJob::open(&dir.path().join("job"), 2, 2_000)?;
     job.write(4_000)?;
     {
@@ -254,16 +254,16 @@ async fn flink_30461_interrupted_upload_is_cleaned_by_recovery_and_gc() -> TestR
         c.checkpoint(&job.refs()).await?;
         job.write(4_000)?;
         // The process "dies" mid-upload: the upload future is dropped after some files landed.
-        test_store.close_gate();
-        let started = test_store
+        faults.close_gate();
+        let started = faults
             .uploads_started
             .load(std::sync::atomic::Ordering::SeqCst);
         let ticket = c.trigger(SnapshotKind::Checkpoint)?;
         let pending = job.backends[0].snapshot(&ticket)?;
         let partial = pending.upload(&*store);
         tokio::pin!(partial);
-        test_store.open_gate();
-        test_store
+        faults.open_gate();
+        faults
             .fail_uploads_after
             .store(started + 1, std::sync::atomic::Ordering::SeqCst);
         assert!(
@@ -272,7 +272,7 @@ async fn flink_30461_interrupted_upload_is_cleaned_by_recovery_and_gc() -> TestR
         );
         // No abort, no shutdown: the coordinator is simply dropped.
     }
-    test_store
+    faults
         .fail_uploads_after
         .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
     let leftovers = objects(&*store).await?;
@@ -316,8 +316,10 @@ async fn flink_30461_interrupted_upload_is_cleaned_by_recovery_and_gc() -> TestR
 async fn ambiguous_upload_fails_the_checkpoint_and_leaves_nothing_behind() -> TestResult {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir()?;
-    let test_store = TestStore::new(local_store(&dir.path().join("root"))?);
-    let store: Arc<dyn Store> = test_store.clone();
+    let (store, faults) = with_hook(
+        local_store(&dir.path().join("root"))?,
+        UploadFaults::default(),
+    );
     let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 2_000)?;
     job.write(3_000)?;
@@ -325,17 +327,13 @@ async fn ambiguous_upload_fails_the_checkpoint_and_leaves_nothing_behind() -> Te
     let first_scan = job.scan()?;
     job.write(3_000)?;
     job.backends[0].flush()?; // a new SST, so the next checkpoint certainly uploads
-    let started = test_store.uploads_started.load(Ordering::SeqCst);
-    test_store
-        .ambiguous_uploads_after
-        .store(started, Ordering::SeqCst);
+    let started = faults.uploads_started.load(Ordering::SeqCst);
+    faults.ambiguous_uploads.store(true, Ordering::SeqCst);
     let failed = c.checkpoint(&job.refs()).await;
-    test_store
-        .ambiguous_uploads_after
-        .store(u64::MAX, Ordering::SeqCst);
+    faults.ambiguous_uploads.store(false, Ordering::SeqCst);
     assert!(failed.is_err(), "an upload reported failed: {failed:?}");
     assert!(
-        test_store.uploads_started.load(Ordering::SeqCst) > started,
+        faults.uploads_started.load(Ordering::SeqCst) > started,
         "the failed checkpoint did upload"
     );
     // Nothing of the failed checkpoint survives: no pin, no record, no unreferenced shared file.
@@ -367,12 +365,14 @@ async fn ambiguous_upload_fails_the_checkpoint_and_leaves_nothing_behind() -> Te
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_commit_is_treated_as_committed() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let test_store = TestStore::new(local_store(&dir.path().join("root"))?);
-    let store: Arc<dyn Store> = test_store.clone();
+    let (store, faults) = with_hook(
+        local_store(&dir.path().join("root"))?,
+        UploadFaults::default(),
+    );
     let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
     job.write(2_000)?;
-    test_store
+    faults
         .ambiguous_metadata
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let done = c.checkpoint(&job.refs()).await?;
@@ -431,101 +431,22 @@ async fn staging_left_by_a_killed_process_is_removed_on_reopen() -> TestResult {
 }
 
 /// Holds every compare-and-swap of the job record while `hold` is set (and says when one waits).
-#[derive(Debug)]
+#[derive(Default)]
 struct SwapGate {
-    inner: Arc<dyn Store>,
     hold: std::sync::atomic::AtomicBool,
     waiting: tokio::sync::Notify,
     release: tokio::sync::Notify,
 }
 
 #[async_trait::async_trait]
-impl Store for SwapGate {
-    async fn put(
-        &self,
-        path: &str,
-        data: bytes::Bytes,
-        mode: rockpoint::store::WriteMode,
-    ) -> rockpoint::Result<()> {
-        self.inner.put(path, data, mode).await
-    }
-    async fn put_file(
-        &self,
-        path: &str,
-        file: &std::path::Path,
-        offset: u64,
-        len: u64,
-        expected: rockpoint::format::ContentHash,
-    ) -> rockpoint::Result<()> {
-        self.inner.put_file(path, file, offset, len, expected).await
-    }
-    async fn get(&self, path: &str) -> rockpoint::Result<bytes::Bytes> {
-        self.inner.get(path).await
-    }
-    async fn get_versioned(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<Option<(bytes::Bytes, rockpoint::store::ObjectVersion)>> {
-        self.inner.get_versioned(path).await
-    }
-    async fn put_if(
-        &self,
-        path: &str,
-        data: bytes::Bytes,
-        expected: Option<&rockpoint::store::ObjectVersion>,
-    ) -> rockpoint::Result<rockpoint::store::ObjectVersion> {
-        if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+impl Hook for SwapGate {
+    async fn before(&self, op: &Op<'_>, _store: &dyn Store) -> rockpoint::Result<()> {
+        if matches!(op, Op::PutIf { .. }) && self.hold.load(std::sync::atomic::Ordering::SeqCst) {
             let released = self.release.notified();
             self.waiting.notify_one();
             released.await;
         }
-        self.inner.put_if(path, data, expected).await
-    }
-    async fn get_stream(
-        &self,
-        path: &str,
-    ) -> rockpoint::Result<(
-        u64,
-        futures::stream::BoxStream<'static, rockpoint::Result<bytes::Bytes>>,
-    )> {
-        self.inner.get_stream(path).await
-    }
-    async fn head(&self, path: &str) -> rockpoint::Result<Option<rockpoint::store::ObjectInfo>> {
-        self.inner.head(path).await
-    }
-    async fn delete(&self, path: &str) -> rockpoint::Result<()> {
-        self.inner.delete(path).await
-    }
-    async fn list(&self, prefix: &str) -> rockpoint::Result<Vec<rockpoint::store::ObjectInfo>> {
-        self.inner.list(prefix).await
-    }
-    async fn sweep_incomplete(
-        &self,
-        older_than: Duration,
-        mode: SweepMode,
-    ) -> rockpoint::Result<Vec<String>> {
-        self.inner.sweep_incomplete(older_than, mode).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn stage_file(
-        &self,
-        file: &std::path::Path,
-        offset: u64,
-        len: u64,
-    ) -> rockpoint::Result<rockpoint::store::Staged> {
-        self.inner.stage_file(file, offset, len).await
-    }
-    async fn publish_staged(
-        &self,
-        staged: rockpoint::store::Staged,
-        path: &str,
-    ) -> rockpoint::Result<()> {
-        self.inner.publish_staged(staged, path).await
-    }
-    async fn discard_staged(&self, staged: rockpoint::store::Staged) -> rockpoint::Result<()> {
-        self.inner.discard_staged(staged).await
+        Ok(())
     }
 }
 
@@ -534,14 +455,11 @@ impl Store for SwapGate {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_dropped_during_its_abort_frees_its_slot() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let test_store = TestStore::new(local_store(&dir.path().join("root"))?);
-    let gate = Arc::new(SwapGate {
-        inner: test_store.clone(),
-        hold: false.into(),
-        waiting: tokio::sync::Notify::new(),
-        release: tokio::sync::Notify::new(),
-    });
-    let store: Arc<dyn Store> = gate.clone();
+    let (faulty, faults) = with_hook(
+        local_store(&dir.path().join("root"))?,
+        UploadFaults::default(),
+    );
+    let (store, gate) = with_hook(faulty, SwapGate::default());
     let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
     job.write(2_000)?;
@@ -551,10 +469,10 @@ async fn checkpoint_dropped_during_its_abort_frees_its_slot() -> TestResult {
 
     // The upload fails, so the checkpoint aborts; its abort's swap is held, and then the future
     // is dropped (the task is aborted).
-    let started = test_store
+    let started = faults
         .uploads_started
         .load(std::sync::atomic::Ordering::SeqCst);
-    test_store
+    faults
         .fail_uploads_after
         .store(started, std::sync::atomic::Ordering::SeqCst);
     gate.hold.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -567,7 +485,7 @@ async fn checkpoint_dropped_during_its_abort_frees_its_slot() -> TestResult {
     waiting.await;
     running.abort();
     let _ = running.await;
-    test_store
+    faults
         .fail_uploads_after
         .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
     gate.hold.store(false, std::sync::atomic::Ordering::SeqCst);

@@ -2,12 +2,10 @@
 //! FLINK-26985 / FLINK-7268: a job restored from another job's retained checkpoint must never lose
 //! the shared files it reuses when either job discards its own checkpoints.
 
-mod common;
+use crate::common;
 
 use common::*;
-use rockpoint::{
-    CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, RestoreSource,
-};
+use rockpoint::{CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, RestoreSource};
 
 fn settings(retained: usize, cancellation: CancellationPolicy) -> CheckpointSettings {
     CheckpointSettings {

@@ -3,12 +3,10 @@
 //! round, and the first checkpoint after each restore uploads only files that were not in the
 //! checkpoint it was restored from.
 
-mod common;
+use crate::common;
 
 use common::*;
-use rockpoint::{
-    CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, RestoreSource,
-};
+use rockpoint::{CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, RestoreSource};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_loop_restores_exactly_and_reuploads_nothing() -> TestResult {

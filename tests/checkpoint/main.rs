@@ -1,0 +1,16 @@
+//! Checkpoints: retention, cancellation, concurrency and subsumption, corruption, GC, cost, and the
+//! scripted multi-writer and hostile schedules. One test binary for the area (one link of RocksDB);
+//! `cargo test --test checkpoint <module>::` runs one file's tests.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cancellation;
+mod concurrency;
+mod corruption;
+mod cost;
+mod gc;
+mod hostile;
+mod job_retention;
+mod multiwriter;
+mod resume_loop;
