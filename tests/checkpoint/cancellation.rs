@@ -5,7 +5,9 @@
 use crate::common;
 
 use common::*;
-use rockpoint::{CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, RestoreSource};
+use rockpoint::{
+    CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, RestoreSource,
+};
 
 fn settings(retained: usize, cancellation: CancellationPolicy) -> CheckpointSettings {
     CheckpointSettings {

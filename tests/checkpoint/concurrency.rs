@@ -6,7 +6,10 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use rockpoint::{collect_garbage, CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, SnapshotKind, Store, SweepMode};
+use rockpoint::{
+    CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, SnapshotKind, Store,
+    SweepMode, collect_garbage,
+};
 
 fn settings(retained: usize, max_concurrent: usize) -> CheckpointSettings {
     CheckpointSettings {

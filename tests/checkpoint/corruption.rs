@@ -7,7 +7,9 @@ use crate::common;
 use std::path::Path;
 
 use common::*;
-use rockpoint::{CheckpointCoordinator, CheckpointSettings, ErrorKind, RestoreSource, RestoreTarget, Store};
+use rockpoint::{
+    CheckpointCoordinator, CheckpointSettings, ErrorKind, RestoreSource, RestoreTarget, Store,
+};
 
 struct Fixture {
     _dir: tempfile::TempDir,

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use common::*;
 use rockpoint::format::ContentHash;
 use rockpoint::store::WriteMode;
-use rockpoint::{collect_garbage, CheckpointCoordinator, CheckpointSettings, GcOptions, SnapshotKind, SweepMode};
+use rockpoint::{
+    CheckpointCoordinator, CheckpointSettings, GcOptions, SnapshotKind, SweepMode, collect_garbage,
+};
 
 fn shared_path(hash: &ContentHash) -> String {
     let hex = hash.to_hex();
@@ -186,5 +188,133 @@ async fn gc_at_grace_zero_keeps_young_temporaries_of_uploads_in_flight() -> Test
     .await?;
     assert!(report.incomplete.is_empty(), "{report:?}");
     assert!(staged.exists(), "a young temporary survives GC at grace 0");
+    Ok(())
+}
+
+/// `admin::inspect_root` lists exactly the committed checkpoints of every job (what the job
+/// record retains, savepoints included), and its exclusive size is what deleting one would free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_view_lists_committed_checkpoints_and_exclusive_bytes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = local_store(&dir.path().join("root"))?;
+    let settings = CheckpointSettings {
+        retained: 2,
+        ..CheckpointSettings::default()
+    };
+    let a = CheckpointCoordinator::open(store.clone(), "job-a", settings.clone()).await?;
+    let mut job = TestJob::open(&dir.path().join("a"), 2, 1_000)?;
+    job.write(2_000)?;
+    a.checkpoint(&job.refs()).await?;
+    job.write(2_000)?;
+    let second = a.checkpoint(&job.refs()).await?;
+    job.write(2_000)?;
+    let third = a.checkpoint(&job.refs()).await?; // subsumes the first (retained: 2)
+    let savepoint = a.savepoint(&job.refs()).await?;
+    let b = CheckpointCoordinator::open(store.clone(), "job-b", settings).await?;
+    let mut other = TestJob::open(&dir.path().join("b"), 1, 500)?;
+    other.write(1_000)?;
+    let only_b = b.checkpoint(&other.refs()).await?;
+
+    let view = rockpoint::admin::inspect_root(&*store, None).await?;
+    assert!(view.unreadable.is_empty(), "{:?}", view.unreadable);
+    let listed: Vec<(String, u64)> = view
+        .checkpoints()
+        .map(|c| (c.job_id.clone(), c.id))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("job-a".to_owned(), second.id()),
+            ("job-a".to_owned(), third.id()),
+            ("job-a".to_owned(), savepoint.id()),
+            ("job-b".to_owned(), only_b.id()),
+        ]
+    );
+    let jobs: Vec<&str> = view.jobs.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(jobs, ["job-a", "job-b"]);
+    assert!(view.jobs.iter().all(|j| j.record.is_some()));
+
+    // Sizes agree with the metadata; a job alone in the root shares nothing with the others.
+    for summary in view.checkpoints() {
+        let (_, metadata) = rockpoint::restore::read_metadata(
+            &*store,
+            &rockpoint::RestoreSource::Metadata(summary.path.clone()),
+        )
+        .await?;
+        assert_eq!(summary.full_bytes, metadata.full_size_bytes);
+        assert_eq!(summary.checkpointed_bytes, metadata.checkpointed_size_bytes);
+        assert!(summary.exclusive_bytes <= summary.full_bytes);
+    }
+    let b_summary = view.checkpoints().find(|c| c.job_id == "job-b").unwrap();
+    assert_eq!(b_summary.exclusive_bytes, b_summary.full_bytes);
+    assert!(view.referenced_bytes <= view.stored_bytes);
+
+    // The filter shows one job; an id that is not a job id is refused, not read.
+    let only = rockpoint::admin::inspect_root(&*store, Some("job-b")).await?;
+    assert_eq!(only.jobs.len(), 1);
+    let bad = rockpoint::admin::inspect_root(&*store, Some("../..")).await;
+    assert_eq!(bad.unwrap_err().kind(), rockpoint::ErrorKind::Invalid);
+
+    a.shutdown(rockpoint::JobEnd::Suspended).await?;
+    b.shutdown(rockpoint::JobEnd::Suspended).await?;
+    Ok(())
+}
+
+/// The exclusive size `inspect_root` reports for a checkpoint is exactly what discarding it frees:
+/// its private files (deleted by the coordinator) plus the shared files GC then removes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_exclusive_bytes_are_what_discarding_frees() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("root");
+    let store = local_store(&root)?;
+    let settings = CheckpointSettings {
+        retained: 2,
+        ..CheckpointSettings::default()
+    };
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 2, 1_000)?;
+    job.write(3_000)?;
+    let first = c.checkpoint(&job.refs()).await?;
+    job.write(3_000)?;
+    for backend in &job.backends {
+        backend.flush()?;
+    }
+    c.checkpoint(&job.refs()).await?;
+    let view = rockpoint::admin::inspect_root(&*store, None).await?;
+    let summary = view
+        .checkpoints()
+        .find(|s| s.id == first.id())
+        .unwrap()
+        .clone();
+    let private: u64 = first
+        .metadata
+        .backends
+        .iter()
+        .flat_map(|b| b.private_files.iter().map(|f| f.size))
+        .sum();
+    assert!(
+        summary.exclusive_bytes > private,
+        "the first checkpoint owns some SSTs alone"
+    );
+
+    job.write(3_000)?;
+    c.checkpoint(&job.refs()).await?; // retained: 2, so the first is discarded
+    c.shutdown(rockpoint::JobEnd::Suspended).await?;
+    let shared_bytes = |store: std::sync::Arc<dyn rockpoint::Store>| async move {
+        let listed = store.list("shared/").await?;
+        Ok::<u64, rockpoint::Error>(listed.iter().map(|o| o.size).sum())
+    };
+    let before = shared_bytes(store.clone()).await?;
+    rockpoint::collect_garbage(
+        &*store,
+        &rockpoint::GcOptions {
+            grace_period: std::time::Duration::ZERO,
+            mode: rockpoint::SweepMode::Delete,
+            ..rockpoint::GcOptions::default()
+        },
+    )
+    .await?;
+    let after = shared_bytes(store.clone()).await?;
+    assert_eq!(before - after, summary.exclusive_bytes - private);
     Ok(())
 }

@@ -11,9 +11,12 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use common::gates::Gates;
 use common::*;
-use rockpoint::{CheckpointCoordinator, CheckpointSettings, ClaimMode, ErrorKind, JobEnd, RestoreSource, RestoreTarget, SnapshotKind, Store};
 use rockpoint::format::ContentHash;
 use rockpoint::store::WriteMode;
+use rockpoint::{
+    CheckpointCoordinator, CheckpointSettings, ClaimMode, ErrorKind, JobEnd, RestoreSource,
+    RestoreTarget, SnapshotKind, Store,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -15,9 +15,13 @@ use bytes::Bytes;
 use common::gates::{Gate, Gates};
 use common::*;
 use futures::FutureExt;
-use rockpoint::{collect_garbage, CancellationPolicy, CheckpointCoordinator, CheckpointMetadata, CheckpointSettings, ClaimMode, ErrorKind, GcOptions, JobEnd, RestoreSource, RestoreTarget, SnapshotKind, Store, SweepMode};
 use rockpoint::format::{ContentHash, METADATA_FORMAT_VERSION};
 use rockpoint::store::WriteMode;
+use rockpoint::{
+    CancellationPolicy, CheckpointCoordinator, CheckpointMetadata, CheckpointSettings, ClaimMode,
+    ErrorKind, GcOptions, JobEnd, RestoreSource, RestoreTarget, SnapshotKind, Store, SweepMode,
+    collect_garbage,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -6,7 +6,9 @@
 use crate::common;
 
 use common::*;
-use rockpoint::{CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, RestoreSource};
+use rockpoint::{
+    CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, RestoreSource,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_loop_restores_exactly_and_reuploads_nothing() -> TestResult {

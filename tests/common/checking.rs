@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use rockpoint::{RestoreSource, Store};
 use rockpoint::format::ContentHash;
+use rockpoint::{RestoreSource, Store};
 
 use super::hooked::{Hook, Op};
 
@@ -72,7 +72,8 @@ pub async fn referenced_now(store: &dyn Store) -> rockpoint::Result<BTreeSet<Str
             for id in ids {
                 let path = format!("jobs/{job}/{kind}-{id:020}/_metadata");
                 let (_, metadata) =
-                    rockpoint::restore::read_metadata(store, &RestoreSource::Metadata(path)).await?;
+                    rockpoint::restore::read_metadata(store, &RestoreSource::Metadata(path))
+                        .await?;
                 out.extend(metadata.shared_hashes().map(|h| shared(&h)));
             }
         }

@@ -18,9 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use rockpoint::{Result, Store, SweepMode};
 use rockpoint::format::ContentHash;
 use rockpoint::store::{ObjectInfo, ObjectVersion, Staged, WriteMode};
+use rockpoint::{Result, Store, SweepMode};
 
 /// One operation on the store, with what it acts on.
 #[derive(Clone, Copy, Debug)]

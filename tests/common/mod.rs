@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rockpoint::{BackendSettings, CheckpointCoordinator, CheckpointMetadata, ClaimMode, KeyGroupRange, KeyedStateBackend, LocalStore, RestoreSource, RestoreTarget, Store};
+use rockpoint::{
+    BackendSettings, CheckpointCoordinator, CheckpointMetadata, ClaimMode, KeyGroupRange,
+    KeyedStateBackend, LocalStore, RestoreSource, RestoreTarget, Store,
+};
 
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 

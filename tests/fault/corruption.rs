@@ -4,7 +4,10 @@
 use crate::common;
 
 use common::*;
-use rockpoint::{CheckpointCoordinator, CheckpointSettings, ErrorKind, KeyGroupRange, RestoreSource, RestoreTarget};
+use rockpoint::{
+    CheckpointCoordinator, CheckpointSettings, ErrorKind, KeyGroupRange, RestoreSource,
+    RestoreTarget,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_damage_is_always_detected() -> TestResult {

@@ -36,7 +36,10 @@ use common::simfs::{Loss, SimFs, TraceOp};
 use common::*;
 use rockpoint::format::ContentHash;
 use rockpoint::store::WriteMode;
-use rockpoint::{collect_garbage, BackendHandle, CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, GcOptions, JobEnd, LocalStore, RestoreSource, SnapshotKind, Store, SweepMode};
+use rockpoint::{
+    BackendHandle, CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode,
+    GcOptions, JobEnd, LocalStore, RestoreSource, SnapshotKind, Store, SweepMode, collect_garbage,
+};
 
 const ROOT: &str = "/sim/root";
 

@@ -13,7 +13,10 @@ use std::time::Duration;
 use common::checking::{DeleteChecker, shared};
 use common::*;
 use rockpoint::testing::{FailPointRegistry, FaultRegistry};
-use rockpoint::{collect_garbage, CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, Store, SweepMode};
+use rockpoint::{
+    CheckpointCoordinator, CheckpointSettings, ErrorKind, GcOptions, JobEnd, Store, SweepMode,
+    collect_garbage,
+};
 
 const POINTS: &[&str] = &[
     "snapshot::before_link",

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use rockpoint::{key_group_of, BackendSettings, ErrorKind, KeyGroupRange, KeyedStateBackend, StateKind};
+use rockpoint::{
+    BackendSettings, ErrorKind, KeyGroupRange, KeyedStateBackend, StateKind, key_group_of,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

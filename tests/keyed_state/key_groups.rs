@@ -2,7 +2,7 @@
 //! (Python `blake3` and `msgpack` packages) from the documented definition; if this test fails, the
 //! mapping changed and every existing checkpoint would put keys in the wrong key group.
 
-use rockpoint::{key_group_of, KeyGroupRange};
+use rockpoint::{KeyGroupRange, key_group_of};
 
 fn msgpack<T: serde::Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).expect("encodes")

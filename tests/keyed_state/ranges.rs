@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use rockpoint::{key_group_of, BackendSettings, KeyGroupRange, KeyedStateBackend};
+use rockpoint::{BackendSettings, KeyGroupRange, KeyedStateBackend, key_group_of};
 
 fn key_group(key: &u64) -> u32 {
     key_group_of(&rmp_serde::to_vec(key).unwrap(), 128)

@@ -76,7 +76,10 @@ use std::time::{Duration, Instant};
 
 use common::simstore::{FaultConfig, SimRng, SimStore};
 use common::{Scan, TestJob};
-use rockpoint::{CheckpointCoordinator, CheckpointSettings, ClaimMode, ErrorKind, GcOptions, JobEnd, RestoreSource, RestoreTarget, SnapshotKind, Store, SweepMode};
+use rockpoint::{
+    CheckpointCoordinator, CheckpointSettings, ClaimMode, ErrorKind, GcOptions, JobEnd,
+    RestoreSource, RestoreTarget, SnapshotKind, Store, SweepMode,
+};
 
 const KEYS: u64 = 300;
 const JOBS: [&str; 3] = ["a", "b", "c"];

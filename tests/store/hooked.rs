@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use rockpoint::{LocalStore, Store, SweepMode};
 use rockpoint::format::ContentHash;
 use rockpoint::store::WriteMode;
+use rockpoint::{LocalStore, Store, SweepMode};
 
 use crate::common::{Hook, Op, with_hook};
 
