@@ -22,12 +22,12 @@ use super::metadata::{
     self, BackendHandle, LogFile, MAX_SEGMENTS, PinRecord, PrivateFile, SharedFile,
 };
 use crate::backend::KeyedStateBackend;
-use crate::descriptor::StateDescriptor;
 use crate::engine::{Engine, STAGING_DIR};
 use crate::error::{Error, Result};
 use crate::hash::{ContentHash, Segment, hash_file};
 use crate::layout::{self, backend_tag, shared_path};
 use crate::settings::WalMode;
+use crate::state_info::StateInfo;
 use crate::store::{Staged, Store, WriteMode};
 
 /// A log file's name and the length recorded in the synchronous phase.
@@ -60,7 +60,7 @@ pub struct PendingSnapshot {
     wals: Vec<RecordedLog>,
     ssts: Vec<String>,
     options_file: Option<String>,
-    states: Vec<StateDescriptor>,
+    states: Vec<StateInfo>,
     sync_pause: Duration,
 }
 
