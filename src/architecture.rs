@@ -16,16 +16,18 @@ const LAYERS: &[&str] = &[
     "settings",
     "keygroup",
     "codec",
-    // Format vocabulary: content hashes, object paths, state descriptors.
+    // Format vocabulary: content hashes, object paths, type tags, what is recorded about a state.
     "hash",
     "layout",
-    "descriptor",
+    "state_type",
+    "state_info",
     // Storage: the local filesystem seam and the object store seam.
     "fs",
     "store",
-    // Keyed state: the RocksDB instance, typed access, the user's handle.
+    // Keyed state: the RocksDB instance, typed access, typed declarations, the user's handle.
     "engine",
     "state",
+    "descriptor",
     "backend",
     // Checkpoints: snapshot, coordinator, restore, GC.
     "checkpoint",

@@ -1,22 +1,20 @@
-//! The keyed state backend: the user's handle on one [`Engine`](crate::engine) — typed states by
-//! name and kind, whole-state scans, flush and compaction. Checkpoints and restores of it live in
+//! The keyed state backend: the user's handle on one [`Engine`](crate::engine) — typed states from
+//! their descriptors, whole-state scans, flush and compaction. Checkpoints and restores of it live in
 //! the checkpoint layer above.
 
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 
 use rocksdb::DB;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use crate::descriptor::{StateDescriptor, StateKind};
+use crate::descriptor::StateDescriptor;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::keygroup::KeyGroupRange;
 use crate::settings::BackendSettings;
-use crate::state::{ListState, MapState, ReducingState, StateCore, ValueState};
+use crate::state::StateCore;
+use crate::state_info::StateInfo;
 
 /// Every row of every state as raw bytes: state name → `(row key, value)` in row-key order
 /// (see [`KeyedStateBackend::scan_raw`]).
@@ -75,8 +73,8 @@ impl KeyedStateBackend {
         &self.inner.settings
     }
 
-    /// Descriptors of every registered state, by name.
-    pub fn states(&self) -> Vec<StateDescriptor> {
+    /// The record of every registered state (name, kind, type tags), by name.
+    pub fn states(&self) -> Vec<StateInfo> {
         self.inner.states()
     }
 
@@ -106,75 +104,26 @@ impl KeyedStateBackend {
         }
         Ok(out)
     }
-    /// Registers `descriptor`, or checks it against the stored one if the state exists.
-    fn register(&self, descriptor: StateDescriptor) -> Result<StateCore> {
-        let name = descriptor.name.clone();
-        self.inner.register(descriptor)?;
-        StateCore::new(self.inner.clone(), name)
-    }
 
-    /// Registers (or reopens) the value state `name`.
-    pub fn value_state<K, V>(&self, name: &str) -> Result<ValueState<K, V>>
-    where
-        K: Serialize + DeserializeOwned,
-        V: Serialize + DeserializeOwned,
-    {
-        let core = self.register(StateDescriptor::new::<K, V>(name, StateKind::Value, None))?;
-        Ok(ValueState {
-            core,
-            _types: PhantomData,
-        })
-    }
-
-    /// Registers (or reopens) the list state `name` with elements of type `T`.
-    pub fn list_state<K, T>(&self, name: &str) -> Result<ListState<K, T>>
-    where
-        K: Serialize + DeserializeOwned,
-        T: Serialize + DeserializeOwned,
-    {
-        let core = self.register(StateDescriptor::new::<K, T>(name, StateKind::List, None))?;
-        Ok(ListState {
-            core,
-            _types: PhantomData,
-        })
-    }
-
-    /// Registers (or reopens) the map state `name`: per key, a map from `UK` to `UV`.
-    pub fn map_state<K, UK, UV>(&self, name: &str) -> Result<MapState<K, UK, UV>>
-    where
-        K: Serialize + DeserializeOwned,
-        UK: Serialize + DeserializeOwned,
-        UV: Serialize + DeserializeOwned,
-    {
-        let user_key_type = Some(std::any::type_name::<UK>().to_owned());
-        let core = self.register(StateDescriptor::new::<K, UV>(
-            name,
-            StateKind::Map,
-            user_key_type,
-        ))?;
-        Ok(MapState {
-            core,
-            _types: PhantomData,
-        })
-    }
-
-    /// Registers (or reopens) the reducing state `name`; [`ReducingState::add`] folds a value into
-    /// the stored one with `reduce(stored, added)`.
-    pub fn reducing_state<K, V, F>(&self, name: &str, reduce: F) -> Result<ReducingState<K, V>>
-    where
-        K: Serialize + DeserializeOwned,
-        V: Serialize + DeserializeOwned,
-        F: Fn(V, V) -> V + Send + Sync + 'static,
-    {
-        let core = self.register(StateDescriptor::new::<K, V>(
-            name,
-            StateKind::Reducing,
-            None,
-        ))?;
-        Ok(ReducingState {
-            core,
-            reduce: Arc::new(reduce),
-            _types: PhantomData,
-        })
+    /// Registers the state `descriptor` declares, or checks it against the stored record if the
+    /// state exists, and returns its handle:
+    ///
+    /// ```no_run
+    /// # use rockpoint::*;
+    /// const COUNTS: ValueStateDescriptor<String, u64> = ValueStateDescriptor::new("counts");
+    /// # fn main() -> rockpoint::Result<()> {
+    /// # let backend = KeyedStateBackend::open("/tmp/b", 128, KeyGroupRange::all(128)?, BackendSettings::default())?;
+    /// let counts = backend.state(&COUNTS)?; // a ValueState<String, u64>
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A state keeps its kind and the [type tags](crate::StateType) of its types for the life of the
+    /// directory: a descriptor of another kind or with another tag fails with
+    /// [`ErrorKind::Invalid`](crate::ErrorKind) naming both.
+    pub fn state<D: StateDescriptor>(&self, descriptor: &D) -> Result<D::State> {
+        let info = descriptor.info();
+        let name = info.name.clone();
+        self.inner.register(info)?;
+        Ok(descriptor.state(StateCore::new(self.inner.clone(), name)?))
     }
 }

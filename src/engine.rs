@@ -2,11 +2,12 @@
 //! key-group range, with the registry of its states. [`crate::state`] builds typed access on it and
 //! [`crate::backend`] the user's handle; the checkpoint layer snapshots and restores its directory.
 //!
-//! Each registered state lives in its own column family; its descriptor (kind and types) is kept in
-//! the default column family so that reopening the directory brings every state back and a state
-//! re-registered with another kind or type is refused instead of misread. The backend's own identity
-//! (max parallelism and key-group range) is kept there too and checked on every open, because the
-//! key layout depends on both.
+//! Each registered state lives in its own column family; its record ([`StateInfo`]: kind and type
+//! tags) is kept in the default column family so that reopening the directory brings every state
+//! back and a state re-registered with another kind or type tag is refused instead of misread. A
+//! record of a rockpoint older than type tags makes the open fail, naming the state. The backend's
+//! own identity (max parallelism and key-group range) is kept there too and checked on every open,
+//! because the key layout depends on both.
 //!
 //! Directory layout: `<dir>/db` is the live RocksDB directory, which only RocksDB writes;
 //! `<dir>/staging` holds the hard links of in-flight checkpoints (same filesystem, so links never
@@ -23,16 +24,17 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::descriptor::StateDescriptor;
 use crate::error::{Error, ErrorDetail, Result};
 use crate::hash::{ContentHash, Segment};
 use crate::keygroup::{KeyGroupRange, check_max_parallelism};
 use crate::settings::{BackendSettings, Compression, WalMode};
+use crate::state_info::{StateInfo, StateInfoFormat};
 
-/// Version of the key layout and descriptor format stored in a backend directory.
+/// Version of the key layout stored in a backend directory. State records carry a format marker
+/// of their own (see `state_info`), so a new record format does not change it.
 const BACKEND_FORMAT_VERSION: u32 = 1;
 const BACKEND_INFO_KEY: &[u8] = b"rockpoint/backend";
-const STATE_DESCRIPTOR_PREFIX: &[u8] = b"rockpoint/state/";
+const STATE_RECORD_PREFIX: &[u8] = b"rockpoint/state/";
 const LIST_MERGE_OPERATOR: &str = "rockpoint.list_concat";
 pub(crate) const DB_DIR: &str = "db";
 pub(crate) const STAGING_DIR: &str = "staging";
@@ -54,7 +56,7 @@ pub(crate) struct Engine {
     pub(crate) settings: BackendSettings,
     pub(crate) write_opts: WriteOptions,
     pub(crate) cf_options: Options,
-    states: RwLock<BTreeMap<String, StateDescriptor>>,
+    states: RwLock<BTreeMap<String, StateInfo>>,
     /// SST name → (size, content hash), valid for this DB instance only: RocksDB reuses file
     /// numbers after a reopen from an older state, never within one instance.
     hash_cache: Mutex<HashMap<String, (u64, ContentHash)>>,
@@ -141,22 +143,30 @@ impl Engine {
 
         let mut states = BTreeMap::new();
         let mut read_opts = ReadOptions::default();
-        read_opts.set_iterate_lower_bound(STATE_DESCRIPTOR_PREFIX.to_vec());
-        if let Some(upper) = codec::prefix_successor(STATE_DESCRIPTOR_PREFIX) {
+        read_opts.set_iterate_lower_bound(STATE_RECORD_PREFIX.to_vec());
+        if let Some(upper) = codec::prefix_successor(STATE_RECORD_PREFIX) {
             read_opts.set_iterate_upper_bound(upper);
         }
         for row in db.iterator_opt(IteratorMode::Start, read_opts) {
-            let (key, value) = row.map_err(|e| Error::rocksdb("reading state descriptors", e))?;
-            let name = String::from_utf8_lossy(&key[STATE_DESCRIPTOR_PREFIX.len()..]).into_owned();
-            let descriptor: StateDescriptor = codec::decode(&name, "state descriptor", &value)?;
-            if descriptor.name != name {
+            let (key, value) = row.map_err(|e| Error::rocksdb("reading state records", e))?;
+            let name = String::from_utf8_lossy(&key[STATE_RECORD_PREFIX.len()..]).into_owned();
+            let info: StateInfo = codec::decode(&name, "state record", &value)?;
+            if info.name != name {
                 return Err(codec::decode_error(
                     &name,
-                    "state descriptor",
-                    format!("descriptor names another state `{}`", descriptor.name),
+                    "state record",
+                    format!("the record names another state `{}`", info.name),
                 ));
             }
-            states.insert(name, descriptor);
+            if info.format == StateInfoFormat::RustTypeNames {
+                return Err(ErrorDetail::StateOfRustTypeNames {
+                    state: name,
+                    recorded: info.describe(),
+                    place: format!("backend directory {}", dir.display()),
+                }
+                .into());
+            }
+            states.insert(name, info);
         }
 
         Ok(Engine {
@@ -174,8 +184,8 @@ impl Engine {
         })
     }
 
-    /// Descriptors of every registered state, by name.
-    pub(crate) fn states(&self) -> Vec<StateDescriptor> {
+    /// The record of every registered state, by name.
+    pub(crate) fn states(&self) -> Vec<StateInfo> {
         self.states_read().values().cloned().collect()
     }
 
@@ -206,14 +216,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Registers `descriptor`, or checks it against the stored one if the state exists.
-    pub(crate) fn register(&self, descriptor: StateDescriptor) -> Result<()> {
-        validate_state_name(&descriptor.name)?;
+    /// Registers the state `info` describes, or checks it against the stored record if it exists.
+    pub(crate) fn register(&self, info: StateInfo) -> Result<()> {
+        validate_state_name(&info.name)?;
+        validate_type_tags(&info)?;
         {
             let states = self.states_read();
-            if let Some(existing) = states.get(&descriptor.name) {
-                check_compatible(existing, &descriptor)?;
-                if self.db.cf_handle(&descriptor.name).is_some() {
+            if let Some(existing) = states.get(&info.name) {
+                check_compatible(existing, &info)?;
+                if self.db.cf_handle(&info.name).is_some() {
                     return Ok(());
                 }
             }
@@ -222,34 +233,34 @@ impl Engine {
             .states
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(existing) = states.get(&descriptor.name) {
-            check_compatible(existing, &descriptor)?;
+        if let Some(existing) = states.get(&info.name) {
+            check_compatible(existing, &info)?;
         } else {
-            // The descriptor goes first: a crash before the column family exists leaves a descriptor
+            // The record goes first: a crash before the column family exists leaves a record
             // whose column family is created on the next registration.
-            let mut key = STATE_DESCRIPTOR_PREFIX.to_vec();
-            key.extend_from_slice(descriptor.name.as_bytes());
-            let bytes = codec::encode(&descriptor.name, "state descriptor", &descriptor)?;
-            self.db.put_opt(key, bytes, &self.write_opts).map_err(|e| {
-                Error::rocksdb(format!("registering state `{}`", descriptor.name), e)
-            })?;
-        }
-        if self.db.cf_handle(&descriptor.name).is_none() {
+            let mut key = STATE_RECORD_PREFIX.to_vec();
+            key.extend_from_slice(info.name.as_bytes());
+            let bytes = codec::encode(&info.name, "state record", &info)?;
             self.db
-                .create_cf(&descriptor.name, &self.cf_options)
+                .put_opt(key, bytes, &self.write_opts)
+                .map_err(|e| Error::rocksdb(format!("registering state `{}`", info.name), e))?;
+        }
+        if self.db.cf_handle(&info.name).is_none() {
+            self.db
+                .create_cf(&info.name, &self.cf_options)
                 .map_err(|e| {
                     Error::rocksdb(
-                        format!("creating column family for state `{}`", descriptor.name),
+                        format!("creating column family for state `{}`", info.name),
                         e,
                     )
                 })?;
         }
-        states.insert(descriptor.name.clone(), descriptor);
+        states.insert(info.name.clone(), info);
         Ok(())
     }
     pub(crate) fn states_read(
         &self,
-    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, StateDescriptor>> {
+    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, StateInfo>> {
         self.states
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -272,7 +283,7 @@ impl Engine {
     }
 }
 
-fn check_compatible(existing: &StateDescriptor, requested: &StateDescriptor) -> Result<()> {
+fn check_compatible(existing: &StateInfo, requested: &StateInfo) -> Result<()> {
     if existing == requested {
         return Ok(());
     }
@@ -298,6 +309,25 @@ fn validate_state_name(name: &str) -> Result<()> {
             "state name `{name}`: use 1 to 200 characters of [A-Za-z0-9_.-], and not `default`"
         )))
     }
+}
+
+/// A tag is compared, printed and stored: refuse one that could not be read back in a message.
+fn validate_type_tags(info: &StateInfo) -> Result<()> {
+    let tags = [
+        Some(&info.key_tag),
+        Some(&info.value_tag),
+        info.user_key_tag.as_ref(),
+    ];
+    for tag in tags.into_iter().flatten() {
+        if tag.is_empty() || tag.len() > 1000 || tag.chars().any(|c| c.is_control()) {
+            return Err(Error::invalid(format!(
+                "state `{}`: type tag `{}` must be 1 to 1000 characters without control characters",
+                info.name,
+                tag.escape_debug()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// RocksDB options for the DB and for every column family. All column families share one block

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// The input is wrong (a path, a setting, a state re-registered with another type, a key group
-    /// outside the backend's range). Fix the input; retrying the same call fails again.
+    /// The input is wrong (a path, a setting, a state re-registered with another type tag, a key
+    /// group outside the backend's range). Fix the input; retrying the same call fails again.
     Invalid,
     /// The named thing (checkpoint, job, file, state) does not exist.
     NotFound,
@@ -55,12 +55,23 @@ pub(crate) enum ErrorDetail {
     NotFound(String),
     #[error(
         "state `{state}` is registered as {registered}, but was requested as {requested}; \
-         states keep their kind and types for the life of the directory"
+         states keep their kind and type tags for the life of the directory"
     )]
     StateIncompatible {
         state: String,
         registered: String,
         requested: String,
+    },
+    #[error(
+        "state `{state}` in {place} was registered by an older rockpoint that identified types by \
+         Rust type names ({recorded}), which are not stable across compiler versions; this rockpoint \
+         identifies them by type tags (`StateType`) and cannot tell which tags those names stand \
+         for; use the rockpoint version that wrote it"
+    )]
+    StateOfRustTypeNames {
+        state: String,
+        recorded: String,
+        place: String,
     },
     #[error("cannot encode {what} of state `{state}`: {source}")]
     Encode {
@@ -135,7 +146,9 @@ impl Error {
     /// What the caller should do about this error.
     pub fn kind(&self) -> ErrorKind {
         match &*self.detail {
-            ErrorDetail::Invalid(_) | ErrorDetail::StateIncompatible { .. } => ErrorKind::Invalid,
+            ErrorDetail::Invalid(_)
+            | ErrorDetail::StateIncompatible { .. }
+            | ErrorDetail::StateOfRustTypeNames { .. } => ErrorKind::Invalid,
             ErrorDetail::Encode { .. } => ErrorKind::Invalid,
             ErrorDetail::NotFound(_) => ErrorKind::NotFound,
             ErrorDetail::Decode { .. }

@@ -1,19 +1,48 @@
 //! rockpoint keeps keyed operator state in RocksDB and checkpoints it incrementally.
 //!
 //! A [`KeyedStateBackend`] owns a key-group range of a job's keys in a local directory. States are
-//! registered by name and type, one RocksDB column family each:
+//! declared as constants that name them and their types — like Flink's `ValueStateDescriptor` — and
+//! [`KeyedStateBackend::state`] turns a declaration into a handle; each state is one RocksDB column
+//! family:
 //!
 //! ```no_run
-//! use rockpoint::{BackendSettings, KeyGroupRange, KeyedStateBackend};
+//! use rockpoint::{BackendSettings, KeyGroupRange, KeyedStateBackend, ReducingStateDescriptor, ValueStateDescriptor};
+//!
+//! const COUNTS: ValueStateDescriptor<String, u64> = ValueStateDescriptor::new("counts");
+//! const TOTALS: ReducingStateDescriptor<String, u64> = ReducingStateDescriptor::new("totals", |a, b| a + b);
 //!
 //! # fn main() -> rockpoint::Result<()> {
 //! let backend = KeyedStateBackend::open("/tmp/wordcount", 128, KeyGroupRange::all(128)?, BackendSettings::default())?;
-//! let counts = backend.value_state::<String, u64>("counts")?;
+//! let counts = backend.state(&COUNTS)?; // ValueState<String, u64>
 //! let word = "rock".to_string();
 //! let n = counts.get(&word)?.unwrap_or(0);
 //! counts.put(&word, &(n + 1))?;
+//! backend.state(&TOTALS)?.add(&word, 1)?;
 //! # Ok(()) }
 //! ```
+//!
+//! There are four kinds, one descriptor each: [`ValueStateDescriptor`] ([`ValueState`]),
+//! [`ListStateDescriptor`] ([`ListState`]), [`MapStateDescriptor`] ([`MapState`]) and
+//! [`ReducingStateDescriptor`] ([`ReducingState`]).
+//!
+//! Keys and values are any serde types that implement [`StateType`], which gives each type a stable
+//! **type tag**: `u64`, `string`, `vec<u8>`, `map<string,u64>`, …, and for your own types the tag
+//! you choose, in one line:
+//!
+//! ```
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Order { id: u64, cents: i64 }
+//!
+//! rockpoint::state_type!(Order = "shop.Order/v1");
+//!
+//! const ORDERS: rockpoint::MapStateDescriptor<String, u64, Order> =
+//!     rockpoint::MapStateDescriptor::new("orders");
+//! ```
+//!
+//! A state's kind and type tags are recorded with it ([`StateInfo`]) in its backend directory and
+//! in every checkpoint, and are part of the on-disk format: registering the state again with another
+//! kind or tag fails with [`ErrorKind::Invalid`] naming both. Change a tag (`shop.Order/v1` →
+//! `shop.Order/v2`) exactly when the stored bytes can no longer be read as the new type.
 //!
 //! A [`CheckpointCoordinator`] checkpoints a job's backends into a root (a [`Store`]: a local
 //! directory or any `object_store` backend); [`restore_backend`] and [`CheckpointCoordinator::restore`]
@@ -40,15 +69,22 @@ mod keygroup;
 mod layout;
 mod settings;
 mod state;
+mod state_info;
+mod state_type;
 pub mod store;
 mod util;
 
 // Keyed state.
 pub use backend::{KeyedStateBackend, RawScan};
-pub use descriptor::{StateDescriptor, StateKind};
+pub use descriptor::{
+    ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, StateDescriptor,
+    ValueStateDescriptor,
+};
 pub use keygroup::{KeyGroupRange, MAX_PARALLELISM_LIMIT, key_group_of};
 pub use settings::{BackendSettings, Compression, WalMode};
 pub use state::{ListState, MapState, ReducingState, ValueState};
+pub use state_info::{StateInfo, StateKind};
+pub use state_type::StateType;
 // Checkpoints.
 pub use checkpoint::CheckpointTicket;
 pub use checkpoint::coordinator::{
@@ -84,6 +120,7 @@ pub mod format {
         LogFile, METADATA_FORMAT_VERSION, PrivateFile, SharedFile,
     };
     pub use crate::hash::{ContentHash, Segment};
+    pub use crate::state_info::StateInfoFormat;
 }
 
 /// Test seams: the filesystem under [`LocalStore`](crate::LocalStore) (to simulate crashes and

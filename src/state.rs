@@ -35,8 +35,11 @@ impl AsColumnFamilyRef for CfHandle {
 }
 
 /// Untyped access to one state's column family.
+///
+/// `pub` only because the sealed trait behind [`StateDescriptor`](crate::StateDescriptor) hands it
+/// to descriptors; this module is private, so no one outside the crate can name it.
 #[derive(Clone)]
-pub(crate) struct StateCore {
+pub struct StateCore {
     cf: CfHandle,
     inner: Arc<Engine>,
     name: Arc<str>,
@@ -226,7 +229,7 @@ impl StateCore {
 /// and `Sync` whatever the types).
 type Types<T> = PhantomData<fn(T) -> T>;
 
-/// One value per key.
+/// One value per key; declared by a [`ValueStateDescriptor`](crate::ValueStateDescriptor).
 pub struct ValueState<K, V> {
     pub(crate) core: StateCore,
     pub(crate) _types: Types<(K, V)>,
@@ -253,7 +256,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> ValueStat
     }
 
     /// Removes the value of `key` (a no-op if there is none).
-    pub fn delete(&self, key: &K) -> Result<()> {
+    pub fn clear(&self, key: &K) -> Result<()> {
         self.core.delete_key(key)
     }
 
@@ -274,7 +277,8 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> ValueStat
     }
 }
 
-/// A list per key. Appending is a RocksDB merge: no read-modify-write.
+/// A list per key; declared by a [`ListStateDescriptor`](crate::ListStateDescriptor). Appending is a
+/// RocksDB merge: no read-modify-write.
 pub struct ListState<K, T> {
     pub(crate) core: StateCore,
     pub(crate) _types: Types<(K, T)>,
@@ -320,7 +324,7 @@ impl<K: Serialize + DeserializeOwned, T: Serialize + DeserializeOwned> ListState
     }
 
     /// Replaces the list with `elements` (an empty list clears it).
-    pub fn update<'a>(&self, key: &K, elements: impl IntoIterator<Item = &'a T>) -> Result<()>
+    pub fn put<'a>(&self, key: &K, elements: impl IntoIterator<Item = &'a T>) -> Result<()>
     where
         T: 'a,
     {
@@ -372,7 +376,8 @@ impl<K: Serialize + DeserializeOwned, T: Serialize + DeserializeOwned> ListState
     }
 }
 
-/// A map per key; every entry is its own row, so entries are read and written one at a time.
+/// A map per key; declared by a [`MapStateDescriptor`](crate::MapStateDescriptor). Every entry is its
+/// own row, so entries are read and written one at a time.
 pub struct MapState<K, UK, UV> {
     pub(crate) core: StateCore,
     pub(crate) _types: Types<(K, UK, UV)>,
@@ -511,15 +516,14 @@ where
     }
 }
 
-type ReduceFn<V> = Arc<dyn Fn(V, V) -> V + Send + Sync>;
-
-/// One value per key, folded with a user function on every [`add`](ReducingState::add).
+/// One value per key, folded with a user function on every [`add`](ReducingState::add); declared by a
+/// [`ReducingStateDescriptor`](crate::ReducingStateDescriptor).
 ///
 /// `add` reads, folds and writes the value (a read-modify-write, as in Flink): the fold is user code
 /// and cannot run inside RocksDB's merge during recovery.
 pub struct ReducingState<K, V> {
     pub(crate) core: StateCore,
-    pub(crate) reduce: ReduceFn<V>,
+    pub(crate) reduce: fn(V, V) -> V,
     pub(crate) _types: Types<(K, V)>,
 }
 
@@ -527,7 +531,7 @@ impl<K, V> Clone for ReducingState<K, V> {
     fn clone(&self) -> Self {
         ReducingState {
             core: self.core.clone(),
-            reduce: self.reduce.clone(),
+            reduce: self.reduce,
             _types: PhantomData,
         }
     }

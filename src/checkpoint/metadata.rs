@@ -9,7 +9,6 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::descriptor::StateDescriptor;
 use crate::error::{Error, Result};
 use crate::hash::{ContentHash, Segment};
 use crate::keygroup::{KeyGroupRange, check_max_parallelism};
@@ -17,6 +16,7 @@ use crate::layout::{
     SnapshotKind, backend_tag, metadata_path, private_file_path, validate_job_id,
     validate_object_path,
 };
+use crate::state_info::StateInfo;
 
 pub(crate) const METADATA_MAGIC: &[u8; 8] = b"RKPTMETA";
 pub(crate) const PIN_MAGIC: &[u8; 8] = b"RKPTPIN\0";
@@ -78,7 +78,7 @@ pub struct BackendHandle {
     /// The job's max parallelism.
     pub max_parallelism: u32,
     /// Every registered state.
-    pub states: Vec<StateDescriptor>,
+    pub states: Vec<StateInfo>,
     /// Referenced SSTs.
     pub shared_files: Vec<SharedFile>,
     /// WAL and MANIFEST files.

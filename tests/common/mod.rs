@@ -37,6 +37,14 @@ pub fn local_store(dir: &Path) -> TestResult<Arc<dyn Store>> {
     Ok(Arc::new(LocalStore::new(dir)?))
 }
 
+/// The value, list and map state every test job writes.
+pub const VALUES: rockpoint::ValueStateDescriptor<u64, Vec<u8>> =
+    rockpoint::ValueStateDescriptor::new("values");
+pub const LISTS: rockpoint::ListStateDescriptor<u64, u32> =
+    rockpoint::ListStateDescriptor::new("lists");
+pub const MAPS: rockpoint::MapStateDescriptor<u64, u16, Vec<u8>> =
+    rockpoint::MapStateDescriptor::new("maps");
+
 /// A job: backends with a value, a list and a map state, and a deterministic key/value generator.
 pub struct TestJob {
     pub backends: Vec<KeyedStateBackend>,
@@ -94,17 +102,11 @@ impl TestJob {
             let backend = &self.backends[self.backend_for(key)];
             let value = vec![(r >> 8) as u8; 64 + (r % 64) as usize];
             match (r >> 20) % 4 {
-                0 | 1 => backend
-                    .value_state::<u64, Vec<u8>>("values")?
-                    .put(&key, &value)?,
-                2 => backend
-                    .list_state::<u64, u32>("lists")?
-                    .add(&key, &((r >> 32) as u32))?,
-                _ => backend.map_state::<u64, u16, Vec<u8>>("maps")?.put(
-                    &key,
-                    &((r >> 40) as u16 % 8),
-                    &value,
-                )?,
+                0 | 1 => backend.state(&VALUES)?.put(&key, &value)?,
+                2 => backend.state(&LISTS)?.add(&key, &((r >> 32) as u32))?,
+                _ => backend
+                    .state(&MAPS)?
+                    .put(&key, &((r >> 40) as u16 % 8), &value)?,
             }
         }
         Ok(())
@@ -115,9 +117,7 @@ impl TestJob {
         for _ in 0..count {
             let key = self.next() % self.keys;
             let backend = &self.backends[self.backend_for(key)];
-            backend
-                .value_state::<u64, Vec<u8>>("values")?
-                .delete(&key)?;
+            backend.state(&VALUES)?.clear(&key)?;
         }
         Ok(())
     }

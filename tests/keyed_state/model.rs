@@ -66,7 +66,8 @@ proptest! {
     fn value_state_matches_model(ops in proptest::collection::vec(value_op(), 1..120), wal in wal_mode()) {
         let dir = tempfile::tempdir().unwrap();
         let mut backend = open(dir.path(), wal);
-        let mut state = backend.value_state::<String, Vec<u8>>("values").unwrap();
+        const VALUES: rockpoint::ValueStateDescriptor<String, Vec<u8>> = rockpoint::ValueStateDescriptor::new("values");
+        let mut state = backend.state(&VALUES).unwrap();
         let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for op in ops {
             match op {
@@ -75,14 +76,14 @@ proptest! {
                     model.insert(k, v);
                 }
                 ValueOp::Delete(k) => {
-                    state.delete(&k).unwrap();
+                    state.clear(&k).unwrap();
                     model.remove(&k);
                 }
                 ValueOp::Reopen => {
                     drop(state);
                     drop(backend);
                     backend = open(dir.path(), wal);
-                    state = backend.value_state("values").unwrap();
+                    state = backend.state(&VALUES).unwrap();
                 }
             }
             for k in model.keys().take(3) {
@@ -123,7 +124,8 @@ proptest! {
     fn list_state_matches_model(ops in proptest::collection::vec(list_op(), 1..150), wal in wal_mode()) {
         let dir = tempfile::tempdir().unwrap();
         let mut backend = open(dir.path(), wal);
-        let mut state = backend.list_state::<String, i32>("lists").unwrap();
+        const LISTS: rockpoint::ListStateDescriptor<String, i32> = rockpoint::ListStateDescriptor::new("lists");
+        let mut state = backend.state(&LISTS).unwrap();
         let mut model: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for op in ops {
             match op {
@@ -138,7 +140,7 @@ proptest! {
                     }
                 }
                 ListOp::Update(k, xs) => {
-                    state.update(&k, &xs).unwrap();
+                    state.put(&k, &xs).unwrap();
                     if xs.is_empty() { model.remove(&k); } else { model.insert(k, xs); }
                 }
                 ListOp::Clear(k) => {
@@ -149,7 +151,7 @@ proptest! {
                     drop(state);
                     drop(backend);
                     backend = open(dir.path(), wal);
-                    state = backend.list_state("lists").unwrap();
+                    state = backend.state(&LISTS).unwrap();
                 }
             }
         }
@@ -185,7 +187,8 @@ proptest! {
     fn map_state_matches_model(ops in proptest::collection::vec(map_op(), 1..150), wal in wal_mode()) {
         let dir = tempfile::tempdir().unwrap();
         let mut backend = open(dir.path(), wal);
-        let mut state = backend.map_state::<String, u16, String>("maps").unwrap();
+        const MAPS: rockpoint::MapStateDescriptor<String, u16, String> = rockpoint::MapStateDescriptor::new("maps");
+        let mut state = backend.state(&MAPS).unwrap();
         let mut model: BTreeMap<String, BTreeMap<u16, String>> = BTreeMap::new();
         for op in ops {
             match op {
@@ -208,7 +211,7 @@ proptest! {
                     drop(state);
                     drop(backend);
                     backend = open(dir.path(), wal);
-                    state = backend.map_state("maps").unwrap();
+                    state = backend.state(&MAPS).unwrap();
                 }
             }
         }
@@ -260,7 +263,8 @@ proptest! {
     fn reducing_state_matches_model(ops in proptest::collection::vec(reduce_op(), 1..150), wal in wal_mode()) {
         let dir = tempfile::tempdir().unwrap();
         let mut backend = open(dir.path(), wal);
-        let mut state = backend.reducing_state::<String, i64, _>("sums", |a, b| a + b).unwrap();
+        const SUMS: rockpoint::ReducingStateDescriptor<String, i64> = rockpoint::ReducingStateDescriptor::new("sums", |a, b| a + b);
+        let mut state = backend.state(&SUMS).unwrap();
         let mut model: BTreeMap<String, i64> = BTreeMap::new();
         for op in ops {
             match op {
@@ -276,7 +280,7 @@ proptest! {
                     drop(state);
                     drop(backend);
                     backend = open(dir.path(), wal);
-                    state = backend.reducing_state("sums", |a, b| a + b).unwrap();
+                    state = backend.state(&SUMS).unwrap();
                 }
             }
         }

@@ -2,7 +2,10 @@
 
 use std::collections::BTreeSet;
 
-use rockpoint::{BackendSettings, KeyGroupRange, KeyedStateBackend, key_group_of};
+use rockpoint::{
+    BackendSettings, KeyGroupRange, KeyedStateBackend, ListStateDescriptor, MapStateDescriptor,
+    ValueStateDescriptor, key_group_of,
+};
 
 fn key_group(key: &u64) -> u32 {
     key_group_of(&rmp_serde::to_vec(key).unwrap(), 128)
@@ -18,9 +21,9 @@ fn range_iteration_returns_exactly_the_keys_of_the_range() -> Result<(), Box<dyn
         KeyGroupRange::all(128)?,
         BackendSettings::default(),
     )?;
-    let values = backend.value_state::<u64, u64>("values")?;
-    let lists = backend.list_state::<u64, u64>("lists")?;
-    let maps = backend.map_state::<u64, u64, u64>("maps")?;
+    let values = backend.state(&ValueStateDescriptor::<u64, u64>::new("values"))?;
+    let lists = backend.state(&ListStateDescriptor::<u64, u64>::new("lists"))?;
+    let maps = backend.state(&MapStateDescriptor::<u64, u64, u64>::new("maps"))?;
     for key in 0..5_000u64 {
         values.put(&key, &key)?;
         lists.add(&key, &key)?;

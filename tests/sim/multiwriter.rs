@@ -280,7 +280,7 @@ impl Sim {
         let n = self.next_marker.get();
         self.next_marker.set(n + 1);
         tj.backends[0]
-            .value_state::<u64, u64>("sim")
+            .state(&rockpoint::ValueStateDescriptor::<u64, u64>::new("sim"))
             .and_then(|s| s.put(&0, &n))
             .expect("writing the marker");
         let scan = tj.scan().expect("scanning the oracle");

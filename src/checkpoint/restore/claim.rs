@@ -23,6 +23,9 @@ impl CheckpointCoordinator {
             .iter()
             .map(|t| backend_for(&metadata, t.key_groups))
             .collect::<Result<_>>()?;
+        for handle in &handles {
+            check_restorable(&metadata, handle)?;
+        }
         // A claim adopts every backend of the checkpoint, so it pins them all; a restore without
         // claim pins what it restores.
         let hashes: Vec<ContentHash> = {

@@ -24,11 +24,12 @@ use crate::checkpoint::coordinator::CheckpointCoordinator;
 use crate::checkpoint::job;
 use crate::checkpoint::metadata::{self, BackendHandle, CheckpointMetadata, PinRecord};
 use crate::engine::DB_DIR;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorDetail, ErrorKind, Result};
 use crate::hash::{ContentHash, Verifier};
 use crate::keygroup::KeyGroupRange;
 use crate::layout::{self, SnapshotKind, checkpoint_dir, parse_checkpoint_path, shared_path};
 use crate::settings::BackendSettings;
+use crate::state_info::StateInfoFormat;
 use crate::store::{Store, WriteMode, missing_as_corruption};
 
 mod claim;
@@ -141,6 +142,7 @@ pub async fn restore_backend(
 ) -> Result<KeyedStateBackend> {
     let (_, metadata) = read_metadata(store, source).await?;
     let handle = backend_for(&metadata, target.key_groups)?;
+    check_restorable(&metadata, handle)?;
     let mut hashes: Vec<ContentHash> = handle.shared_hashes().collect();
     hashes.sort();
     hashes.dedup();
@@ -152,6 +154,27 @@ pub async fn restore_backend(
     )
     .await?;
     open_restored(handle, target)
+}
+
+/// Refuses, before anything is downloaded, a backend that would not open: one with a state recorded
+/// by a rockpoint older than type tags (see `Engine::open`).
+fn check_restorable(metadata: &CheckpointMetadata, handle: &BackendHandle) -> Result<()> {
+    let legacy = handle
+        .states
+        .iter()
+        .find(|s| s.format == StateInfoFormat::RustTypeNames);
+    match legacy {
+        Some(state) => Err(ErrorDetail::StateOfRustTypeNames {
+            state: state.name.clone(),
+            recorded: state.describe(),
+            place: format!(
+                "checkpoint {} of job `{}`",
+                metadata.checkpoint_id, metadata.job_id
+            ),
+        }
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// Opens a downloaded backend and checks it holds the states the checkpoint recorded.

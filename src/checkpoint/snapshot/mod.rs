@@ -25,12 +25,12 @@ use crate::checkpoint::logfile::complete_prefix_len;
 use crate::checkpoint::metadata::{
     self, BackendHandle, LogFile, MAX_SEGMENTS, PinRecord, PrivateFile, SharedFile,
 };
-use crate::descriptor::StateDescriptor;
 use crate::engine::{Engine, STAGING_DIR};
 use crate::error::{Error, Result};
 use crate::hash::{ContentHash, Segment, hash_file};
 use crate::layout::{self, backend_tag, shared_path};
 use crate::settings::WalMode;
+use crate::state_info::StateInfo;
 use crate::store::{Staged, Store, WriteMode};
 
 mod memo;
@@ -71,7 +71,7 @@ pub struct PendingSnapshot {
     wals: Vec<RecordedLog>,
     ssts: Vec<String>,
     options_file: Option<String>,
-    states: Vec<StateDescriptor>,
+    states: Vec<StateInfo>,
     sync_pause: Duration,
 }
 

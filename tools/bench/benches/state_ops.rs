@@ -8,7 +8,10 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use rockpoint::{BackendSettings, KeyGroupRange, KeyedStateBackend};
+use rockpoint::{
+    BackendSettings, KeyGroupRange, KeyedStateBackend, ListStateDescriptor, MapStateDescriptor,
+    ValueStateDescriptor,
+};
 use rocksdb::{BlockBasedOptions, Cache, DB, DBCompressionType, Options, WriteOptions};
 use serde_bytes::ByteBuf;
 
@@ -53,7 +56,9 @@ fn state_ops(c: &mut Criterion) {
     )
     .unwrap();
     let blob = ByteBuf::from(value.clone());
-    let values = backend.value_state::<u64, ByteBuf>("values").unwrap();
+    let values = backend
+        .state(&ValueStateDescriptor::<u64, ByteBuf>::new("values"))
+        .unwrap();
     // In a backend of its own, so that the typed backend holds what the raw DB holds.
     let vec_dir = tempfile::tempdir().unwrap();
     let vec_backend = KeyedStateBackend::open(
@@ -64,10 +69,14 @@ fn state_ops(c: &mut Criterion) {
     )
     .unwrap();
     let vec_values = vec_backend
-        .value_state::<u64, Vec<u8>>("vec_values")
+        .state(&ValueStateDescriptor::<u64, Vec<u8>>::new("vec_values"))
         .unwrap();
-    let lists = backend.list_state::<u64, ByteBuf>("lists").unwrap();
-    let maps = backend.map_state::<u64, u32, ByteBuf>("maps").unwrap();
+    let lists = backend
+        .state(&ListStateDescriptor::<u64, ByteBuf>::new("lists"))
+        .unwrap();
+    let maps = backend
+        .state(&MapStateDescriptor::<u64, u32, ByteBuf>::new("maps"))
+        .unwrap();
     // A second raw DB keyed by exactly the row keys the typed layer writes (key group ‖ MessagePack
     // key): same bytes, same layout, so the difference is the typed layer's own work.
     let same_dir = tempfile::tempdir().unwrap();

@@ -27,6 +27,9 @@ use rockpoint::{
 use rocksdb::backup::{BackupEngine, BackupEngineOptions};
 
 pub const VALUE_BYTES: usize = 1024;
+/// The one state every bench backend holds.
+pub const VALUES: rockpoint::ValueStateDescriptor<u64, Vec<u8>> =
+    rockpoint::ValueStateDescriptor::new("values");
 
 /// What one cycle measured.
 #[derive(Clone, Debug, Default)]
@@ -75,9 +78,7 @@ impl Fixture {
             settings(),
         )
         .expect("backend opens");
-        let values = backend
-            .value_state::<u64, Vec<u8>>("values")
-            .expect("state registers");
+        let values = backend.state(&VALUES).expect("state registers");
         let store: Arc<dyn Store> =
             Arc::new(LocalStore::new(dir.path().join("root")).expect("store"));
         let coordinator =
@@ -185,9 +186,7 @@ impl Fixture {
             .expect("restore")
             .pop()
             .expect("one backend");
-        let values = backend
-            .value_state::<u64, Vec<u8>>("values")
-            .expect("restored state");
+        let values = backend.state(&VALUES).expect("restored state");
         let db_dir = backend.dir().join("db");
         let wal_before = Self::wal_sizes_in(&db_dir);
         self.change_in(&values, rate);

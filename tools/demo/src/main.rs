@@ -32,6 +32,10 @@ struct Args {
     words_per_round: u32,
 }
 
+/// Word → how often it was seen, in every backend.
+const COUNTS: rockpoint::ValueStateDescriptor<String, u64> =
+    rockpoint::ValueStateDescriptor::new("counts");
+
 struct Job {
     backends: Vec<KeyedStateBackend>,
     counts: Vec<ValueState<String, u64>>,
@@ -41,7 +45,7 @@ impl Job {
     fn from_backends(backends: Vec<KeyedStateBackend>) -> rockpoint::Result<Self> {
         let counts = backends
             .iter()
-            .map(|b| b.value_state::<String, u64>("counts"))
+            .map(|b| b.state(&COUNTS))
             .collect::<rockpoint::Result<_>>()?;
         Ok(Job { backends, counts })
     }

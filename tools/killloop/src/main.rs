@@ -187,14 +187,19 @@ fn route(backends: &[KeyedStateBackend], key: u64) -> &KeyedStateBackend {
         .expect("ranges cover all groups")
 }
 
+/// The states the child writes: values (put and deleted), lists (appended) and the round marker.
+const VALUES: rockpoint::ValueStateDescriptor<u64, Vec<u8>> =
+    rockpoint::ValueStateDescriptor::new("values");
+const LISTS: rockpoint::ListStateDescriptor<u64, u32> =
+    rockpoint::ListStateDescriptor::new("lists");
+const META: rockpoint::ValueStateDescriptor<String, u64> =
+    rockpoint::ValueStateDescriptor::new("meta");
+
 fn round_of(backends: &[KeyedStateBackend]) -> Result<u64> {
     // The round lives in backend 0 under a key of its own range (key group of key 0 decides which).
     let mut round = 0;
     for backend in backends {
-        if let Some(r) = backend
-            .value_state::<String, u64>("meta")?
-            .get(&meta_key(backend))?
-        {
+        if let Some(r) = backend.state(&META)?.get(&meta_key(backend))? {
             round = round.max(r);
         }
     }
@@ -216,14 +221,11 @@ fn meta_key(backend: &KeyedStateBackend) -> String {
 fn scan(backends: &[KeyedStateBackend]) -> Result<Model> {
     let mut model = Model::default();
     for backend in backends {
-        for entry in backend
-            .value_state::<u64, Vec<u8>>("values")?
-            .entries(None)?
-        {
+        for entry in backend.state(&VALUES)?.entries(None)? {
             let (k, v) = entry?;
             model.values.insert(k, v);
         }
-        for entry in backend.list_state::<u64, u32>("lists")?.entries(None)? {
+        for entry in backend.state(&LISTS)?.entries(None)? {
             let (k, v) = entry?;
             model.lists.insert(k, v);
         }
@@ -268,21 +270,13 @@ async fn child(dir: &Path, seed: u64) -> Result<()> {
         round += 1;
         for op in round_ops(seed, round) {
             match op {
-                Op::Put(k, v) => route(&backends, k)
-                    .value_state::<u64, Vec<u8>>("values")?
-                    .put(&k, &v)?,
-                Op::Delete(k) => route(&backends, k)
-                    .value_state::<u64, Vec<u8>>("values")?
-                    .delete(&k)?,
-                Op::Append(k, x) => route(&backends, k)
-                    .list_state::<u64, u32>("lists")?
-                    .add(&k, &x)?,
+                Op::Put(k, v) => route(&backends, k).state(&VALUES)?.put(&k, &v)?,
+                Op::Delete(k) => route(&backends, k).state(&VALUES)?.clear(&k)?,
+                Op::Append(k, x) => route(&backends, k).state(&LISTS)?.add(&k, &x)?,
             }
         }
         for backend in &backends {
-            backend
-                .value_state::<String, u64>("meta")?
-                .put(&meta_key(backend), &round)?;
+            backend.state(&META)?.put(&meta_key(backend), &round)?;
         }
         let refs: Vec<&KeyedStateBackend> = backends.iter().collect();
         let done = coordinator.checkpoint(&refs).await?;
