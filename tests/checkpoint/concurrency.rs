@@ -515,3 +515,114 @@ async fn checkpoint_dropped_during_its_abort_frees_its_slot() -> TestResult {
         .map_err(|_| "shutdown waited forever for the dropped checkpoint")??;
     Ok(())
 }
+
+/// Fails staging of the first backend's SSTs at once and holds the second backend's at a gate.
+#[derive(Default)]
+struct OneBackendFails {
+    failing_dir: std::sync::Mutex<Option<std::path::PathBuf>>,
+    gate: tokio::sync::Notify,
+    open: std::sync::atomic::AtomicBool,
+    failed: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+    /// Operations that entered the store and have not come back (dropped mid-flight if > 0 once
+    /// every caller returned).
+    inside: std::sync::atomic::AtomicI64,
+}
+
+#[async_trait::async_trait]
+impl common::hooked::Hook for OneBackendFails {
+    async fn before(
+        &self,
+        op: &common::hooked::Op<'_>,
+        _store: &dyn rockpoint::Store,
+    ) -> rockpoint::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let common::hooked::Op::StageFile { file, .. } = op else {
+            return Ok(());
+        };
+        self.inside.fetch_add(1, SeqCst);
+        let failing = self.failing_dir.lock().unwrap().clone();
+        if failing.is_some_and(|dir| file.starts_with(dir)) {
+            // Fail only once the other backend is inside the store.
+            while self.held.load(SeqCst) == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            self.failed.fetch_add(1, SeqCst);
+            self.inside.fetch_sub(1, SeqCst);
+            return Err(rockpoint::Error::new(
+                ErrorKind::Unavailable,
+                "injected: staging failed",
+            ));
+        }
+        self.held.fetch_add(1, SeqCst);
+        while !self.open.load(SeqCst) {
+            let notified = self.gate.notified();
+            if self.open.load(SeqCst) {
+                break;
+            }
+            notified.await;
+        }
+        Ok(())
+    }
+
+    async fn after(
+        &self,
+        op: &common::hooked::Op<'_>,
+        _store: &dyn rockpoint::Store,
+    ) -> rockpoint::Result<()> {
+        if matches!(op, common::hooked::Op::StageFile { .. }) {
+            self.inside
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// Defect found by `abort_mid_upload_leaves_no_orphans_and_gc_twice_deletes_nothing` (2 runs in
+/// 100 under load): when one backend's upload failed, `checkpoint()` returned while the other
+/// backends' uploads were dropped mid-flight, so their blocking writes could land after the caller
+/// (and a GC pass) moved on. `checkpoint()` must return only once every upload has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_returns_only_after_every_upload_has_ended() -> TestResult {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir()?;
+    let (store, hook) = with_hook(
+        local_store(&dir.path().join("root"))?,
+        OneBackendFails::default(),
+    );
+    let c = CheckpointCoordinator::open(store.clone(), "job", settings(1, 1)).await?;
+    let mut job = TestJob::open(&dir.path().join("job"), 2, 2_000)?;
+    job.write(4_000)?;
+    for backend in &job.backends {
+        backend.flush()?;
+    }
+    *hook.failing_dir.lock().unwrap() = Some(job.dirs[0].clone());
+    let running = {
+        let c = c.clone();
+        let backends = job.backends.clone();
+        tokio::spawn(async move {
+            let refs: Vec<_> = backends.iter().collect();
+            c.checkpoint(&refs).await
+        })
+    };
+    while hook.failed.load(SeqCst) == 0 || hook.held.load(SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The first backend failed; the second is inside the store. The checkpoint may not report
+    // its failure while that upload is still running.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !running.is_finished(),
+        "checkpoint() returned while another backend's upload was still in the store"
+    );
+    hook.open.store(true, SeqCst);
+    hook.gate.notify_waiters();
+    let outcome = running.await?;
+    assert!(outcome.is_err(), "a backend failed: the checkpoint fails");
+    assert_eq!(
+        hook.inside.load(SeqCst),
+        0,
+        "every store operation of the checkpoint came back before checkpoint() returned"
+    );
+    Ok(())
+}

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::try_join_all;
+use futures::future::join_all;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,7 @@ use super::job::JobRecord;
 use super::metadata::{self, CheckpointMetadata};
 use super::{CheckpointTicket, TicketState};
 use crate::backend::KeyedStateBackend;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::faults::FaultRegistry;
 use crate::hash::ContentHash;
 use crate::layout::{self, SnapshotKind};
@@ -566,8 +566,34 @@ impl CheckpointCoordinator {
         for backend in backends {
             pending.push(backend.snapshot(ticket)?);
         }
+        // Every upload runs to its end, even after another failed: a dropped upload future would
+        // leave its blocking writes landing after this call returned. The first failure cancels
+        // the ticket, so the others stop at their next step.
         let store = self.st();
-        let handles = try_join_all(pending.into_iter().map(|p| p.upload(store))).await?;
+        let results = join_all(pending.into_iter().map(|p| async move {
+            let result = p.upload(store).await;
+            if result.is_err() {
+                ticket.state.cancelled.store(true, Ordering::SeqCst);
+            }
+            result
+        }))
+        .await;
+        let mut handles = Vec::with_capacity(results.len());
+        let mut failure: Option<Error> = None;
+        for result in results {
+            match result {
+                Ok(handle) => handles.push(handle),
+                // The root cause, not the cancellations it caused.
+                Err(e) => match &failure {
+                    Some(first) if first.kind() != ErrorKind::Cancelled => {}
+                    _ if e.kind() == ErrorKind::Cancelled && failure.is_some() => {}
+                    _ => failure = Some(e),
+                },
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
         self.complete(ticket, handles).await
     }
 
