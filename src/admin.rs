@@ -39,7 +39,8 @@ pub struct CheckpointSummary {
     /// Bytes of state it restores to (every file it references, shared or not).
     pub full_bytes: u64,
     /// Bytes no other committed checkpoint of the root references: what deleting this one (and
-    /// then running GC) would free, besides its small metadata record.
+    /// then running GC) would free, besides its small metadata record. Records the view could not
+    /// read ([`RootView::unreadable`]) may reference more, so with any of those it is an upper bound.
     pub exclusive_bytes: u64,
 }
 
@@ -61,7 +62,8 @@ pub struct RootView {
     pub jobs: Vec<JobView>,
     /// Bytes of every object in the root (including what GC may still remove).
     pub stored_bytes: u64,
-    /// Bytes of the distinct files that committed checkpoints reference (what must stay).
+    /// Bytes of the distinct files that the committed checkpoints of every job reference (what must
+    /// stay), whichever jobs the view shows.
     pub referenced_bytes: u64,
     /// Records that could not be read, one line each (path and reason).
     pub unreadable: Vec<String>,
@@ -100,53 +102,77 @@ pub async fn inspect_root(store: &dyn Store, job: Option<&str>) -> Result<RootVi
                 .insert((parsed.kind, parsed.id));
         }
     }
-    if let Some(job) = job {
-        found.retain(|name, _| name == job);
-    }
     let mut all: Vec<(String, CheckpointMetadata)> = Vec::new();
     for (job_id, listed) in found {
-        let record = match job::read_job(store, &job_id).await {
-            Ok(record) => record.map(|(record, _)| record),
-            Err(e) => {
-                view.unreadable
-                    .push(format!("{}: {e}", layout::job_record_path(&job_id)));
-                continue;
-            }
-        };
-        let committed: BTreeSet<(SnapshotKind, u64)> = match &record {
-            Some(record) => record
-                .retained
-                .iter()
-                .map(|&id| (SnapshotKind::Checkpoint, id))
-                .chain(
-                    record
-                        .savepoints
-                        .iter()
-                        .map(|&id| (SnapshotKind::Savepoint, id)),
-                )
-                .collect(),
-            None => listed,
-        };
-        for (kind, id) in committed {
-            let path = layout::metadata_path(&job_id, kind, id);
-            let decoded = match store.get(&path).await {
-                Ok(bytes) => metadata::decode_metadata(&bytes, &path),
-                Err(e) if e.kind() == ErrorKind::NotFound => continue, // discarded meanwhile
-                Err(e) => Err(e),
-            };
-            match decoded {
-                Ok(metadata) => all.push((path, metadata)),
-                Err(e) => view.unreadable.push(format!("{path}: {e}")),
-            }
+        if let Some(job) =
+            read_job_view(store, job_id, listed, &mut all, &mut view.unreadable).await
+        {
+            view.jobs.push(job);
         }
-        view.jobs.push(JobView {
-            job_id,
-            record,
-            checkpoints: Vec::new(),
-        });
     }
 
-    // Sizes: how many committed checkpoints reference each file, to tell shared from exclusive.
+    // Sizes count every job's references (files are shared across jobs); the filter only picks
+    // which jobs are shown.
+    summarise(&all, &mut view);
+    if let Some(job) = job {
+        view.jobs.retain(|j| j.job_id == job);
+    }
+    for job in &mut view.jobs {
+        job.checkpoints.sort_by_key(|c| (c.id, c.kind));
+    }
+    Ok(view)
+}
+
+/// One job's record and committed metadata (appended to `all`); `None` if its record is unreadable.
+async fn read_job_view(
+    store: &dyn Store,
+    job_id: String,
+    listed: BTreeSet<(SnapshotKind, u64)>,
+    all: &mut Vec<(String, CheckpointMetadata)>,
+    unreadable: &mut Vec<String>,
+) -> Option<JobView> {
+    let record = match job::read_job(store, &job_id).await {
+        Ok(record) => record.map(|(record, _)| record),
+        Err(e) => {
+            unreadable.push(format!("{}: {e}", layout::job_record_path(&job_id)));
+            return None;
+        }
+    };
+    let committed: BTreeSet<(SnapshotKind, u64)> = match &record {
+        Some(record) => record
+            .retained
+            .iter()
+            .map(|&id| (SnapshotKind::Checkpoint, id))
+            .chain(
+                record
+                    .savepoints
+                    .iter()
+                    .map(|&id| (SnapshotKind::Savepoint, id)),
+            )
+            .collect(),
+        None => listed,
+    };
+    for (kind, id) in committed {
+        let path = layout::metadata_path(&job_id, kind, id);
+        let decoded = match store.get(&path).await {
+            Ok(bytes) => metadata::decode_metadata(&bytes, &path),
+            Err(e) if e.kind() == ErrorKind::NotFound => continue, // discarded meanwhile
+            Err(e) => Err(e),
+        };
+        match decoded {
+            Ok(metadata) => all.push((path, metadata)),
+            Err(e) => unreadable.push(format!("{path}: {e}")),
+        }
+    }
+    Some(JobView {
+        job_id,
+        record,
+        checkpoints: Vec::new(),
+    })
+}
+
+/// Sizes: how many committed checkpoints reference each file tells shared from exclusive bytes.
+fn summarise(all: &[(String, CheckpointMetadata)], view: &mut RootView) {
     let files = |m: &CheckpointMetadata| -> Vec<(ContentHash, u64)> {
         let mut out: Vec<(ContentHash, u64)> = m
             .backends
@@ -164,13 +190,13 @@ pub async fn inspect_root(store: &dyn Store, job: Option<&str>) -> Result<RootVi
         out
     };
     let mut users: HashMap<ContentHash, (u64, usize)> = HashMap::new();
-    for (_, m) in &all {
+    for (_, m) in all {
         for (hash, size) in files(m) {
             users.entry(hash).or_insert((size, 0)).1 += 1;
         }
     }
     view.referenced_bytes = users.values().map(|(size, _)| size).sum();
-    for (path, m) in &all {
+    for (path, m) in all {
         let private: u64 = m
             .backends
             .iter()
@@ -197,8 +223,4 @@ pub async fn inspect_root(store: &dyn Store, job: Option<&str>) -> Result<RootVi
             job.checkpoints.push(summary);
         }
     }
-    for job in &mut view.jobs {
-        job.checkpoints.sort_by_key(|c| (c.id, c.kind));
-    }
-    Ok(view)
 }

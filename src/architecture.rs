@@ -42,34 +42,68 @@ fn module_of(src: &Path, file: &Path) -> Option<String> {
     Some(first.trim_end_matches(".rs").to_owned())
 }
 
-/// The top-level modules a file's code names through `crate::<module>`.
+/// The top-level modules a file's code names through `crate::<module>`, in any form: a plain path,
+/// a group `crate::{a::x, b}` (nested, over several lines), or an inline path in an expression.
 fn crate_paths(text: &str) -> BTreeSet<String> {
+    let code: String = text
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut out = BTreeSet::new();
-    for line in text.lines() {
-        let code = line.split("//").next().unwrap_or("");
-        let mut rest = code;
-        while let Some(at) = rest.find("crate::") {
-            let after = &rest[at + "crate::".len()..];
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("crate::") {
+        let after = &rest[at + "crate::".len()..];
+        if let Some(group) = after.strip_prefix('{') {
+            // The first segment of every item at the group's top level.
+            let (mut depth, mut item_start) = (0usize, true);
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if item_start && (c.is_ascii_alphanumeric() || c == '_') => {
+                        let name: String = group[i..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        out.insert(name);
+                        item_start = false;
+                    }
+                    c if item_start && !c.is_whitespace() => item_start = false,
+                    _ => {}
+                }
+            }
+        } else {
             let name: String = after
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
-            // `crate::{a, b}` groups: take every name in the braces.
-            if name.is_empty() && after.starts_with('{') {
-                let group = &after[1..after.find('}').unwrap_or(after.len())];
-                for item in group.split(',') {
-                    let item = item.trim().split("::").next().unwrap_or("").trim();
-                    if !item.is_empty() {
-                        out.insert(item.to_owned());
-                    }
-                }
-            } else if !name.is_empty() {
+            if !name.is_empty() {
                 out.insert(name);
             }
-            rest = after;
         }
+        rest = after;
     }
     out
+}
+
+/// `super::` paths that climb to the crate root, written as `crate::` (a file `depth` modules
+/// below the root needs `depth` of them).
+fn normalise_super(text: &str, depth: usize) -> String {
+    text.replace(&"super::".repeat(depth), "crate::")
+}
+
+/// How many modules below the crate root a file's module is (`src/a.rs` and `src/a/mod.rs`: 1).
+fn depth_of(src: &Path, file: &Path) -> usize {
+    let rel = file.strip_prefix(src).expect("a file under src");
+    let parts = rel.components().count();
+    if rel.file_name().is_some_and(|n| n == "mod.rs") {
+        parts - 1
+    } else {
+        parts
+    }
 }
 
 fn source_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -122,6 +156,7 @@ fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
             continue; // the crate root re-exports everything; this file names the layers
         }
         let text = std::fs::read_to_string(&file).expect("a readable source file");
+        let text = normalise_super(&text, depth_of(&src, &file));
         let used: Vec<String> = crate_paths(&text)
             .into_iter()
             .map(|name| reexports.get(&name).cloned().unwrap_or(name))
@@ -175,4 +210,23 @@ fn the_checker_sees_grouped_and_inline_paths() {
     let text = "use crate::{error::Error, hash};\nlet x = crate::util::nonce(); // crate::admin\n";
     let found: Vec<String> = crate_paths(text).into_iter().collect();
     assert_eq!(found, ["error", "hash", "util"]);
+    // rustfmt's multi-line groups, nested groups, renames.
+    let text = "use crate::{\n    checkpoint::job as x,\n    keygroup::{KeyGroupRange, Other},\n    admin as y,\n};";
+    let found: Vec<String> = crate_paths(text).into_iter().collect();
+    assert_eq!(found, ["admin", "checkpoint", "keygroup"]);
+}
+
+#[test]
+fn the_checker_sees_super_paths_that_reach_the_crate_root() {
+    let src = Path::new("/x/src");
+    assert_eq!(depth_of(src, &src.join("engine.rs")), 1);
+    assert_eq!(depth_of(src, &src.join("store/mod.rs")), 1);
+    assert_eq!(depth_of(src, &src.join("checkpoint/restore/claim.rs")), 3);
+    let text = normalise_super("use super::checkpoint::gc;", 1);
+    let found: Vec<String> = crate_paths(&text).into_iter().collect();
+    assert_eq!(found, ["checkpoint"]);
+    // Two levels down, one `super::` stays inside the module; two reach the root.
+    let text = normalise_super("use super::sibling;\nuse super::super::hash;", 2);
+    let found: Vec<String> = crate_paths(&text).into_iter().collect();
+    assert_eq!(found, ["hash"]);
 }

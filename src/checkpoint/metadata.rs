@@ -20,8 +20,13 @@ use crate::state_info::StateInfo;
 
 pub(crate) const METADATA_MAGIC: &[u8; 8] = b"RKPTMETA";
 pub(crate) const PIN_MAGIC: &[u8; 8] = b"RKPTPIN\0";
-/// Version of the metadata and pin body format.
-pub const METADATA_FORMAT_VERSION: u32 = 1;
+/// Version of the metadata, pin and job record format this build writes. 2: states are recorded
+/// by stable type tags (`StateInfo`), no longer by Rust type names. Version 1 is still read (its
+/// states then say `StateInfoFormat::RustTypeNames`); a build that reads only version 1 reports
+/// version 2 records by their version instead of misreading them.
+pub const METADATA_FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+const OLDEST_READ_VERSION: u32 = 1;
 const HEADER_BYTES: usize = 8 + 4 + 8 + 32;
 /// Largest size of one file the engine accepts from metadata.
 pub(crate) const MAX_FILE_BYTES: u64 = 1 << 40;
@@ -338,9 +343,10 @@ pub(crate) fn unseal<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result
         )));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != METADATA_FORMAT_VERSION {
+    if !(OLDEST_READ_VERSION..=METADATA_FORMAT_VERSION).contains(&version) {
         return Err(Error::corruption(format!(
-            "{what}: format version {version}, this build reads version {METADATA_FORMAT_VERSION}"
+            "{what}: format version {version}, this build reads versions \
+             {OLDEST_READ_VERSION} to {METADATA_FORMAT_VERSION} (written by a newer rockpoint?)"
         )));
     }
     let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
@@ -434,4 +440,31 @@ fn check_size(name: &str, size: u64) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_version(sealed: &[u8], version: u32) -> Vec<u8> {
+        let mut out = sealed.to_vec();
+        out[8..12].copy_from_slice(&version.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn records_of_older_versions_are_read_and_newer_ones_refused_by_version() {
+        let sealed = seal(PIN_MAGIC, b"body");
+        assert_eq!(unseal(PIN_MAGIC, &sealed, "pin").unwrap(), b"body");
+        let v1 = with_version(&sealed, 1);
+        assert_eq!(unseal(PIN_MAGIC, &v1, "pin").unwrap(), b"body");
+        let newer = with_version(&sealed, METADATA_FORMAT_VERSION + 1);
+        let err = unseal(PIN_MAGIC, &newer, "pin").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("format version {}", METADATA_FORMAT_VERSION + 1)),
+            "{err}"
+        );
+        assert!(unseal(PIN_MAGIC, &with_version(&sealed, 0), "pin").is_err());
+    }
 }

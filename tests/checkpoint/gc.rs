@@ -318,3 +318,48 @@ async fn admin_exclusive_bytes_are_what_discarding_frees() -> TestResult {
     assert_eq!(before - after, summary.exclusive_bytes - private);
     Ok(())
 }
+
+/// Files are shared across jobs (a job restored without claim reuses its source's files), so a
+/// view of one job still sizes against every job of the root: filtering shows fewer jobs, never
+/// more exclusive bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_view_of_one_job_sizes_against_the_whole_root() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = local_store(&dir.path().join("root"))?;
+    let a =
+        CheckpointCoordinator::open(store.clone(), "job-a", CheckpointSettings::default()).await?;
+    let mut job = TestJob::open(&dir.path().join("a"), 2, 1_000)?;
+    job.write(3_000)?;
+    let source = a.checkpoint(&job.refs()).await?;
+    let b =
+        CheckpointCoordinator::open(store.clone(), "job-b", CheckpointSettings::default()).await?;
+    let restored = restore_job(
+        &b,
+        &rockpoint::RestoreSource::Metadata(source.path()),
+        &dir.path().join("b"),
+        2,
+        1_000,
+        rockpoint::ClaimMode::NoClaim,
+    )
+    .await?;
+    b.checkpoint(&restored.refs()).await?;
+
+    let whole = rockpoint::admin::inspect_root(&*store, None).await?;
+    let only_b = rockpoint::admin::inspect_root(&*store, Some("job-b")).await?;
+    let b_whole: Vec<_> = whole
+        .checkpoints()
+        .filter(|c| c.job_id == "job-b")
+        .cloned()
+        .collect();
+    let b_alone: Vec<_> = only_b.checkpoints().cloned().collect();
+    assert_eq!(b_alone, b_whole);
+    assert!(
+        b_alone[0].exclusive_bytes < b_alone[0].full_bytes,
+        "job-b shares job-a's files: {:?}",
+        b_alone[0]
+    );
+    assert_eq!(only_b.referenced_bytes, whole.referenced_bytes);
+    a.shutdown(rockpoint::JobEnd::Suspended).await?;
+    b.shutdown(rockpoint::JobEnd::Suspended).await?;
+    Ok(())
+}

@@ -745,8 +745,20 @@ async fn dropped_checkpoint_future_frees_its_slot_and_failed_uploads_leave_no_st
     }
     let held = gated.hold(&["put_file"], "backend-0/staging/");
     gated.fail_after(&["put_file"], "backend-1/staging/", held.clone());
-    let failed = c2.checkpoint(&job2.refs()).await;
+    // The sibling's upload fails while this one is held; the checkpoint returns only once the
+    // held upload has ended too (checkpoint_returns_only_after_every_upload_has_ended).
+    let running = {
+        let c2 = c2.clone();
+        let backends = job2.backends.clone();
+        tokio::spawn(async move {
+            let refs: Vec<_> = backends.iter().collect();
+            c2.checkpoint(&refs).await
+        })
+    };
+    held.reached().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     held.release();
+    let failed = running.await?;
     assert!(
         failed.is_err(),
         "precondition: the checkpoint with a failed upload fails"

@@ -68,7 +68,7 @@ pub enum JobEnd {
 pub struct CheckpointSettings {
     /// Completed checkpoints kept; older ones are subsumed and discarded. Default: 1.
     pub retained: usize,
-    /// Checkpoints in flight at once; triggering more fails with `Unavailable`. Default: 1.
+    /// Checkpoints in flight at once; triggering more fails with `Busy`. Default: 1.
     pub max_concurrent: usize,
     /// What a cancel does with retained checkpoints. Default: `RetainOnCancellation`.
     pub cancellation: CancellationPolicy,

@@ -20,6 +20,13 @@ pub(super) struct Prepared {
     pub(super) options: Option<(String, PathBuf, ContentHash, u64)>,
 }
 
+/// What A1 linked into staging.
+pub(super) struct Linked {
+    pub(super) ssts: Vec<String>,
+    pub(super) wals: Vec<RecordedLog>,
+    pub(super) options: Option<String>,
+}
+
 pub(super) struct PrepareJob {
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     pub(super) faults: crate::faults::FaultRegistry,
@@ -33,7 +40,6 @@ pub(super) struct PrepareJob {
 impl PrepareJob {
     /// A1–A4 on a blocking thread.
     pub(super) fn prepare(self, staging: PathBuf) -> Result<Prepared> {
-        let db_dir = self.backend.db_dir();
         if staging.exists() {
             std::fs::remove_dir_all(&staging)
                 .map_err(|e| Error::io("clearing stale staging directory", &staging, e))?;
@@ -44,12 +50,53 @@ impl PrepareJob {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io("creating staging directory", dir, e))?;
         }
-        // A1: hard links, never copies.
+        let linked = self.link_recorded(&staging, &image, &logs)?;
+        let (log_files, shipments, manifest_len) = self.chain_logs(&logs, &linked.wals)?;
+        let live = self.live_ssts(&staging, &image, &logs, manifest_len, &linked.ssts)?;
+
+        // A4 for SSTs: hashes known to this DB instance come from the cache; new SSTs are read,
+        // hashed and staged in one pass by the upload.
+        crate::failpoint_sync!(self.faults, "snapshot::before_hash");
+        let mut ssts = Vec::with_capacity(live.len());
+        for name in &live {
+            let path = image.join(name);
+            let size = std::fs::metadata(&path)
+                .map_err(|e| Error::io("inspecting", &path, e))?
+                .len();
+            let cached = self.backend.cached_sst_hash(name, size);
+            ssts.push(LiveSst {
+                name: name.clone(),
+                path,
+                size,
+                cached,
+            });
+        }
+        let options = match linked.options {
+            Some(name) => {
+                let path = staging.join(&name);
+                let (hash, size) = hash_file(&path, 0, None)?;
+                Some((name, path, hash, size))
+            }
+            None => None,
+        };
+        Ok(Prepared {
+            ssts,
+            log_files,
+            shipments,
+            options,
+        })
+    }
+
+    /// A1: hard-links the recorded files into staging, never copies. Files RocksDB removed since
+    /// the synchronous phase (only possible for ones the MANIFEST prefix no longer needs) are
+    /// skipped; the MANIFEST itself must be there.
+    fn link_recorded(&self, staging: &Path, image: &Path, logs: &Path) -> Result<Linked> {
+        let db_dir = self.backend.db_dir();
         crate::failpoint_sync!(self.faults, "snapshot::before_link");
-        let mut linked_ssts = Vec::new();
+        let mut ssts = Vec::new();
         for name in &self.ssts {
             if link(&db_dir.join(name), &image.join(name), Missing::Skip)? {
-                linked_ssts.push(name.clone());
+                ssts.push(name.clone());
             }
         }
         let mut wals = Vec::new();
@@ -77,29 +124,52 @@ impl PrepareJob {
         if identity.exists() {
             link(&identity, &image.join("IDENTITY"), Missing::Skip)?;
         }
+        Ok(Linked {
+            ssts,
+            wals,
+            options,
+        })
+    }
 
-        // A2 + A4 for the logs: trim to complete records, then chain segments.
+    /// A2 + A4 for the logs: trims the MANIFEST and every WAL to complete records and chains their
+    /// segments. Returns the log files, their shipments and the trimmed MANIFEST length.
+    fn chain_logs(
+        &self,
+        logs: &Path,
+        wals: &[RecordedLog],
+    ) -> Result<(Vec<LogFile>, Vec<Shipment>, u64)> {
         let mut shipments = Vec::new();
         let mut log_files = Vec::new();
-        let manifest_source = logs.join(&self.manifest.name);
-        let (manifest_file, manifest_shipments) =
-            self.backend
-                .log_chain(&self.manifest.name, &manifest_source, self.manifest.len)?;
+        let (manifest_file, manifest_shipments) = self.backend.log_chain(
+            &self.manifest.name,
+            &logs.join(&self.manifest.name),
+            self.manifest.len,
+        )?;
         shipments.extend(manifest_shipments);
         let manifest_len = manifest_file.size();
         log_files.push(manifest_file);
-        for wal in &wals {
+        for wal in wals {
             let (file, wal_shipments) =
                 self.backend
                     .log_chain(&wal.name, &logs.join(&wal.name), wal.len)?;
             shipments.extend(wal_shipments);
             log_files.push(file);
         }
+        Ok((log_files, shipments, manifest_len))
+    }
 
-        let linked_at = std::time::Instant::now();
-        // A3: a read-only open of the image tells exactly which SSTs the MANIFEST prefix references.
-        // The same MANIFEST prefix (name and length) of this DB instance references the same SSTs,
-        // so an unchanged MANIFEST skips the open.
+    /// A3: a read-only open of the image tells exactly which SSTs the MANIFEST prefix references.
+    /// The same MANIFEST prefix (name and length) of this DB instance references the same SSTs, so
+    /// an unchanged MANIFEST skips the open. Every referenced SST must have been linked in A1.
+    fn live_ssts(
+        &self,
+        staging: &Path,
+        image: &Path,
+        logs: &Path,
+        manifest_len: u64,
+        linked: &[String],
+    ) -> Result<Vec<String>> {
+        let started = std::time::Instant::now();
         let live = match self
             .backend
             .cached_live_ssts(&self.manifest.name, manifest_len)
@@ -107,64 +177,29 @@ impl PrepareJob {
             Some(live) => live,
             None => {
                 copy_prefix(
-                    &manifest_source,
+                    &logs.join(&self.manifest.name),
                     &image.join(&self.manifest.name),
                     manifest_len,
                 )?;
                 std::fs::write(image.join("CURRENT"), format!("{}\n", self.manifest.name))
                     .map_err(|e| Error::io("writing", image.join("CURRENT"), e))?;
-                let live = referenced_ssts(&image, &staging.join("rocksdb-log"))?;
+                let live = referenced_ssts(image, &staging.join("rocksdb-log"))?;
                 self.backend
                     .remember_live_ssts(&self.manifest.name, manifest_len, live.clone());
                 live
             }
         };
-        let opened = linked_at.elapsed();
-        let missing: Vec<&String> = live
-            .iter()
-            .filter(|name| !linked_ssts.contains(name))
-            .collect();
+        tracing::debug!(
+            read_only_open_us = started.elapsed().as_micros() as u64,
+            "staged image inspected"
+        );
+        let missing: Vec<&String> = live.iter().filter(|name| !linked.contains(name)).collect();
         if !missing.is_empty() {
             return Err(Error::corruption(format!(
                 "the MANIFEST prefix references SSTs that were not in the live directory: {missing:?}"
             )));
         }
-
-        // A4 for SSTs: hashes known to this DB instance come from the cache; new SSTs are read,
-        // hashed and staged in one pass by the upload.
-        crate::failpoint_sync!(self.faults, "snapshot::before_hash");
-        let mut ssts = Vec::with_capacity(live.len());
-        for name in &live {
-            let path = image.join(name);
-            let size = std::fs::metadata(&path)
-                .map_err(|e| Error::io("inspecting", &path, e))?
-                .len();
-            let cached = self.backend.cached_sst_hash(name, size);
-            ssts.push(LiveSst {
-                name: name.clone(),
-                path,
-                size,
-                cached,
-            });
-        }
-        tracing::debug!(
-            read_only_open_us = opened.as_micros() as u64,
-            "staged image inspected"
-        );
-        let options = match options {
-            Some(name) => {
-                let path = staging.join(&name);
-                let (hash, size) = hash_file(&path, 0, None)?;
-                Some((name, path, hash, size))
-            }
-            None => None,
-        };
-        Ok(Prepared {
-            ssts,
-            log_files,
-            shipments,
-            options,
-        })
+        Ok(live)
     }
 }
 

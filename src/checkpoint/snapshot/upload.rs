@@ -168,13 +168,17 @@ impl PendingSnapshot {
             .filter(|(_, sst)| sst.cached.is_none())
             .map(|(i, sst)| (i, sst.path.clone(), sst.size))
             .collect();
-        let staged_results: Vec<(usize, Result<Staged>)> = stream::iter(
-            work.into_iter()
-                .map(|(i, path, size)| async move { (i, store.stage_file(&path, 0, size).await) }),
-        )
-        .buffer_unordered(ticket.upload_parallelism.max(1))
-        .collect()
-        .await;
+        let staged_results: Vec<(usize, Result<Staged>)> =
+            stream::iter(work.into_iter().map(|(i, path, size)| async move {
+                // A sibling's failure or an abort cancels the ticket: stop before reading more.
+                if let Err(e) = ticket.check_live() {
+                    return (i, Err(e));
+                }
+                (i, store.stage_file(&path, 0, size).await)
+            }))
+            .buffer_unordered(ticket.upload_parallelism.max(1))
+            .collect()
+            .await;
         let mut staged: HashMap<usize, Staged> = HashMap::new();
         let mut failure = None;
         for (i, result) in staged_results {
