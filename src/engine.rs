@@ -109,65 +109,8 @@ impl Engine {
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(settings.wal == WalMode::Disabled);
 
-        let info = BackendInfo {
-            format_version: BACKEND_FORMAT_VERSION,
-            max_parallelism,
-            key_groups,
-        };
-        match db
-            .get(BACKEND_INFO_KEY)
-            .map_err(|e| Error::rocksdb("reading backend info", e))?
-        {
-            Some(bytes) => {
-                let stored: BackendInfo = codec::decode("<backend>", "backend info", &bytes)?;
-                if stored != info {
-                    return Err(Error::invalid(format!(
-                        "backend directory {} holds key groups {} of max_parallelism {} (format {}), \
-                         but was opened for key groups {} of max_parallelism {} (format {})",
-                        dir.display(),
-                        stored.key_groups,
-                        stored.max_parallelism,
-                        stored.format_version,
-                        key_groups,
-                        max_parallelism,
-                        BACKEND_FORMAT_VERSION
-                    )));
-                }
-            }
-            None => {
-                let bytes = codec::encode("<backend>", "backend info", &info)?;
-                db.put_opt(BACKEND_INFO_KEY, bytes, &write_opts)
-                    .map_err(|e| Error::rocksdb("writing backend info", e))?;
-            }
-        }
-
-        let mut states = BTreeMap::new();
-        let mut read_opts = ReadOptions::default();
-        read_opts.set_iterate_lower_bound(STATE_RECORD_PREFIX.to_vec());
-        if let Some(upper) = codec::prefix_successor(STATE_RECORD_PREFIX) {
-            read_opts.set_iterate_upper_bound(upper);
-        }
-        for row in db.iterator_opt(IteratorMode::Start, read_opts) {
-            let (key, value) = row.map_err(|e| Error::rocksdb("reading state records", e))?;
-            let name = String::from_utf8_lossy(&key[STATE_RECORD_PREFIX.len()..]).into_owned();
-            let info: StateInfo = codec::decode(&name, "state record", &value)?;
-            if info.name != name {
-                return Err(codec::decode_error(
-                    &name,
-                    "state record",
-                    format!("the record names another state `{}`", info.name),
-                ));
-            }
-            if info.format == StateInfoFormat::RustTypeNames {
-                return Err(ErrorDetail::StateOfRustTypeNames {
-                    state: name,
-                    recorded: info.describe(),
-                    place: format!("backend directory {}", dir.display()),
-                }
-                .into());
-            }
-            states.insert(name, info);
-        }
+        check_identity(&db, &dir, &write_opts, max_parallelism, key_groups)?;
+        let states = load_states(&db, &dir)?;
 
         Ok(Engine {
             db,
@@ -281,6 +224,81 @@ impl Engine {
     pub(crate) fn live_ssts(&self) -> MutexGuard<'_, Option<(String, u64, Vec<String>)>> {
         self.live_ssts.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Checks the backend identity (format, max parallelism, key-group range) recorded in the directory
+/// against the one it is opened for, recording it on first open: the key layout depends on both.
+fn check_identity(
+    db: &DB,
+    dir: &Path,
+    write_opts: &WriteOptions,
+    max_parallelism: u32,
+    key_groups: KeyGroupRange,
+) -> Result<()> {
+    let info = BackendInfo {
+        format_version: BACKEND_FORMAT_VERSION,
+        max_parallelism,
+        key_groups,
+    };
+    match db
+        .get(BACKEND_INFO_KEY)
+        .map_err(|e| Error::rocksdb("reading backend info", e))?
+    {
+        Some(bytes) => {
+            let stored: BackendInfo = codec::decode("<backend>", "backend info", &bytes)?;
+            if stored != info {
+                return Err(Error::invalid(format!(
+                    "backend directory {} holds key groups {} of max_parallelism {} (format {}), \
+                     but was opened for key groups {} of max_parallelism {} (format {})",
+                    dir.display(),
+                    stored.key_groups,
+                    stored.max_parallelism,
+                    stored.format_version,
+                    key_groups,
+                    max_parallelism,
+                    BACKEND_FORMAT_VERSION
+                )));
+            }
+        }
+        None => {
+            let bytes = codec::encode("<backend>", "backend info", &info)?;
+            db.put_opt(BACKEND_INFO_KEY, bytes, write_opts)
+                .map_err(|e| Error::rocksdb("writing backend info", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every state record of the directory, by name. A record written before type tags is refused.
+fn load_states(db: &DB, dir: &Path) -> Result<BTreeMap<String, StateInfo>> {
+    let mut states = BTreeMap::new();
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_iterate_lower_bound(STATE_RECORD_PREFIX.to_vec());
+    if let Some(upper) = codec::prefix_successor(STATE_RECORD_PREFIX) {
+        read_opts.set_iterate_upper_bound(upper);
+    }
+    for row in db.iterator_opt(IteratorMode::Start, read_opts) {
+        let (key, value) = row.map_err(|e| Error::rocksdb("reading state records", e))?;
+        let name = String::from_utf8_lossy(&key[STATE_RECORD_PREFIX.len()..]).into_owned();
+        let info: StateInfo = codec::decode(&name, "state record", &value)?;
+        if info.name != name {
+            return Err(codec::decode_error(
+                &name,
+                "state record",
+                format!("the record names another state `{}`", info.name),
+            ));
+        }
+        if info.format == StateInfoFormat::RustTypeNames {
+            return Err(ErrorDetail::StateOfRustTypeNames {
+                state: name,
+                recorded: info.describe(),
+                place: format!("backend directory {}", dir.display()),
+            }
+            .into());
+        }
+        states.insert(name, info);
+    }
+    Ok(states)
 }
 
 fn check_compatible(existing: &StateInfo, requested: &StateInfo) -> Result<()> {

@@ -13,11 +13,6 @@ use rockpoint::{
     CheckpointCoordinator, CheckpointSettings, GcOptions, SnapshotKind, SweepMode, collect_garbage,
 };
 
-fn shared_path(hash: &ContentHash) -> String {
-    let hex = hash.to_hex();
-    format!("shared/{}/{hex}", &hex[..2])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_removes_exactly_the_orphans_and_is_idempotent() -> TestResult {
     let dir = tempfile::tempdir()?;

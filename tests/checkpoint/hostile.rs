@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use common::gates::Gates;
 use common::*;
-use rockpoint::format::ContentHash;
 use rockpoint::store::WriteMode;
 use rockpoint::{
     CheckpointCoordinator, CheckpointSettings, ClaimMode, ErrorKind, JobEnd, RestoreSource,
@@ -32,11 +31,6 @@ fn cfg(retained: usize, max_concurrent: usize) -> CheckpointSettings {
 
 fn chk_metadata(job: &str, id: u64) -> String {
     format!("jobs/{job}/chk-{id:020}/_metadata")
-}
-
-fn shared_path(hash: &ContentHash) -> String {
-    let hex = hash.to_hex();
-    format!("shared/{}/{hex}", &hex[..2])
 }
 
 /// Writes, flushes and compacts every backend: the next checkpoint's SSTs are all new.

@@ -175,11 +175,6 @@ fn chk_metadata(job: &str, id: u64) -> String {
     format!("jobs/{job}/chk-{id:020}/_metadata")
 }
 
-fn shared_path(hash: &ContentHash) -> String {
-    let hex = hash.to_hex();
-    format!("shared/{}/{hex}", &hex[..2])
-}
-
 fn targets(base: &Path, parallelism: u32) -> Vec<RestoreTarget> {
     ranges(parallelism)
         .into_iter()

@@ -27,6 +27,13 @@ pub fn settings() -> BackendSettings {
     }
 }
 
+/// Where a shared file lives, spelled from the documented layout (docs/protocols.md) rather than
+/// taken from the library: a change of the on-disk layout must fail the tests that use it.
+pub fn shared_path(hash: &rockpoint::format::ContentHash) -> String {
+    let hex = hash.to_hex();
+    format!("shared/{}/{hex}", &hex[..2])
+}
+
 pub fn ranges(parallelism: u32) -> Vec<KeyGroupRange> {
     (0..parallelism)
         .map(|i| KeyGroupRange::for_operator(MAX_PARALLELISM, parallelism, i).unwrap())

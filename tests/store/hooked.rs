@@ -12,7 +12,7 @@ use rockpoint::format::ContentHash;
 use rockpoint::store::WriteMode;
 use rockpoint::{LocalStore, Store, SweepMode};
 
-use crate::common::{Hook, Op, with_hook};
+use crate::common::{Hook, Op, shared_path, with_hook};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -78,11 +78,6 @@ async fn temporaries(local: &LocalStore) -> rockpoint::Result<Vec<String>> {
     local
         .sweep_incomplete(Duration::ZERO, SweepMode::DryRun)
         .await
-}
-
-fn shared_path(hash: &ContentHash) -> String {
-    let hex = hash.to_hex();
-    format!("shared/{}/{hex}", &hex[..2])
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<ContentHash> {
