@@ -18,14 +18,24 @@ use serde::Serialize;
 
 /// Inspect and maintain a rockpoint checkpoint root.
 #[derive(Parser)]
-#[command(version)]
+#[command(
+    version,
+    after_help = "Exit codes: 0 success; 1 internal error; 2 invalid input (usage, a bad \
+                  --key-groups); 3 not found; 4 corruption (also: verify found a damaged \
+                  checkpoint); 5 unavailable or busy (retry); 6 conflict or fenced (another writer \
+                  won); 7 cancelled or poisoned.\n\nLogs go to stderr: RUST_LOG overrides -v \
+                  (info) and -vv (debug); warnings by default."
+)]
 struct Cli {
     /// The storage root (a local directory).
     #[arg(long, env = "ROCKPOINT_ROOT")]
     root: PathBuf,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text (errors too, on stderr).
     #[arg(long, global = true)]
     json: bool,
+    /// More log lines on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,16 +97,75 @@ struct ListedCheckpoint {
     full_bytes: u64,
 }
 
+/// Prints a line on stdout. A reader that went away (`rockpoint list | head -1`) ends the command
+/// quietly with success instead of a panic, as `head` expects of a producer.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(&format!($($arg)*))
+    };
+}
+
+fn emit(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The exit code of a failure, by what the caller should do about it (see `--help`).
+fn exit_code(kind: rockpoint::ErrorKind) -> u8 {
+    use rockpoint::ErrorKind::*;
+    match kind {
+        Invalid => 2,
+        NotFound => 3,
+        Corruption => 4,
+        Unavailable | Busy => 5,
+        Conflict | Fenced => 6,
+        Cancelled | Poisoned => 7,
+        _ => 1,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let json = cli.json;
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+            if json {
+                let error = serde_json::json!({
+                    "error": { "kind": format!("{:?}", e.kind()), "message": e.to_string() }
+                });
+                eprintln!("{error}");
+            } else {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(exit_code(e.kind()))
         }
     }
+}
+
+/// Log lines (GC and cleanup warnings among them) on stderr: `RUST_LOG` if set, otherwise warnings,
+/// `-v` for info, `-vv` for debug.
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn parse_range(text: &str) -> rockpoint::Result<KeyGroupRange> {
@@ -158,15 +227,19 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 })
                 .collect();
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&listed).expect("serializable")
                 );
             } else {
                 for c in listed {
-                    println!(
+                    out!(
                         "{:<60} {:<10} {:>3} backends {:>14} new {:>14} full",
-                        c.path, c.kind, c.backends, c.checkpointed_bytes, c.full_bytes
+                        c.path,
+                        c.kind,
+                        c.backends,
+                        c.checkpointed_bytes,
+                        c.full_bytes
                     );
                 }
             }
@@ -175,7 +248,7 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
             let (_, metadata) =
                 rockpoint::restore::read_metadata(&*store, &RestoreSource::parse(&checkpoint)?)
                     .await?;
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&metadata).expect("serializable")
             );
@@ -185,24 +258,26 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 rockpoint::verify_checkpoint(&*store, &RestoreSource::parse(&checkpoint)?, 8)
                     .await?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("serializable")
                 );
             } else {
-                println!(
+                out!(
                     "{}: {} objects, {} bytes checked",
-                    report.path, report.objects, report.bytes
+                    report.path,
+                    report.objects,
+                    report.bytes
                 );
                 for problem in &report.problems {
-                    println!("PROBLEM: {problem}");
+                    out!("PROBLEM: {problem}");
                 }
                 if report.problems.is_empty() {
-                    println!("OK: every file matches its hash");
+                    out!("OK: every file matches its hash");
                 }
             }
             if !report.problems.is_empty() {
-                return Ok(ExitCode::FAILURE);
+                return Ok(ExitCode::from(exit_code(rockpoint::ErrorKind::Corruption)));
             }
         }
         Command::Restore {
@@ -228,7 +303,7 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 rockpoint::restore_backend(&*store, &source, &target, 8, Some(callback)).await?;
             progress.finish();
             let states: Vec<String> = backend.states().into_iter().map(|s| s.name).collect();
-            println!(
+            out!(
                 "restored {} into {} with states {states:?}",
                 metadata.metadata_path(),
                 target.dir.display()
@@ -249,7 +324,7 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
             };
             let report = rockpoint::collect_garbage(&*store, &options).await?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("serializable")
                 );
@@ -259,11 +334,12 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 } else {
                     "would delete (dry run; --confirm deletes)"
                 };
-                println!(
+                out!(
                     "{} metadata records reference {} shared files",
-                    report.metadata_records, report.referenced_shared_files
+                    report.metadata_records,
+                    report.referenced_shared_files
                 );
-                println!(
+                out!(
                     "{verb}: {} shared files, {} records of incomplete checkpoints, {} dead pins, {} temporary files; {} bytes",
                     report.shared_files.len(),
                     report.private_files.len(),
@@ -272,12 +348,12 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                     report.reclaimed_bytes
                 );
                 for job in &report.fenced_jobs {
-                    println!("fenced job `{job}`: its coordinator's lease had expired");
+                    out!("fenced job `{job}`: its coordinator's lease had expired");
                 }
                 for record in &report.unreadable {
-                    println!("UNREADABLE (no shared file deleted while it is): {record}");
+                    out!("UNREADABLE (no shared file deleted while it is): {record}");
                 }
-                println!("{} store requests", report.requests);
+                out!("{} store requests", report.requests);
             }
         }
         Command::Du => {
@@ -296,21 +372,25 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                     "unique_shared_bytes": view.referenced_bytes,
                     "sum_of_full_sizes": full_sum,
                 });
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&value).expect("serializable")
                 );
             } else {
                 for c in view.checkpoints() {
-                    println!(
+                    out!(
                         "{:<60} {:>14} checkpointed {:>14} full {:>14} exclusive",
-                        c.path, c.checkpointed_bytes, c.full_bytes, c.exclusive_bytes
+                        c.path,
+                        c.checkpointed_bytes,
+                        c.full_bytes,
+                        c.exclusive_bytes
                     );
                 }
-                println!(
+                out!(
                     "root stores {} bytes; retained checkpoints add up to {full_sum} bytes of state, \
                      {} bytes of distinct shared files",
-                    view.stored_bytes, view.referenced_bytes
+                    view.stored_bytes,
+                    view.referenced_bytes
                 );
             }
         }

@@ -1,0 +1,129 @@
+//! The `rockpoint` binary as an operator meets it: output into a closed pipe, errors with `--json`,
+//! and exit codes by what went wrong.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use rockpoint::{
+    BackendSettings, CheckpointCoordinator, CheckpointSettings, JobEnd, KeyGroupRange,
+    KeyedStateBackend, LocalStore, Store, ValueStateDescriptor,
+};
+
+const COUNTS: ValueStateDescriptor<u64, u64> = ValueStateDescriptor::new("counts");
+
+/// A root with `checkpoints` committed checkpoints of job `job`.
+fn root_with_checkpoints(dir: &Path, checkpoints: usize) -> rockpoint::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.join("root"))?);
+        let c = CheckpointCoordinator::open(
+            store,
+            "job",
+            CheckpointSettings {
+                retained: checkpoints,
+                ..CheckpointSettings::default()
+            },
+        )
+        .await?;
+        let backend = KeyedStateBackend::open(
+            dir.join("backend"),
+            16,
+            KeyGroupRange::all(16)?,
+            BackendSettings::default(),
+        )?;
+        let counts = backend.state(&COUNTS)?;
+        for round in 0..checkpoints as u64 {
+            counts.put(&round, &round)?;
+            c.checkpoint(&[&backend]).await?;
+        }
+        c.shutdown(JobEnd::Suspended).await
+    })
+}
+
+fn rockpoint(root: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rockpoint"));
+    command.arg("--root").arg(root);
+    command
+}
+
+#[test]
+fn list_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    root_with_checkpoints(dir.path(), 3).unwrap();
+    let mut child = rockpoint(&dir.path().join("root"))
+        .arg("list")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line is written (`rockpoint list | true`).
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn errors_with_json_are_json_and_exit_codes_say_what_went_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    root_with_checkpoints(dir.path(), 1).unwrap();
+    let root = dir.path().join("root");
+
+    let missing = rockpoint(&root)
+        .args([
+            "--json",
+            "show",
+            "jobs/nope/chk-00000000000000000001/_metadata",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(3), "not found");
+    let error: serde_json::Value = serde_json::from_slice(&missing.stderr).unwrap();
+    assert_eq!(error["error"]["kind"], "NotFound");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("jobs/nope")
+    );
+
+    let bad_range = rockpoint(&root)
+        .args(["restore", "latest:job", "--key-groups", "0-32", "--target"])
+        .arg(dir.path().join("target"))
+        .output()
+        .unwrap();
+    assert_eq!(bad_range.status.code(), Some(2), "invalid input");
+    let stderr = String::from_utf8_lossy(&bad_range.stderr);
+    assert!(stderr.contains("--key-groups `0-32`"), "{stderr}");
+    assert!(!stderr.contains("I/O error"), "{stderr}");
+
+    let listed = rockpoint(&root).args(["--json", "list"]).output().unwrap();
+    assert_eq!(listed.status.code(), Some(0));
+    let checkpoints: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(checkpoints.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn verify_of_a_damaged_checkpoint_exits_with_the_corruption_code() {
+    let dir = tempfile::tempdir().unwrap();
+    root_with_checkpoints(dir.path(), 1).unwrap();
+    let root = dir.path().join("root");
+    // Flip a byte of every shared file: the checkpoint no longer matches its hashes.
+    for fan in std::fs::read_dir(root.join("shared")).unwrap() {
+        for file in std::fs::read_dir(fan.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[0] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    let verified = rockpoint(&root)
+        .args(["verify", "latest:job"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(stdout.contains("PROBLEM"), "{stdout}");
+    assert_eq!(verified.status.code(), Some(4), "{stdout}");
+}
