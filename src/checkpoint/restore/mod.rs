@@ -56,18 +56,82 @@ pub enum RestoreSource {
 }
 
 impl RestoreSource {
-    /// Parses `latest:<job>`, a metadata path, or a checkpoint directory path (relative to the root).
+    /// Parses what an operator types: `latest:<job>`; `<job>/<id>` (a checkpoint) or
+    /// `<job>/sp-<id>` (a savepoint); a metadata path; or a checkpoint directory path (relative to
+    /// the root).
     pub fn parse(text: &str) -> Result<Self> {
         if let Some(job) = text.strip_prefix("latest:") {
             layout::validate_job_id(job)?;
             return Ok(RestoreSource::Latest(job.to_owned()));
         }
         let trimmed = text.trim_matches('/');
+        if let Some((job, id)) = trimmed.split_once('/')
+            && !id.contains('/')
+            && layout::validate_job_id(job).is_ok()
+        {
+            let (kind, digits) = match id.strip_prefix("sp-") {
+                Some(digits) => (SnapshotKind::Savepoint, digits),
+                None => (
+                    SnapshotKind::Checkpoint,
+                    id.strip_prefix("chk-").unwrap_or(id),
+                ),
+            };
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                let id: u64 = digits.parse().map_err(|_| {
+                    Error::invalid(format!(
+                        "`{text}`: checkpoint id `{digits}` is out of range"
+                    ))
+                })?;
+                return Ok(RestoreSource::Metadata(layout::metadata_path(
+                    job, kind, id,
+                )));
+            }
+        }
         if trimmed.rsplit('/').next() == Some(layout::METADATA) {
             Ok(RestoreSource::Metadata(trimmed.to_owned()))
         } else {
             Ok(RestoreSource::Directory(trimmed.to_owned()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_references_name_the_checkpoint_they_say() {
+        let parsed = |text: &str| RestoreSource::parse(text).unwrap();
+        let checkpoint = "jobs/wordcount/chk-00000000000000000008/_metadata".to_owned();
+        assert_eq!(
+            parsed("wordcount/8"),
+            RestoreSource::Metadata(checkpoint.clone())
+        );
+        assert_eq!(
+            parsed("wordcount/chk-8"),
+            RestoreSource::Metadata(checkpoint.clone())
+        );
+        assert_eq!(parsed(&checkpoint), RestoreSource::Metadata(checkpoint));
+        assert_eq!(
+            parsed("wordcount/sp-12"),
+            RestoreSource::Metadata("jobs/wordcount/sp-00000000000000000012/_metadata".into())
+        );
+        assert_eq!(
+            parsed("latest:wordcount"),
+            RestoreSource::Latest("wordcount".into())
+        );
+        assert_eq!(
+            parsed("jobs/wordcount/chk-00000000000000000008"),
+            RestoreSource::Directory("jobs/wordcount/chk-00000000000000000008".into())
+        );
+        // Not a job id, or not a number: not a short reference.
+        assert!(matches!(parsed("job.x/8"), RestoreSource::Directory(_)));
+        assert!(matches!(
+            parsed("wordcount/eight"),
+            RestoreSource::Directory(_)
+        ));
+        let too_big = RestoreSource::parse("wordcount/99999999999999999999999");
+        assert_eq!(too_big.unwrap_err().kind(), ErrorKind::Invalid);
     }
 }
 

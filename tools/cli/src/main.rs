@@ -50,17 +50,20 @@ enum Command {
     },
     /// Show a checkpoint's metadata (always JSON).
     Show {
-        /// A metadata path, a checkpoint directory, or `latest:<job>`.
+        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path, or a
+        /// checkpoint directory.
         checkpoint: String,
     },
     /// Read every file a checkpoint references and check its size and BLAKE3 hash.
     Verify {
-        /// A metadata path, a checkpoint directory, or `latest:<job>`.
+        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path, or a
+        /// checkpoint directory.
         checkpoint: String,
     },
     /// Restore one backend of a checkpoint into a new directory.
     Restore {
-        /// A metadata path, a checkpoint directory, or `latest:<job>`.
+        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path, or a
+        /// checkpoint directory.
         checkpoint: String,
         /// The backend's key groups, `START..END` (end exclusive).
         #[arg(long)]

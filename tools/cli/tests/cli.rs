@@ -99,6 +99,20 @@ fn errors_with_json_are_json_and_exit_codes_say_what_went_wrong() {
     assert!(stderr.contains("--key-groups `0-32`"), "{stderr}");
     assert!(!stderr.contains("I/O error"), "{stderr}");
 
+    // A short reference names the same checkpoint as its full path.
+    let short = rockpoint(&root).args(["show", "job/1"]).output().unwrap();
+    let full = rockpoint(&root)
+        .args(["show", "jobs/job/chk-00000000000000000001/_metadata"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        short.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+    assert_eq!(short.stdout, full.stdout);
+
     let listed = rockpoint(&root).args(["--json", "list"]).output().unwrap();
     assert_eq!(listed.status.code(), Some(0));
     let checkpoints: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
