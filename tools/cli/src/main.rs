@@ -171,6 +171,35 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// The root as given, if it is an existing local directory. A URL or a path that does not exist is
+/// refused before anything is opened, so a typo never creates a directory nor lists as an empty
+/// root.
+fn existing_root(root: &std::path::Path) -> rockpoint::Result<&std::path::Path> {
+    use rockpoint::{Error, ErrorKind};
+    let text = root.to_string_lossy();
+    if let Some((scheme, _)) = text.split_once("://") {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "--root `{text}`: `{scheme}://` roots are not supported by this build; give a local \
+                 directory"
+            ),
+        ));
+    }
+    match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => Ok(root),
+        Ok(_) => Err(Error::new(
+            ErrorKind::Invalid,
+            format!("--root `{text}` is a file, not a checkpoint root directory"),
+        )),
+        Err(e) => Err(Error::with_source(
+            ErrorKind::NotFound,
+            format!("--root `{text}` does not exist (nothing was created; check the path)"),
+            e,
+        )),
+    }
+}
+
 fn parse_range(text: &str) -> rockpoint::Result<KeyGroupRange> {
     let invalid = |why: String| {
         rockpoint::Error::new(
@@ -210,7 +239,7 @@ fn warn_unreadable(view: &RootView) {
 }
 
 async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(&cli.root)?);
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(existing_root(&cli.root)?)?);
     let json = cli.json;
     match cli.command {
         Command::List { job } => {

@@ -141,3 +141,33 @@ fn verify_of_a_damaged_checkpoint_exits_with_the_corruption_code() {
     assert!(stdout.contains("PROBLEM"), "{stdout}");
     assert_eq!(verified.status.code(), Some(4), "{stdout}");
 }
+
+#[test]
+fn a_root_that_does_not_exist_or_is_a_url_is_refused_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("checkpoitns");
+    for command in [&["list"][..], &["du"], &["gc", "--confirm"]] {
+        let output = rockpoint(&typo).args(command).output().unwrap();
+        assert_eq!(output.status.code(), Some(3), "{command:?}: not found");
+        assert!(!typo.exists(), "{command:?} created the root");
+    }
+    let inside = dir.path().join("work");
+    std::fs::create_dir(&inside).unwrap();
+    let url = Command::new(env!("CARGO_BIN_EXE_rockpoint"))
+        .current_dir(&inside)
+        .args(["--root", "s3://bucket/x", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        url.status.code(),
+        Some(2),
+        "a URL root is invalid input here"
+    );
+    let stderr = String::from_utf8_lossy(&url.stderr);
+    assert!(stderr.contains("s3://"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&inside).unwrap().count(),
+        0,
+        "nothing created"
+    );
+}
