@@ -173,37 +173,23 @@ async fn read_job_view(
 
 /// Sizes: how many committed checkpoints reference each file tells shared from exclusive bytes.
 fn summarise(all: &[(String, CheckpointMetadata)], view: &mut RootView) {
-    let files = |m: &CheckpointMetadata| -> Vec<(ContentHash, u64)> {
-        let mut out: Vec<(ContentHash, u64)> = m
-            .backends
-            .iter()
-            .flat_map(|b| {
-                b.shared_files.iter().map(|f| (f.hash, f.size)).chain(
-                    b.log_files
-                        .iter()
-                        .flat_map(|l| l.segments.iter().map(|s| (s.hash, s.size))),
-                )
-            })
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
-    };
+    let files: Vec<BTreeMap<ContentHash, u64>> = all
+        .iter()
+        .map(|(_, m)| m.shared_objects().collect())
+        .collect();
     let mut users: HashMap<ContentHash, (u64, usize)> = HashMap::new();
-    for (_, m) in all {
-        for (hash, size) in files(m) {
-            users.entry(hash).or_insert((size, 0)).1 += 1;
-        }
+    for (&hash, &size) in files.iter().flatten() {
+        users.entry(hash).or_insert((size, 0)).1 += 1;
     }
     view.referenced_bytes = users.values().map(|(size, _)| size).sum();
-    for (path, m) in all {
+    for ((path, m), files) in all.iter().zip(&files) {
         let private: u64 = m
             .backends
             .iter()
             .flat_map(|b| b.private_files.iter().map(|f| f.size))
             .sum();
-        let exclusive = files(m)
-            .into_iter()
+        let exclusive = files
+            .iter()
             .filter(|(hash, _)| users.get(hash).is_some_and(|(_, n)| *n == 1))
             .map(|(_, size)| size)
             .sum::<u64>()

@@ -109,10 +109,15 @@ pub struct BackendHandle {
 impl BackendHandle {
     /// Every content hash the backend references (SSTs and log segments).
     pub fn shared_hashes(&self) -> impl Iterator<Item = ContentHash> + '_ {
-        self.shared_files.iter().map(|f| f.hash).chain(
+        self.shared_objects().map(|(hash, _)| hash)
+    }
+
+    /// Every shared object the backend references (SSTs and log segments), with its size.
+    pub(crate) fn shared_objects(&self) -> impl Iterator<Item = (ContentHash, u64)> + '_ {
+        self.shared_files.iter().map(|f| (f.hash, f.size)).chain(
             self.log_files
                 .iter()
-                .flat_map(|l| l.segments.iter().map(|s| s.hash)),
+                .flat_map(|l| l.segments.iter().map(|s| (s.hash, s.size))),
         )
     }
 
@@ -248,6 +253,11 @@ impl CheckpointMetadata {
     /// Every content hash it references.
     pub fn shared_hashes(&self) -> impl Iterator<Item = ContentHash> + '_ {
         self.backends.iter().flat_map(BackendHandle::shared_hashes)
+    }
+
+    /// Every shared object the checkpoint references, with its size (repeats included).
+    pub(crate) fn shared_objects(&self) -> impl Iterator<Item = (ContentHash, u64)> + '_ {
+        self.backends.iter().flat_map(BackendHandle::shared_objects)
     }
 
     /// The object path of its commit record.
