@@ -15,14 +15,29 @@ pub async fn download_backend(
     progress: Option<Progress>,
 ) -> Result<DownloadReport> {
     let target = absolute(target)?;
-    let occupied = std::fs::read_dir(&target)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if occupied {
-        return Err(Error::invalid(format!(
-            "restore target {} exists and is not empty; restore into a new directory",
-            target.display()
-        )));
+    // Checked before anything is downloaded: a target that cannot take the restore is the
+    // caller's input, not a transient failure at the end.
+    match std::fs::symlink_metadata(&target) {
+        Ok(meta) if meta.is_dir() => {
+            let occupied = std::fs::read_dir(&target)
+                .map_err(|e| Error::io("inspecting restore target", &target, e))?
+                .next()
+                .is_some();
+            if occupied {
+                return Err(Error::invalid(format!(
+                    "restore target {} exists and is not empty; restore into a new directory",
+                    target.display()
+                )));
+            }
+        }
+        Ok(_) => {
+            return Err(Error::invalid(format!(
+                "restore target {} exists and is not a directory; restore into a new directory",
+                target.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("inspecting restore target", &target, e)),
     }
     let parent = target
         .parent()

@@ -252,12 +252,21 @@ fn open_restored(handle: &BackendHandle, target: &RestoreTarget) -> Result<Keyed
     )?;
     let mut recorded = handle.states.clone();
     recorded.sort_by(|a, b| a.name.cmp(&b.name));
-    if backend.states() != recorded {
+    let found = backend.states();
+    if found != recorded {
+        let describe = |states: &[crate::state_info::StateInfo]| -> Vec<String> {
+            states
+                .iter()
+                .filter(|s| !found.contains(s) || !recorded.contains(s))
+                .map(|s| format!("`{}`: {}", s.name, s.describe()))
+                .collect()
+        };
         return Err(Error::corruption(format!(
-            "restored backend {} holds states {:?}, the checkpoint recorded {:?}",
+            "restored backend {} does not hold the states the checkpoint recorded: it holds {:?}, \
+             the checkpoint recorded {:?}",
             handle.key_groups,
-            backend.states().iter().map(|s| &s.name).collect::<Vec<_>>(),
-            recorded.iter().map(|s| &s.name).collect::<Vec<_>>()
+            describe(&found),
+            describe(&recorded)
         )));
     }
     backend.seed_hash_cache(
