@@ -1,6 +1,6 @@
 //! Hostile review of the session's protocol changes (join_all in `drive`, upload split, GC split,
 //! record format 2, restore through fs). Each test is named after the defect it would catch; a
-//! test marked FINDING fails on the code it was written against.
+//! test marked FINDING failed on the code it was written against and passes since its fix.
 
 use crate::common;
 
@@ -91,7 +91,7 @@ impl Hook for LateLanding {
     }
 }
 
-/// FINDING. Item 1 (AbortOnDrop): a `checkpoint()` future dropped while backend 0's pin write
+/// Defect found by the protocol attack, fixed by C5 repeating B2 for aborted checkpoints. Item 1 (AbortOnDrop): a `checkpoint()` future dropped while backend 0's pin write
 /// (A5) and backend 1's private-file upload (A7) are in flight. The guard spawns B2 at once; the
 /// in-flight writes land after B2 listed. The pin is owned by the live epoch and the private file
 /// belongs to an id of the live epoch's block, so neither the coordinator (its next checkpoint)

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod attack;
 mod cancellation;
 mod concurrency;
 mod corruption;

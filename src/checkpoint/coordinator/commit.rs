@@ -230,7 +230,8 @@ impl CheckpointCoordinator {
     }
 
     /// C5, in memory first (from here on the checkpoint is complete whatever fails next): remember
-    /// the metadata, cancel the older pending checkpoints it subsumes, then remove its pins.
+    /// the metadata, cancel the older pending checkpoints it subsumes, then remove its pins, and
+    /// repeat B2 for the checkpoints aborted since the last commit.
     async fn after_commit(&self, ticket: &CheckpointTicket, metadata: &Arc<CheckpointMetadata>) {
         let id = ticket.checkpoint_id;
         let subsumed_pending = {
@@ -265,6 +266,7 @@ impl CheckpointCoordinator {
                 "pending checkpoint subsumed"
             );
         }
+        self.sweep_aborted().await;
     }
 
     fn record_metrics(&self, done: &CompletedCheckpoint) {
