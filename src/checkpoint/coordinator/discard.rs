@@ -26,6 +26,14 @@ impl Drop for AbortOnDrop {
             return;
         }
         self.ticket.state.cancelled.store(true, Ordering::SeqCst);
+        if let Some(entry) = self
+            .coordinator
+            .lock()
+            .pending
+            .get_mut(&self.ticket.checkpoint_id)
+        {
+            entry.dropped = true;
+        }
         let coordinator = self.coordinator.clone();
         let ticket = self.ticket.clone();
         match tokio::runtime::Handle::try_current() {

@@ -192,6 +192,8 @@ struct PendingEntry {
     kind: SnapshotKind,
     /// Driven by `checkpoint()`/`savepoint()`, which clean up themselves when aborted.
     driven: bool,
+    /// Its `checkpoint()` future was dropped: a spawned cleanup frees the slot (B-steps).
+    dropped: bool,
     committing: bool,
     triggered: Instant,
     /// Retained checkpoints whose hashes the ticket was given: their metadata stays until it ends.
@@ -503,6 +505,7 @@ impl CheckpointCoordinator {
                 state: ticket_state.clone(),
                 kind,
                 driven,
+                dropped: false,
                 committing: false,
                 triggered: Instant::now(),
                 known_ids,
@@ -540,7 +543,7 @@ impl CheckpointCoordinator {
         kind: SnapshotKind,
         backends: &[&KeyedStateBackend],
     ) -> Result<CompletedCheckpoint> {
-        let ticket = self.trigger_inner(kind, true)?;
+        let ticket = self.trigger_driven(kind).await?;
         let mut guard = AbortOnDrop {
             coordinator: self.clone(),
             ticket: ticket.clone(),
@@ -557,6 +560,27 @@ impl CheckpointCoordinator {
         }
         guard.armed = false;
         result
+    }
+
+    /// [`trigger_inner`](Self::trigger_inner) for `checkpoint()`/`savepoint()`: when every slot
+    /// is taken and some are held only by the cleanup of a dropped `checkpoint()` future, waits
+    /// for those cleanups instead of failing `Busy` (their store calls time out like any other).
+    async fn trigger_driven(&self, kind: SnapshotKind) -> Result<CheckpointTicket> {
+        loop {
+            let notified = self.inner.pending_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.trigger_inner(kind, true) {
+                Err(e) if e.kind() == ErrorKind::Busy && self.dropped_in_flight() => {
+                    notified.await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn dropped_in_flight(&self) -> bool {
+        self.lock().pending.values().any(|entry| entry.dropped)
     }
 
     async fn drive(
