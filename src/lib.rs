@@ -101,7 +101,7 @@ pub use checkpoint::restore::{
     verify_checkpoint,
 };
 // Storage roots.
-pub use store::{LocalStore, ObjectStoreStore, Store, SweepMode};
+pub use store::{LocalStore, ObjectStoreStore, RootOptions, Store, SweepMode, open_root};
 // Errors.
 pub use error::{Error, ErrorKind, Result};
 

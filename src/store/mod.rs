@@ -17,6 +17,7 @@
 
 mod local;
 mod object;
+mod open;
 
 use std::fmt;
 use std::path::Path;
@@ -34,6 +35,7 @@ pub(crate) use crate::layout::validate_object_path;
 
 pub use local::LocalStore;
 pub use object::ObjectStoreStore;
+pub use open::{RootOptions, open_root};
 
 /// How `put` treats an existing object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,9 +176,29 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         target: &Path,
         label: &str,
     ) -> Result<()> {
+        append_streamed(self, path, expected, size, target, label).await
+    }
+
+    /// Drops a staged object that will not be published.
+    async fn discard_staged(&self, staged: Staged) -> Result<()> {
+        let _ = staged;
+        Ok(())
+    }
+}
+
+/// The default [`Store::append_verified`]: one stream through [`Store::get_stream`].
+pub(crate) async fn append_streamed<S: Store + ?Sized>(
+    store: &S,
+    path: &str,
+    expected: ContentHash,
+    size: u64,
+    target: &Path,
+    label: &str,
+) -> Result<()> {
+    {
         use futures::StreamExt;
         use tokio::io::AsyncWriteExt;
-        let (found, mut chunks) = self
+        let (found, mut chunks) = store
             .get_stream(path)
             .await
             .map_err(|e| missing_as_corruption(e, path, label))?;
@@ -199,12 +221,6 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
             .await
             .map_err(|e| Error::io("writing", target, e))?;
         check.finish()
-    }
-
-    /// Drops a staged object that will not be published.
-    async fn discard_staged(&self, staged: Staged) -> Result<()> {
-        let _ = staged;
-        Ok(())
     }
 }
 

@@ -24,10 +24,22 @@ use super::{
 use crate::error::{Error, Result};
 use crate::hash::Verifier;
 
-/// Files up to this size are uploaded with one request; larger ones in parts of this size.
+/// Files up to this size are uploaded with one request; larger ones in parts of this size, or
+/// larger where a file would need more than [`MAX_PARTS`] of them.
 const PART_BYTES: usize = 8 << 20;
-/// Parts of one multipart upload in flight at once.
+/// S3's limit on the parts of one multipart upload.
+const MAX_PARTS: u64 = 10_000;
+/// Parts of one multipart upload (or ranges of one download) in flight at once.
 const PART_CONCURRENCY: usize = 4;
+
+/// The part size for a file of `len` bytes: [`PART_BYTES`], grown in whole MiB so that no file
+/// needs more than [`MAX_PARTS`] parts (an 80 GB SST goes up in 8 MiB parts, a 1 TB one in
+/// 105 MiB parts).
+pub(crate) fn part_bytes(len: u64) -> usize {
+    const MIB: u64 = 1 << 20;
+    let needed = len.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+    needed.max(PART_BYTES as u64) as usize
+}
 
 /// A [`Store`] over an `object_store` backend, with paths under an optional prefix.
 #[derive(Clone)]
@@ -43,15 +55,16 @@ impl std::fmt::Debug for ObjectStoreStore {
 }
 
 impl ObjectStoreStore {
-    /// Wraps `inner`, keeping every object under `prefix` (may be empty). Probes that the store
-    /// honours create-only puts and fails with `Invalid` if it does not.
+    /// Wraps `inner`, keeping every object under `prefix` (may be empty), and runs the startup
+    /// [`probe`](Self::probe): fails with `Invalid` if the store does not honour conditional
+    /// writes or list-after-write.
     pub async fn new(inner: Arc<dyn ObjectStore>, prefix: &str) -> Result<Self> {
         let prefix = prefix.trim_matches('/').to_owned();
         if !prefix.is_empty() {
             validate_object_path(&prefix)?;
         }
         let store = ObjectStoreStore { inner, prefix };
-        store.probe_conditional_put().await?;
+        store.probe().await?;
         Ok(store)
     }
 
@@ -64,39 +77,75 @@ impl ObjectStoreStore {
         }
     }
 
-    /// Writes a probe object twice with create-only semantics — the second write must conflict —
-    /// and then compare-and-swaps it twice from the same version — the second swap must conflict
-    /// (job records and fencing rely on it, G7).
-    pub async fn probe_conditional_put(&self) -> Result<()> {
+    /// The startup probe, on a fresh object under `probes/`:
+    /// 1. create it (create-only), then create it again: the second must fail (commit records
+    ///    are created exactly once);
+    /// 2. compare-and-swap it twice from the same version: the second must fail (job records and
+    ///    fencing, G7);
+    /// 3. list `probes/`: the object must be there (list-after-write; GC and discard decide what
+    ///    is unreferenced from listings);
+    /// 4. delete it: a `head` and a listing must no longer show it (list-after-delete).
+    ///
+    /// Fails with `Invalid`, naming what the store did, if it does not honour 1–2 or 3–4.
+    pub async fn probe(&self) -> Result<()> {
         let path = format!("probes/conditional-put-{}", crate::util::nonce());
-        let first = self
-            .put_if(&path, Bytes::from_static(b"first"), None)
-            .await?;
-        let second = self
-            .put(&path, Bytes::from_static(b"second"), WriteMode::CreateOnly)
-            .await;
-        fn conflict<T>(result: &Result<T>) -> bool {
-            matches!(result, Err(e) if e.kind() == crate::ErrorKind::Conflict)
-        }
-        let mut honoured = conflict(&second);
-        if honoured {
-            let swapped = self
-                .put_if(&path, Bytes::from_static(b"swapped"), Some(&first))
-                .await;
-            let stale = self
-                .put_if(&path, Bytes::from_static(b"stale"), Some(&first))
-                .await;
-            honoured = swapped.is_ok() && conflict(&stale);
-        }
+        let honoured = self.probe_conditional_writes(&path).await;
+        let listed = self.list("probes/").await.map(|found| found.iter().any(|o| o.path == path));
         self.delete(&path).await?;
-        if honoured {
-            Ok(())
-        } else {
-            Err(Error::invalid(format!(
-                "store {} ignores conditional writes (a create-only put or a compare-and-swap from a \
-                 stale version overwrote an object); checkpoints cannot be committed safely on it",
+        honoured?;
+        if !listed? {
+            return Err(Error::invalid(format!(
+                "store {} did not list `{path}` right after writing it: deletion decides from \
+                 listings and needs list-after-write consistency",
                 self.describe()
-            )))
+            )));
+        }
+        let still_there = self.head(&path).await?.is_some()
+            || self.list("probes/").await?.iter().any(|o| o.path == path);
+        if still_there {
+            return Err(Error::invalid(format!(
+                "store {} still shows `{path}` after deleting it: deletion needs \
+                 read-after-delete consistency",
+                self.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn probe_conditional_writes(&self, path: &str) -> Result<()> {
+        let first = self.put_if(path, Bytes::from_static(b"first"), None).await?;
+        let second = self
+            .put(path, Bytes::from_static(b"second"), WriteMode::CreateOnly)
+            .await;
+        let what = if !matches!(&second, Err(e) if e.kind() == crate::ErrorKind::Conflict) {
+            Some("a second create-only put of one object succeeded")
+        } else {
+            let swapped = self
+                .put_if(path, Bytes::from_static(b"swapped"), Some(&first))
+                .await;
+            match swapped {
+                Err(e) if e.kind() != crate::ErrorKind::Conflict => return Err(e),
+                Err(_) => Some("a compare-and-swap from the current version failed"),
+                Ok(_) => {
+                    let stale = self
+                        .put_if(path, Bytes::from_static(b"stale"), Some(&first))
+                        .await;
+                    match stale {
+                        Err(e) if e.kind() == crate::ErrorKind::Conflict => None,
+                        Err(e) => return Err(e),
+                        Ok(_) => Some("a compare-and-swap from a stale version succeeded"),
+                    }
+                }
+            }
+        };
+        match what {
+            None => Ok(()),
+            Some(what) => Err(Error::invalid(format!(
+                "store {} ignores conditional writes ({what}); two writers could both commit. \
+                 Use another store, or accept single-writer mode (RootOptions::single_writer, \
+                 `--single-writer`) if exactly one process ever writes to this root",
+                self.describe()
+            ))),
         }
     }
 
@@ -187,6 +236,7 @@ impl Store for ObjectStoreStore {
             expected,
             len,
         );
+        let part = part_bytes(len);
         if len <= PART_BYTES as u64 {
             let (_, data) = read_part(source, len as usize).await?;
             check.update(&data)?;
@@ -198,14 +248,14 @@ impl Store for ObjectStoreStore {
             .put_multipart(&location)
             .await
             .map_err(|e| store_error("starting upload of", path, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
         let mut sent = 0u64;
         while sent < len {
             if let Err(e) = writer.wait_for_capacity(PART_CONCURRENCY).await {
                 let _ = writer.abort().await;
                 return Err(store_error("uploading", path, e));
             }
-            let want = (len - sent).min(PART_BYTES as u64) as usize;
+            let want = (len - sent).min(part as u64) as usize;
             let (rest, chunk) = match read_part(source, want).await {
                 Ok(read) => read,
                 Err(e) => {
@@ -328,6 +378,67 @@ impl Store for ObjectStoreStore {
             .map_err(move |e| store_error("reading", &path, e))
             .boxed();
         Ok((size, stream))
+    }
+
+    /// Small objects stream in one GET; larger ones are fetched as ranges of [`PART_BYTES`],
+    /// [`PART_CONCURRENCY`] at a time, and appended in order (memory stays bounded by the ranges
+    /// in flight).
+    async fn append_verified(
+        &self,
+        path: &str,
+        expected: ContentHash,
+        size: u64,
+        target: &Path,
+        label: &str,
+    ) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if size <= PART_BYTES as u64 {
+            return super::append_streamed(self, path, expected, size, target, label).await;
+        }
+        let location = self.location(path)?;
+        let found = match self.inner.head(&location).await {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(super::missing_as_corruption(
+                    Error::not_found(format!("object `{path}`")),
+                    path,
+                    label,
+                ));
+            }
+            Err(e) => return Err(store_error("inspecting", path, e)),
+        };
+        let mut check = Verifier::new(format!("{path} ({label})"), expected, size);
+        check.size_is(found)?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(target)
+            .await
+            .map_err(|e| Error::io("opening", target, e))?;
+        let ranges = (0..size)
+            .step_by(PART_BYTES)
+            .map(|start| start..(start + PART_BYTES as u64).min(size));
+        let inner = &self.inner;
+        let location = &location;
+        let mut parts = futures::stream::iter(ranges)
+            .map(|range| async move {
+                inner
+                    .get_range(location, range)
+                    .await
+                    .map_err(|e| store_error("reading", path, e))
+            })
+            .buffered(PART_CONCURRENCY);
+        while let Some(part) = parts.next().await {
+            let part = part?;
+            check.update(&part)?;
+            file.write_all(&part)
+                .await
+                .map_err(|e| Error::io("writing", target, e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Error::io("writing", target, e))?;
+        check.finish()
     }
 
     async fn head(&self, path: &str) -> Result<Option<ObjectInfo>> {

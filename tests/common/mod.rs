@@ -11,6 +11,8 @@ use rockpoint::{
     KeyedStateBackend, LocalStore, RestoreSource, RestoreTarget, Store,
 };
 
+pub mod s3;
+
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 pub const MAX_PARALLELISM: u32 = 128;

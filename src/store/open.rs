@@ -1,0 +1,224 @@
+//! Opening a root by URL: a local path or `file://` URL is a [`LocalStore`]; `s3://`, `gs://` and
+//! `az://` URLs are an [`ObjectStoreStore`] over the matching `object_store` backend, configured as
+//! `object_store` configures it (its `from_env` builders: `AWS_*`, `GOOGLE_*`, `AZURE_*`), with
+//! [`RootOptions::config`] on top.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+
+use super::{LocalStore, ObjectStoreStore, Store};
+use crate::error::{Error, Result};
+
+/// How [`open_root`] opens a root.
+#[derive(Clone, Debug, Default)]
+pub struct RootOptions {
+    /// `object_store` configuration keys and values, applied over the environment: for S3
+    /// `aws_endpoint`, `aws_region`, `aws_access_key_id`, `aws_secret_access_key`,
+    /// `aws_allow_http`, …; for GCS `google_service_account`, …; for Azure
+    /// `azure_storage_account_name`, …. An unknown key is an `Invalid` error.
+    pub config: Vec<(String, String)>,
+    /// Skip the startup probe (see [`ObjectStoreStore::probe`]). For read-only inspection with
+    /// credentials that may not write; never for a root a coordinator or GC writes to.
+    pub read_only: bool,
+    /// Accept an object store that ignores conditional writes (it overwrites a create-only object
+    /// or a stale compare-and-swap). Safe only if exactly one coordinator of each job and no
+    /// concurrent GC ever write to the root: nothing fences a second writer (G7 is given up).
+    pub single_writer: bool,
+}
+
+/// Opens the root at `url`: a local path (`/data/checkpoints`, `./ckpt`), `file:///data/checkpoints`,
+/// `s3://bucket/prefix`, `gs://bucket/prefix` (feature `gcp`) or `az://container/prefix`
+/// (feature `azure`; also `abfs://`, `abfss://`, `azure://`). A local root is created if missing;
+/// an object-store root is probed (a create-only put must fail the second time, a compare-and-swap
+/// from a stale version must fail, and a listing must show what was just written) and refused with
+/// `Invalid` if it fails, unless [`RootOptions::single_writer`] accepts the overwriting store.
+pub async fn open_root(url: &str, options: &RootOptions) -> Result<Arc<dyn Store>> {
+    let Some((scheme, _)) = url.split_once("://") else {
+        if !options.config.is_empty() {
+            return Err(Error::invalid(format!(
+                "root `{url}` is a local directory: object store options ({}) do not apply",
+                option_names(options)
+            )));
+        }
+        return Ok(Arc::new(LocalStore::new(url)?));
+    };
+    let parsed = url::Url::parse(url)
+        .map_err(|e| Error::invalid(format!("root `{url}` is not a valid URL: {e}")))?;
+    if scheme == "file" {
+        let path = parsed
+            .to_file_path()
+            .map_err(|()| Error::invalid(format!("root `{url}`: not a local file URL")))?;
+        return Box::pin(open_root(&path.to_string_lossy(), options)).await;
+    }
+    let inner = object_store_for(scheme, url, &parsed, options)?;
+    let prefix = parsed.path().trim_matches('/');
+    let store = ObjectStoreStore::new_unprobed(inner, prefix);
+    if !options.read_only {
+        match store.probe().await {
+            Ok(()) => {}
+            Err(e) if options.single_writer && e.kind() == crate::ErrorKind::Invalid => {
+                tracing::warn!(root = url, error = %e, "store ignores conditional writes; continuing in single-writer mode");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Arc::new(store))
+}
+
+fn option_names(options: &RootOptions) -> String {
+    options
+        .config
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn object_store_for(
+    scheme: &str,
+    url: &str,
+    parsed: &url::Url,
+    options: &RootOptions,
+) -> Result<Arc<dyn ObjectStore>> {
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::invalid(format!(
+            "root `{url}` names no bucket (write {scheme}://BUCKET/PREFIX)"
+        )));
+    }
+    let built = match scheme {
+        "s3" | "s3a" => s3(url, options)?,
+        "gs" => gcs(url, options)?,
+        "az" | "abfs" | "abfss" | "azure" | "adl" => azure(url, options)?,
+        other => {
+            return Err(Error::invalid(format!(
+                "root `{url}`: unknown scheme `{other}` (use a path, file://, s3://, gs:// or az://)"
+            )));
+        }
+    };
+    Ok(built)
+}
+
+fn config_error(url: &str, e: object_store::Error) -> Error {
+    Error::invalid(format!("root `{url}`: {e}"))
+}
+
+/// Applies `options.config` through `with`, naming an unknown key.
+fn configure<B, K: FromStr>(
+    url: &str,
+    mut builder: B,
+    options: &RootOptions,
+    with: impl Fn(B, K, &str) -> B,
+) -> Result<B> {
+    for (key, value) in &options.config {
+        let key_parsed = K::from_str(&key.to_ascii_lowercase()).map_err(|_| {
+            Error::invalid(format!(
+                "root `{url}`: unknown object store option `{key}`"
+            ))
+        })?;
+        builder = with(builder, key_parsed, value);
+    }
+    Ok(builder)
+}
+
+#[cfg(feature = "aws")]
+fn s3(url: &str, options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    let builder = AmazonS3Builder::from_env().with_url(url);
+    let builder = configure(url, builder, options, |b, k: AmazonS3ConfigKey, v| {
+        b.with_config(k, v)
+    })?;
+    Ok(Arc::new(builder.build().map_err(|e| config_error(url, e))?))
+}
+
+#[cfg(not(feature = "aws"))]
+fn s3(url: &str, _options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+    Err(missing_feature(url, "aws"))
+}
+
+#[cfg(feature = "gcp")]
+fn gcs(url: &str, options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+    use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+    let builder = GoogleCloudStorageBuilder::from_env().with_url(url);
+    let builder = configure(url, builder, options, |b, k: GoogleConfigKey, v| {
+        b.with_config(k, v)
+    })?;
+    Ok(Arc::new(builder.build().map_err(|e| config_error(url, e))?))
+}
+
+#[cfg(not(feature = "gcp"))]
+fn gcs(url: &str, _options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+    Err(missing_feature(url, "gcp"))
+}
+
+#[cfg(feature = "azure")]
+fn azure(url: &str, options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+    use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+    let builder = MicrosoftAzureBuilder::from_env().with_url(url);
+    let builder = configure(url, builder, options, |b, k: AzureConfigKey, v| {
+        b.with_config(k, v)
+    })?;
+    Ok(Arc::new(builder.build().map_err(|e| config_error(url, e))?))
+}
+
+#[cfg(not(feature = "azure"))]
+fn azure(url: &str, _options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+    Err(missing_feature(url, "azure"))
+}
+
+#[allow(dead_code)]
+fn missing_feature(url: &str, feature: &str) -> Error {
+    Error::invalid(format!(
+        "root `{url}` needs rockpoint's `{feature}` feature, which this build does not have"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(url: &str, options: &RootOptions) -> String {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        match rt.block_on(open_root(url, options)) {
+            Ok(store) => panic!("`{url}` opened as {}", store.describe()),
+            Err(e) => {
+                assert_eq!(e.kind(), crate::ErrorKind::Invalid, "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn bad_root_urls_are_refused_with_what_is_wrong() {
+        let none = RootOptions::default();
+        assert!(invalid("ftp://host/x", &none).contains("unknown scheme `ftp`"));
+        assert!(invalid("s3:///prefix", &none).contains("names no bucket"));
+        let unknown = RootOptions {
+            config: vec![("aws_colour".into(), "blue".into())],
+            ..RootOptions::default()
+        };
+        assert!(invalid("s3://bucket/p", &unknown).contains("unknown object store option `aws_colour`"));
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("root").to_string_lossy().into_owned();
+        let with_s3_options = RootOptions {
+            config: vec![("aws_region".into(), "x".into())],
+            ..RootOptions::default()
+        };
+        assert!(invalid(&local, &with_s3_options).contains("do not apply"));
+    }
+
+    #[test]
+    fn a_path_and_a_file_url_open_the_same_local_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let path = dir.path().join("root");
+        let url = url::Url::from_file_path(&path).unwrap().to_string();
+        let by_url = rt.block_on(open_root(&url, &RootOptions::default())).unwrap();
+        let by_path = rt
+            .block_on(open_root(&path.to_string_lossy(), &RootOptions::default()))
+            .unwrap();
+        assert_eq!(by_url.describe(), by_path.describe());
+        assert!(path.is_dir());
+    }
+}
