@@ -90,7 +90,10 @@ impl ObjectStoreStore {
     pub async fn probe(&self) -> Result<()> {
         let path = format!("probes/conditional-put-{}", crate::util::nonce());
         let honoured = self.probe_conditional_writes(&path).await;
-        let listed = self.list("probes/").await.map(|found| found.iter().any(|o| o.path == path));
+        let listed = self
+            .list("probes/")
+            .await
+            .map(|found| found.iter().any(|o| o.path == path));
         self.delete(&path).await?;
         honoured?;
         if !listed? {
@@ -113,7 +116,9 @@ impl ObjectStoreStore {
     }
 
     async fn probe_conditional_writes(&self, path: &str) -> Result<()> {
-        let first = self.put_if(path, Bytes::from_static(b"first"), None).await?;
+        let first = self
+            .put_if(path, Bytes::from_static(b"first"), None)
+            .await?;
         let second = self
             .put(path, Bytes::from_static(b"second"), WriteMode::CreateOnly)
             .await;

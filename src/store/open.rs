@@ -113,9 +113,7 @@ fn configure<B, K: FromStr>(
 ) -> Result<B> {
     for (key, value) in &options.config {
         let key_parsed = K::from_str(&key.to_ascii_lowercase()).map_err(|_| {
-            Error::invalid(format!(
-                "root `{url}`: unknown object store option `{key}`"
-            ))
+            Error::invalid(format!("root `{url}`: unknown object store option `{key}`"))
         })?;
         builder = with(builder, key_parsed, value);
     }
@@ -198,7 +196,9 @@ mod tests {
             config: vec![("aws_colour".into(), "blue".into())],
             ..RootOptions::default()
         };
-        assert!(invalid("s3://bucket/p", &unknown).contains("unknown object store option `aws_colour`"));
+        assert!(
+            invalid("s3://bucket/p", &unknown).contains("unknown object store option `aws_colour`")
+        );
         let dir = tempfile::tempdir().unwrap();
         let local = dir.path().join("root").to_string_lossy().into_owned();
         let with_s3_options = RootOptions {
@@ -214,7 +214,9 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let path = dir.path().join("root");
         let url = url::Url::from_file_path(&path).unwrap().to_string();
-        let by_url = rt.block_on(open_root(&url, &RootOptions::default())).unwrap();
+        let by_url = rt
+            .block_on(open_root(&url, &RootOptions::default()))
+            .unwrap();
         let by_path = rt
             .block_on(open_root(&path.to_string_lossy(), &RootOptions::default()))
             .unwrap();

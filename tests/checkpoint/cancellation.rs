@@ -4,6 +4,7 @@
 
 use crate::common;
 
+use common::s3::Root;
 use common::*;
 use rockpoint::{
     CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, RestoreSource,
@@ -17,10 +18,11 @@ fn settings(retained: usize, cancellation: CancellationPolicy) -> CheckpointSett
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_file_survives_delete_on_cancel_of_the_job_it_was_restored_from() -> TestResult {
+async fn shared_file_survives_delete_on_cancel_of_the_job_it_was_restored_from(
+    on: Root,
+) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = local_store(&dir.path().join("root"))?;
+    let store = on.store(&dir.path().join("root")).await?;
     let a = CheckpointCoordinator::open(
         store.clone(),
         "job-a",
@@ -82,11 +84,11 @@ async fn shared_file_survives_delete_on_cancel_of_the_job_it_was_restored_from()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flink_26985_new_job_never_deletes_files_of_the_retained_checkpoint_it_restored()
--> TestResult {
+async fn flink_26985_new_job_never_deletes_files_of_the_retained_checkpoint_it_restored(
+    on: Root,
+) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = local_store(&dir.path().join("root"))?;
+    let store = on.store(&dir.path().join("root")).await?;
     let a = CheckpointCoordinator::open(
         store.clone(),
         "job-a",
@@ -137,8 +139,7 @@ async fn flink_26985_new_job_never_deletes_files_of_the_retained_checkpoint_it_r
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_states_keep_or_discard_as_documented() -> TestResult {
+async fn end_states_keep_or_discard_as_documented(on: Root) -> TestResult {
     for (end, policy, kept) in [
         (
             JobEnd::Cancelled,
@@ -167,7 +168,7 @@ async fn end_states_keep_or_discard_as_documented() -> TestResult {
         ),
     ] {
         let dir = tempfile::tempdir()?;
-        let store = local_store(&dir.path().join("root"))?;
+        let store = on.store(&dir.path().join("root")).await?;
         let c = CheckpointCoordinator::open(store.clone(), "job", settings(2, policy)).await?;
         let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
         job.write(2_000)?;
@@ -214,10 +215,9 @@ async fn end_states_keep_or_discard_as_documented() -> TestResult {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claim_mode_transfers_ownership() -> TestResult {
+async fn claim_mode_transfers_ownership(on: Root) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = local_store(&dir.path().join("root"))?;
+    let store = on.store(&dir.path().join("root")).await?;
     let a = CheckpointCoordinator::open(
         store.clone(),
         "job-a",
@@ -276,3 +276,10 @@ async fn claim_mode_transfers_ownership() -> TestResult {
     );
     Ok(())
 }
+
+crate::on_both_roots!(
+    shared_file_survives_delete_on_cancel_of_the_job_it_was_restored_from,
+    flink_26985_new_job_never_deletes_files_of_the_retained_checkpoint_it_restored,
+    end_states_keep_or_discard_as_documented,
+    claim_mode_transfers_ownership,
+);

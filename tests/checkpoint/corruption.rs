@@ -6,23 +6,26 @@ use crate::common;
 
 use std::path::Path;
 
+use common::s3::Root;
 use common::*;
+use rockpoint::store::WriteMode;
 use rockpoint::{
     CheckpointCoordinator, CheckpointSettings, ErrorKind, RestoreSource, RestoreTarget, Store,
 };
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    /// The root's directory (of a local root; an S3 root is named after it).
     root: std::path::PathBuf,
     store: std::sync::Arc<dyn Store>,
     path: String,
     restores: std::path::PathBuf,
 }
 
-async fn fixture() -> TestResult<Fixture> {
+async fn fixture(on: Root) -> TestResult<Fixture> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("root");
-    let store = local_store(&root)?;
+    let store = on.store(&root).await?;
     let c =
         CheckpointCoordinator::open(store.clone(), "job", CheckpointSettings::default()).await?;
     let mut job = TestJob::open(&dir.path().join("job"), 1, 1_000)?;
@@ -86,9 +89,24 @@ async fn referenced_objects(f: &Fixture) -> TestResult<Vec<String>> {
     Ok(out.into_iter().collect())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_damaged_file_is_detected_and_nothing_is_written() -> TestResult {
-    let f = fixture().await?;
+/// An object's bytes, read through the store (damage is done through the store too, so that it
+/// reaches a local root and an S3 root alike).
+async fn read_object(f: &Fixture, path: &str) -> TestResult<Vec<u8>> {
+    use futures::TryStreamExt;
+    let (_, stream) = f.store.get_stream(path).await?;
+    let chunks: Vec<bytes::Bytes> = stream.try_collect().await?;
+    Ok(chunks.concat())
+}
+
+async fn write_object(f: &Fixture, path: &str, bytes: &[u8]) -> TestResult {
+    f.store
+        .put(path, bytes.to_vec().into(), WriteMode::Replace)
+        .await?;
+    Ok(())
+}
+
+async fn every_damaged_file_is_detected_and_nothing_is_written(on: Root) -> TestResult {
+    let f = fixture(on).await?;
     let objects = referenced_objects(&f).await?;
     assert!(
         objects.len() >= 4,
@@ -96,8 +114,7 @@ async fn every_damaged_file_is_detected_and_nothing_is_written() -> TestResult {
     );
     let mut cases = 0;
     for (i, object) in objects.iter().enumerate() {
-        let file = f.root.join(object);
-        let original = std::fs::read(&file)?;
+        let original = read_object(&f, object).await?;
         let damages: Vec<(&str, Vec<u8>)> = vec![
             ("bit flip", {
                 let mut b = original.clone();
@@ -109,7 +126,7 @@ async fn every_damaged_file_is_detected_and_nothing_is_written() -> TestResult {
             ("extension", [original.as_slice(), b"x"].concat()),
         ];
         for (damage, bytes) in damages {
-            std::fs::write(&file, &bytes)?;
+            write_object(&f, object, &bytes).await?;
             let before = listing(&f.restores);
             let err = restore_into(&f, &format!("r{cases}"))
                 .await
@@ -131,7 +148,7 @@ async fn every_damaged_file_is_detected_and_nothing_is_written() -> TestResult {
             );
             cases += 1;
         }
-        std::fs::remove_file(&file)?;
+        f.store.delete(object).await?;
         let err = restore_into(&f, &format!("r{cases}"))
             .await
             .err()
@@ -139,7 +156,7 @@ async fn every_damaged_file_is_detected_and_nothing_is_written() -> TestResult {
         assert_eq!(err.kind(), ErrorKind::Corruption, "missing {object}: {err}");
         assert!(err.to_string().contains(object.as_str()), "{err}");
         cases += 1;
-        std::fs::write(&file, &original)?;
+        write_object(&f, object, &original).await?;
     }
     println!("{cases} damaged-file cases, all detected");
     // Undamaged again, it restores.
@@ -147,11 +164,9 @@ async fn every_damaged_file_is_detected_and_nothing_is_written() -> TestResult {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_or_missing_metadata_gets_a_clear_error() -> TestResult {
-    let f = fixture().await?;
-    let file = f.root.join(&f.path);
-    let original = std::fs::read(&file)?;
+async fn corrupt_or_missing_metadata_gets_a_clear_error(on: Root) -> TestResult {
+    let f = fixture(on).await?;
+    let original = read_object(&f, &f.path).await?;
     for (what, bytes) in [
         ("flipped body byte", {
             let mut b = original.clone();
@@ -167,13 +182,13 @@ async fn corrupt_or_missing_metadata_gets_a_clear_error() -> TestResult {
         ("truncated", original[..original.len() / 2].to_vec()),
         ("empty", Vec::new()),
     ] {
-        std::fs::write(&file, &bytes)?;
+        write_object(&f, &f.path, &bytes).await?;
         let err = restore_into(&f, "never").await.err().expect("refused");
         assert_eq!(err.kind(), ErrorKind::Corruption, "{what}: {err}");
         assert!(err.to_string().contains("_metadata"), "{what}: {err}");
         assert!(!f.restores.join("never").exists());
     }
-    std::fs::write(&file, &original)?;
+    write_object(&f, &f.path, &original).await?;
     let missing = rockpoint::restore::read_metadata(
         &*f.store,
         &RestoreSource::Metadata("jobs/job/chk-00000000000000000042/_metadata".into()),
@@ -204,8 +219,7 @@ fn seal(body: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_metadata_is_rejected_before_any_write() -> TestResult {
-    let f = fixture().await?;
-    let file = f.root.join(&f.path);
+    let f = fixture(Root::Local).await?;
     let (_, metadata) =
         rockpoint::restore::read_metadata(&*f.store, &RestoreSource::Metadata(f.path.clone()))
             .await?;
@@ -248,7 +262,7 @@ async fn hostile_metadata_is_rejected_before_any_write() -> TestResult {
     for (what, edit) in edits {
         let mut hostile = metadata.clone();
         edit(&mut hostile);
-        std::fs::write(&file, seal(&rmp_serde::to_vec_named(&hostile)?))?;
+        write_object(&f, &f.path, &seal(&rmp_serde::to_vec_named(&hostile)?)).await?;
         let parent_before = listing(&f.restores);
         let root_parent_before = listing(f.root.parent().unwrap());
         let err = restore_into(&f, "hostile")
@@ -269,3 +283,8 @@ async fn hostile_metadata_is_rejected_before_any_write() -> TestResult {
     }
     Ok(())
 }
+
+crate::on_both_roots!(
+    every_damaged_file_is_detected_and_nothing_is_written,
+    corrupt_or_missing_metadata_gets_a_clear_error,
+);

@@ -5,13 +5,13 @@
 
 use crate::common;
 
+use common::s3::Root;
 use common::*;
 use rockpoint::{CheckpointCoordinator, CheckpointSettings};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retained_checkpoints_restore_exactly_and_upload_only_new_bytes() -> TestResult {
+async fn retained_checkpoints_restore_exactly_and_upload_only_new_bytes(on: Root) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = local_store(&dir.path().join("root"))?;
+    let store = on.store(&dir.path().join("root")).await?;
     let settings = CheckpointSettings {
         retained: 3,
         ..CheckpointSettings::default()
@@ -89,3 +89,5 @@ async fn retained_checkpoints_restore_exactly_and_upload_only_new_bytes() -> Tes
     );
     Ok(())
 }
+
+crate::on_both_roots!(retained_checkpoints_restore_exactly_and_upload_only_new_bytes,);

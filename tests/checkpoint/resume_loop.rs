@@ -5,15 +5,15 @@
 
 use crate::common;
 
+use common::s3::Root;
 use common::*;
 use rockpoint::{
     CancellationPolicy, CheckpointCoordinator, CheckpointSettings, ClaimMode, JobEnd, RestoreSource,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_loop_restores_exactly_and_reuploads_nothing() -> TestResult {
+async fn resume_loop_restores_exactly_and_reuploads_nothing(on: Root) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = local_store(&dir.path().join("root"))?;
+    let store = on.store(&dir.path().join("root")).await?;
     let settings = CheckpointSettings {
         retained: 2,
         cancellation: CancellationPolicy::RetainOnCancellation,
@@ -87,10 +87,9 @@ async fn resume_loop_restores_exactly_and_reuploads_nothing() -> TestResult {
 /// SSTs when a restored backend opened, so the first checkpoint after a restore uploaded the
 /// restored memtable's data again under new hashes. Restored backends now keep their WAL
 /// (`avoid_flush_during_recovery`) and reuse its segments.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_checkpoint_after_restore_reuploads_no_restored_data() -> TestResult {
+async fn first_checkpoint_after_restore_reuploads_no_restored_data(on: Root) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = local_store(&dir.path().join("root"))?;
+    let store = on.store(&dir.path().join("root")).await?;
     let a = CheckpointCoordinator::open(store.clone(), "a", CheckpointSettings::default()).await?;
     let mut job = TestJob::open(&dir.path().join("a"), 1, 2_000)?;
     job.write(3_000)?;
@@ -144,3 +143,8 @@ async fn first_checkpoint_after_restore_reuploads_no_restored_data() -> TestResu
     );
     Ok(())
 }
+
+crate::on_both_roots!(
+    resume_loop_restores_exactly_and_reuploads_nothing,
+    first_checkpoint_after_restore_reuploads_no_restored_data,
+);

@@ -89,7 +89,13 @@ async fn contract(store: &dyn Store, scratch: &std::path::Path) -> TestResult {
     let target = scratch.join("target");
     std::fs::write(&target, b"head")?;
     store
-        .append_verified("shared/ab/big", hash, range.len() as u64, &target, "the big file")
+        .append_verified(
+            "shared/ab/big",
+            hash,
+            range.len() as u64,
+            &target,
+            "the big file",
+        )
         .await?;
     let fetched = std::fs::read(&target)?;
     assert!(fetched[..4] == *b"head" && fetched[4..] == content[range.clone()]);
@@ -102,13 +108,31 @@ async fn contract(store: &dyn Store, scratch: &std::path::Path) -> TestResult {
             "the big file",
         )
         .await;
-    assert_eq!(wrong_hash.err().map(|e| e.kind()), Some(ErrorKind::Corruption));
+    assert_eq!(
+        wrong_hash.err().map(|e| e.kind()),
+        Some(ErrorKind::Corruption)
+    );
     let wrong_size = store
-        .append_verified("shared/ab/big", hash, 12, &scratch.join("t3"), "the big file")
+        .append_verified(
+            "shared/ab/big",
+            hash,
+            12,
+            &scratch.join("t3"),
+            "the big file",
+        )
         .await;
-    assert_eq!(wrong_size.err().map(|e| e.kind()), Some(ErrorKind::Corruption));
+    assert_eq!(
+        wrong_size.err().map(|e| e.kind()),
+        Some(ErrorKind::Corruption)
+    );
     let missing = store
-        .append_verified("shared/ab/none", hash, 9 << 20, &scratch.join("t4"), "a file")
+        .append_verified(
+            "shared/ab/none",
+            hash,
+            9 << 20,
+            &scratch.join("t4"),
+            "a file",
+        )
         .await;
     assert_eq!(missing.err().map(|e| e.kind()), Some(ErrorKind::Corruption));
     let wrong = store
@@ -181,7 +205,9 @@ async fn object_store_adapter_honours_the_contract() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store_honours_the_contract() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = crate::common::s3::Root::S3.store(&dir.path().join("root")).await?;
+    let store = crate::common::s3::Root::S3
+        .store(&dir.path().join("root"))
+        .await?;
     contract(&*store, dir.path()).await
 }
 
