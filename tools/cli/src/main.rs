@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rockpoint::admin::{RootView, inspect_root};
 use rockpoint::{
-    BackendSettings, GcOptions, KeyGroupRange, LocalStore, RestoreSource, RestoreTarget, Store,
-    SweepMode,
+    BackendSettings, GcOptions, KeyGroupRange, RestoreSource, RestoreTarget, RootOptions, Store,
+    SweepMode, open_root,
 };
 use serde::Serialize;
 
@@ -27,9 +27,20 @@ use serde::Serialize;
                   (info) and -vv (debug); warnings by default."
 )]
 struct Cli {
-    /// The storage root (a local directory).
+    /// The storage root: an existing local directory (or `file://` URL), `s3://BUCKET/PREFIX`, and
+    /// with the matching build features `gs://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`. Object
+    /// stores read endpoint, region and credentials from the usual environment variables
+    /// (AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP, ...).
     #[arg(long, env = "ROCKPOINT_ROOT")]
-    root: PathBuf,
+    root: String,
+    /// An object store option over the environment, `KEY=VALUE` (e.g. `aws_endpoint=http://...`);
+    /// repeatable.
+    #[arg(long = "store-option", value_name = "KEY=VALUE", global = true)]
+    store_options: Vec<String>,
+    /// Accept an object store that ignores conditional writes. Safe only if no other process
+    /// (coordinator or GC) ever writes to this root at the same time.
+    #[arg(long, global = true)]
+    single_writer: bool,
     /// Print JSON instead of text (errors too, on stderr).
     #[arg(long, global = true)]
     json: bool,
@@ -171,21 +182,55 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-/// The root as given, if it is an existing local directory. A URL or a path that does not exist is
+/// Opens `--root`. A local root must be an existing directory: a path that does not exist is
 /// refused before anything is opened, so a typo never creates a directory nor lists as an empty
-/// root.
+/// root. An object store root is probed before a command that writes (`restore`, `gc --confirm`);
+/// commands that only read skip the probe, so read-only credentials can inspect a root.
+async fn open_store(cli: &Cli, writes: bool) -> rockpoint::Result<Arc<dyn Store>> {
+    let mut config = Vec::new();
+    for option in &cli.store_options {
+        let (key, value) = option.split_once('=').ok_or_else(|| {
+            rockpoint::Error::new(
+                rockpoint::ErrorKind::Invalid,
+                format!("--store-option `{option}`: use KEY=VALUE"),
+            )
+        })?;
+        config.push((key.trim().to_owned(), value.to_owned()));
+    }
+    let local = match cli.root.strip_prefix("file://") {
+        Some(_) => Some(
+            url::Url::parse(&cli.root)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .ok_or_else(|| {
+                    rockpoint::Error::new(
+                        rockpoint::ErrorKind::Invalid,
+                        format!("--root `{}` is not a local file URL", cli.root),
+                    )
+                })?,
+        ),
+        None if !cli.root.contains("://") => Some(PathBuf::from(&cli.root)),
+        None => None,
+    };
+    if let Some(dir) = &local {
+        existing_root(dir)?;
+    }
+    let options = RootOptions {
+        config,
+        read_only: !writes,
+        single_writer: cli.single_writer,
+    };
+    let url = match &local {
+        Some(dir) => dir.to_string_lossy().into_owned(),
+        None => cli.root.clone(),
+    };
+    open_root(&url, &options).await
+}
+
+/// The local root directory, if it exists and is a directory.
 fn existing_root(root: &std::path::Path) -> rockpoint::Result<&std::path::Path> {
     use rockpoint::{Error, ErrorKind};
     let text = root.to_string_lossy();
-    if let Some((scheme, _)) = text.split_once("://") {
-        return Err(Error::new(
-            ErrorKind::Invalid,
-            format!(
-                "--root `{text}`: `{scheme}://` roots are not supported by this build; give a local \
-                 directory"
-            ),
-        ));
-    }
     match std::fs::metadata(root) {
         Ok(meta) if meta.is_dir() => Ok(root),
         Ok(_) => Err(Error::new(
@@ -239,7 +284,12 @@ fn warn_unreadable(view: &RootView) {
 }
 
 async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(existing_root(&cli.root)?)?);
+    let writes = match &cli.command {
+        Command::Restore { .. } => true,
+        Command::Gc { confirm, .. } => *confirm,
+        Command::List { .. } | Command::Show { .. } | Command::Verify { .. } | Command::Du => false,
+    };
+    let store = open_store(&cli, writes).await?;
     let json = cli.json;
     match cli.command {
         Command::List { job } => {
@@ -379,8 +429,9 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                     report.incomplete.len(),
                     report.reclaimed_bytes
                 );
+                let fenced = if confirm { "fenced" } else { "would fence" };
                 for job in &report.fenced_jobs {
-                    out!("fenced job `{job}`: its coordinator's lease had expired");
+                    out!("{fenced} job `{job}`: its coordinator's lease had expired");
                 }
                 for record in &report.unreadable {
                     out!("UNREADABLE (no shared file deleted while it is): {record}");

@@ -10,6 +10,8 @@ use rockpoint::{
     KeyedStateBackend, LocalStore, Store, ValueStateDescriptor,
 };
 
+mod common;
+
 const COUNTS: ValueStateDescriptor<u64, u64> = ValueStateDescriptor::new("counts");
 
 /// A root with `checkpoints` committed checkpoints of job `job`.
@@ -155,19 +157,102 @@ fn a_root_that_does_not_exist_or_is_a_url_is_refused_and_nothing_is_created() {
     std::fs::create_dir(&inside).unwrap();
     let url = Command::new(env!("CARGO_BIN_EXE_rockpoint"))
         .current_dir(&inside)
-        .args(["--root", "s3://bucket/x", "list"])
+        .args(["--root", "ftp://bucket/x", "list"])
         .output()
         .unwrap();
     assert_eq!(
         url.status.code(),
         Some(2),
-        "a URL root is invalid input here"
+        "a URL of an unknown scheme is invalid input"
     );
     let stderr = String::from_utf8_lossy(&url.stderr);
-    assert!(stderr.contains("s3://"), "{stderr}");
+    assert!(stderr.contains("unknown scheme `ftp`"), "{stderr}");
     assert_eq!(
         std::fs::read_dir(&inside).unwrap().count(),
         0,
         "nothing created"
     );
+}
+
+/// The operator's round on an `s3://` root (SeaweedFS): list, du, verify, restore, gc. The
+/// transcript is printed (`--nocapture`).
+#[test]
+fn cli_on_an_s3_root_lists_verifies_restores_and_collects_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::s3::S3Server::get();
+    let url = common::s3::root_url(&dir.path().join("root"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(async {
+            let store = server.root(&dir.path().join("root")).await?;
+            let c = CheckpointCoordinator::open(
+                store,
+                "job",
+                CheckpointSettings {
+                    retained: 2,
+                    ..CheckpointSettings::default()
+                },
+            )
+            .await?;
+            let backend = KeyedStateBackend::open(
+                dir.path().join("backend"),
+                16,
+                KeyGroupRange::all(16)?,
+                BackendSettings::default(),
+            )?;
+            let counts = backend.state(&COUNTS)?;
+            for round in 0..3u64 {
+                counts.put(&round, &round)?;
+                c.checkpoint(&[&backend]).await?;
+            }
+            c.shutdown(JobEnd::Suspended).await?;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })
+        .unwrap();
+    let run = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rockpoint"));
+        command.arg("--root").arg(&url).args(args);
+        for (key, value) in server.env() {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        println!(
+            "$ rockpoint --root {url} {}\n{stdout}{stderr}",
+            args.join(" ")
+        );
+        assert!(output.status.success(), "{args:?}: {stderr}");
+        stdout
+    };
+    let listed = run(&["list"]);
+    assert!(listed.contains("chk-00000000000000000002"), "{listed}");
+    assert!(!listed.contains("chk-00000000000000000000"), "retained: 2");
+    run(&["du"]);
+    let verified = run(&["verify", "job/2"]);
+    assert!(!verified.contains("PROBLEM"), "{verified}");
+    let target = dir.path().join("restored");
+    run(&[
+        "restore",
+        "latest:job",
+        "--key-groups",
+        "0..16",
+        "--target",
+        &target.to_string_lossy(),
+    ]);
+    let restored = KeyedStateBackend::open(
+        &target,
+        16,
+        KeyGroupRange::all(16).unwrap(),
+        BackendSettings::default(),
+    )
+    .unwrap();
+    let counts = restored.state(&COUNTS).unwrap();
+    for round in 0..3u64 {
+        assert_eq!(counts.get(&round).unwrap(), Some(round));
+    }
+    run(&["gc", "--grace-secs", "0"]);
+    run(&["gc", "--grace-secs", "0", "--confirm"]);
+    let again = run(&["--json", "gc", "--grace-secs", "0"]);
+    assert!(!again.is_empty());
 }
