@@ -26,6 +26,9 @@ pub(crate) const PINS: &str = "pins/";
 pub(crate) const SHARED: &str = "shared/";
 /// Where GC's deletion intents live.
 pub(crate) const INTENTS: &str = "gc/";
+/// Where an object store keeps the records of its multipart uploads in progress (store-internal:
+/// GC's sweep of incomplete writes aborts the uploads whose record outlived the grace period).
+pub(crate) const UPLOADS: &str = "uploads/";
 /// The name of a commit record inside its checkpoint's directory.
 pub(crate) const METADATA: &str = "_metadata";
 /// The name of the job record inside its job's directory.

@@ -20,6 +20,8 @@ use crate::state_info::StateInfo;
 
 pub(crate) const METADATA_MAGIC: &[u8; 8] = b"RKPTMETA";
 pub(crate) const PIN_MAGIC: &[u8; 8] = b"RKPTPIN\0";
+pub(crate) const TICKET_MAGIC: &[u8; 8] = b"RKPTTICK";
+pub(crate) const HANDLE_MAGIC: &[u8; 8] = b"RKPTHNDL";
 /// Version of the metadata, pin and job record format this build writes. 2: states are recorded
 /// by stable type tags (`StateInfo`), no longer by Rust type names. Version 1 is still read (its
 /// states then say `StateInfoFormat::RustTypeNames`); a build that reads only version 1 reports
@@ -107,6 +109,26 @@ pub struct BackendHandle {
 }
 
 impl BackendHandle {
+    /// The handle's wire form, for a backend that snapshots and uploads in another process or on
+    /// another host and hands its handle to the coordinator's process: the checksummed envelope
+    /// of metadata records (magic `RKPTHNDL`, format version, length, BLAKE3) around a
+    /// MessagePack map of this struct's fields (see `docs/protocols.md`, "Backends on several
+    /// hosts").
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let body = rmp_serde::to_vec_named(self)
+            .map_err(|e| Error::invalid(format!("encoding a backend handle: {e}")))?;
+        Ok(seal(HANDLE_MAGIC, &body))
+    }
+
+    /// Reads a handle's [wire form](Self::to_bytes). A damaged or foreign message is
+    /// `Corruption`; [`complete`](crate::CheckpointCoordinator::complete) validates the handle
+    /// against its checkpoint before anything is committed.
+    pub fn from_bytes(bytes: &[u8]) -> Result<BackendHandle> {
+        let body = unseal(HANDLE_MAGIC, bytes, "backend handle")?;
+        rmp_serde::from_slice(body)
+            .map_err(|e| Error::corruption(format!("backend handle: undecodable body: {e}")))
+    }
+
     /// Every content hash the backend references (SSTs and log segments).
     pub fn shared_hashes(&self) -> impl Iterator<Item = ContentHash> + '_ {
         self.shared_objects().map(|(hash, _)| hash)

@@ -23,6 +23,17 @@ pub(crate) struct TicketState {
     pub(crate) cancelled: AtomicBool,
 }
 
+/// The wire form of a [`CheckpointTicket`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TicketWire {
+    job_id: String,
+    checkpoint_id: u64,
+    epoch: u64,
+    kind: SnapshotKind,
+    known: Vec<ContentHash>,
+    upload_parallelism: u64,
+}
+
 /// Permission to take one checkpoint, handed out by
 /// [`CheckpointCoordinator::trigger`](crate::CheckpointCoordinator::trigger) and taken by every
 /// backend's [`snapshot`](crate::KeyedStateBackend::snapshot).
@@ -73,6 +84,54 @@ impl CheckpointTicket {
     /// Whether the checkpoint was aborted (cancel, subsumption, failure elsewhere).
     pub fn is_cancelled(&self) -> bool {
         self.state.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The ticket's wire form, for a backend in another process or on another host: job, id,
+    /// epoch, kind, the hashes it may reuse and the upload parallelism, in the checksummed
+    /// envelope of metadata records (magic `RKPTTICK`). The copy [`from_bytes`](Self::from_bytes)
+    /// makes has a cancellation flag of its own: an abort at the coordinator does not reach it
+    /// (its uploads run to their end; what they leave is unreferenced once the coordinator's
+    /// abort removed the checkpoint's pins, and GC removes it).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let wire = TicketWire {
+            job_id: self.job_id.to_string(),
+            checkpoint_id: self.checkpoint_id,
+            epoch: self.epoch,
+            kind: self.kind,
+            known: self.known.iter().copied().collect(),
+            upload_parallelism: self.upload_parallelism as u64,
+        };
+        let body = rmp_serde::to_vec_named(&wire)
+            .map_err(|e| Error::invalid(format!("encoding a checkpoint ticket: {e}")))?;
+        Ok(metadata::seal(metadata::TICKET_MAGIC, &body))
+    }
+
+    /// Reads a ticket's [wire form](Self::to_bytes) in the backend's process. A damaged or
+    /// foreign message is `Corruption`; an invalid job id or parallelism is `Corruption` too.
+    pub fn from_bytes(bytes: &[u8]) -> Result<CheckpointTicket> {
+        let body = metadata::unseal(metadata::TICKET_MAGIC, bytes, "checkpoint ticket")?;
+        let wire: TicketWire = rmp_serde::from_slice(body)
+            .map_err(|e| Error::corruption(format!("checkpoint ticket: undecodable body: {e}")))?;
+        crate::layout::validate_job_id(&wire.job_id)
+            .map_err(|e| Error::corruption(format!("checkpoint ticket: {e}")))?;
+        if wire.upload_parallelism == 0 || wire.upload_parallelism > 1024 {
+            return Err(Error::corruption(format!(
+                "checkpoint ticket: upload parallelism {} is outside 1..=1024",
+                wire.upload_parallelism
+            )));
+        }
+        Ok(CheckpointTicket {
+            job_id: wire.job_id.into(),
+            checkpoint_id: wire.checkpoint_id,
+            epoch: wire.epoch,
+            kind: wire.kind,
+            known: Arc::new(wire.known.into_iter().collect()),
+            state: Arc::new(TicketState {
+                cancelled: AtomicBool::new(false),
+            }),
+            upload_parallelism: wire.upload_parallelism as usize,
+            faults: FaultRegistry::default(),
+        })
     }
 
     pub(crate) fn check_live(&self) -> Result<()> {

@@ -14,8 +14,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use object_store::{
+    MultipartId, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart,
+};
 
 use super::{
     ContentHash, ObjectInfo, ObjectVersion, SMALL_OBJECT_LIMIT_BYTES, Store, SweepMode, WriteMode,
@@ -23,6 +26,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::hash::Verifier;
+use crate::layout::UPLOADS;
 
 /// Files up to this size are uploaded with one request; larger ones in parts of this size, or
 /// larger where a file would need more than [`MAX_PARTS`] of them.
@@ -45,6 +49,8 @@ pub(crate) fn part_bytes(len: u64) -> usize {
 #[derive(Clone)]
 pub struct ObjectStoreStore {
     inner: Arc<dyn ObjectStore>,
+    /// The same store's multipart API, when uploads are tracked (see [`ObjectStoreStore::track_uploads`]).
+    multipart: Option<Arc<dyn MultipartStore>>,
     prefix: String,
 }
 
@@ -63,7 +69,11 @@ impl ObjectStoreStore {
         if !prefix.is_empty() {
             validate_object_path(&prefix)?;
         }
-        let store = ObjectStoreStore { inner, prefix };
+        let store = ObjectStoreStore {
+            inner,
+            multipart: None,
+            prefix,
+        };
         store.probe().await?;
         Ok(store)
     }
@@ -73,8 +83,21 @@ impl ObjectStoreStore {
     pub fn new_unprobed(inner: Arc<dyn ObjectStore>, prefix: &str) -> Self {
         ObjectStoreStore {
             inner,
+            multipart: None,
             prefix: prefix.trim_matches('/').to_owned(),
         }
+    }
+
+    /// Tracks multipart uploads through `multipart`, which must be the same store as the one this
+    /// wraps (for `open_root`'s S3, GCS and Azure stores it is). Before the first part of a large
+    /// file goes up, a record `uploads/<nonce>` names the upload; it is deleted once the upload is
+    /// completed or aborted. An upload whose process died leaves its record, and GC's sweep of
+    /// incomplete writes ([`Store::sweep_incomplete`]) aborts it once the record is older than
+    /// `incomplete_min_age`: the parts S3 keeps (and bills) for an abandoned upload, which no
+    /// listing of objects shows, are reclaimed without a bucket lifecycle rule.
+    pub fn track_uploads(mut self, multipart: Arc<dyn MultipartStore>) -> Self {
+        self.multipart = Some(multipart);
+        self
     }
 
     /// The startup probe, on a fresh object under `probes/`:
@@ -176,6 +199,128 @@ impl ObjectStoreStore {
     }
 }
 
+impl ObjectStoreStore {
+    /// A multipart upload under a record (see [`track_uploads`](Self::track_uploads)): parts
+    /// are read in order and sent [`PART_CONCURRENCY`] at a time; the upload is completed only
+    /// if the bytes hash to what was expected, and aborted on any failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_tracked(
+        &self,
+        multipart: &Arc<dyn MultipartStore>,
+        path: &str,
+        location: &ObjectPath,
+        source: std::fs::File,
+        len: u64,
+        part: usize,
+        check: Verifier,
+    ) -> Result<()> {
+        let id = multipart
+            .create_multipart(location)
+            .await
+            .map_err(|e| store_error("starting upload of", path, e))?;
+        let record = format!("{UPLOADS}{}", crate::util::nonce());
+        let body = format!("{}\n{id}\n", location.as_ref());
+        if let Err(e) = self
+            .put(&record, Bytes::from(body), WriteMode::CreateOnly)
+            .await
+        {
+            let _ = multipart.abort_multipart(location, &id).await;
+            return Err(e);
+        }
+        let sent = send_parts(multipart, path, location, &id, source, len, part, check).await;
+        let ended = match sent {
+            Ok(parts) => multipart
+                .complete_multipart(location, &id, parts)
+                .await
+                .map(|_| ())
+                .map_err(|e| store_error("completing upload of", path, e)),
+            Err(e) => {
+                let _ = multipart.abort_multipart(location, &id).await;
+                Err(e)
+            }
+        };
+        // A record left behind only makes GC abort an upload that has ended, which does nothing.
+        if let Err(e) = self.delete(&record).await {
+            tracing::debug!(record, error = %e, "upload record left for GC");
+        }
+        ended
+    }
+
+    /// Records of uploads older than `older_than`: (record path, location, upload id, size).
+    async fn abandoned_uploads(
+        &self,
+        older_than: Duration,
+    ) -> Result<Vec<(String, ObjectPath, MultipartId)>> {
+        let mut out = Vec::new();
+        for object in self.list(UPLOADS).await? {
+            if object.modified.elapsed().unwrap_or_default() < older_than {
+                continue;
+            }
+            let body = match self.get(&object.path).await {
+                Ok(body) => body,
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let text = String::from_utf8_lossy(&body);
+            let mut lines = text.lines();
+            match (lines.next(), lines.next()) {
+                (Some(location), Some(id)) if !location.is_empty() && !id.is_empty() => {
+                    out.push((object.path, ObjectPath::from(location), id.to_owned()));
+                }
+                _ => tracing::warn!(record = object.path, "unreadable upload record left alone"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads `len` bytes from `source` in parts of `part` bytes, hashing them on the way, and sends
+/// them as the parts of upload `id`, at most [`PART_CONCURRENCY`] in flight.
+#[allow(clippy::too_many_arguments)]
+async fn send_parts(
+    multipart: &Arc<dyn MultipartStore>,
+    path: &str,
+    location: &ObjectPath,
+    id: &MultipartId,
+    mut source: std::fs::File,
+    len: u64,
+    part: usize,
+    mut check: Verifier,
+) -> Result<Vec<PartId>> {
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut parts = Vec::new();
+    let mut sent = 0u64;
+    while sent < len {
+        if in_flight.len() >= PART_CONCURRENCY {
+            if let Some(done) = in_flight.next().await {
+                parts.push(done?);
+            }
+        }
+        let want = (len - sent).min(part as u64) as usize;
+        let (rest, chunk) = read_part(source, want).await?;
+        source = rest;
+        if chunk.is_empty() {
+            break;
+        }
+        sent += chunk.len() as u64;
+        check.update(&chunk)?;
+        let index = parts.len() + in_flight.len();
+        let multipart = multipart.clone();
+        let (location, id, path) = (location.clone(), id.clone(), path.to_owned());
+        in_flight.push_back(async move {
+            multipart
+                .put_part(&location, &id, index, PutPayload::from(chunk))
+                .await
+                .map_err(|e| store_error("uploading", &path, e))
+        });
+    }
+    while let Some(done) = in_flight.next().await {
+        parts.push(done?);
+    }
+    check.finish()?;
+    Ok(parts)
+}
+
 fn store_error(context: &'static str, path: &str, e: object_store::Error) -> Error {
     Error::store(context, path, e)
 }
@@ -247,6 +392,11 @@ impl Store for ObjectStoreStore {
             check.update(&data)?;
             check.finish()?;
             return self.put(path, Bytes::from(data), WriteMode::Replace).await;
+        }
+        if let Some(multipart) = &self.multipart {
+            return self
+                .put_tracked(multipart, path, &location, source, len, part, check)
+                .await;
         }
         let upload = self
             .inner
@@ -495,15 +645,33 @@ impl Store for ObjectStoreStore {
         Ok(out)
     }
 
-    async fn sweep_incomplete(
-        &self,
-        _older_than: Duration,
-        _mode: SweepMode,
-    ) -> Result<Vec<String>> {
-        // Object stores never expose a partially written object; abandoned multipart uploads are
-        // invisible to listing and are reclaimed by the bucket's lifecycle rule
-        // (AbortIncompleteMultipartUpload on S3), which operators should configure.
-        Ok(Vec::new())
+    /// Object stores never expose a partially written object. What an interrupted write leaves
+    /// is a multipart upload in progress: with [`track_uploads`](Self::track_uploads), each has a
+    /// record, and those older than `older_than` are aborted (with [`SweepMode::Delete`]) and
+    /// their records deleted. Without tracking, nothing is found here: configure the bucket's
+    /// lifecycle rule (AbortIncompleteMultipartUpload on S3).
+    async fn sweep_incomplete(&self, older_than: Duration, mode: SweepMode) -> Result<Vec<String>> {
+        let Some(multipart) = &self.multipart else {
+            return Ok(Vec::new());
+        };
+        let mut swept = Vec::new();
+        for (record, location, id) in self.abandoned_uploads(older_than).await? {
+            if mode == SweepMode::Delete {
+                match multipart.abort_multipart(&location, &id).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(upload = %location, error = %e, "aborting an abandoned upload failed; kept its record");
+                        continue;
+                    }
+                }
+                self.delete(&record).await?;
+            }
+            swept.push(format!(
+                "unfinished upload of `{}` ({record})",
+                self.relative(&location)
+            ));
+        }
+        Ok(swept)
     }
 
     fn describe(&self) -> String {

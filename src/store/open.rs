@@ -7,6 +7,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
+use object_store::multipart::MultipartStore;
+
+/// An object store and its multipart API (the same store).
+type Built = (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>);
+
+fn both<T: ObjectStore + MultipartStore>(store: T) -> Built {
+    let store = Arc::new(store);
+    (store.clone(), store)
+}
 
 use super::{LocalStore, ObjectStoreStore, Store};
 use crate::error::{Error, Result};
@@ -52,9 +61,9 @@ pub async fn open_root(url: &str, options: &RootOptions) -> Result<Arc<dyn Store
             .map_err(|()| Error::invalid(format!("root `{url}`: not a local file URL")))?;
         return Box::pin(open_root(&path.to_string_lossy(), options)).await;
     }
-    let inner = object_store_for(scheme, url, &parsed, options)?;
+    let (inner, multipart) = object_store_for(scheme, url, &parsed, options)?;
     let prefix = parsed.path().trim_matches('/');
-    let store = ObjectStoreStore::new_unprobed(inner, prefix);
+    let store = ObjectStoreStore::new_unprobed(inner, prefix).track_uploads(multipart);
     if !options.read_only {
         match store.probe().await {
             Ok(()) => {}
@@ -81,7 +90,7 @@ fn object_store_for(
     url: &str,
     parsed: &url::Url,
     options: &RootOptions,
-) -> Result<Arc<dyn ObjectStore>> {
+) -> Result<Built> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(Error::invalid(format!(
             "root `{url}` names no bucket (write {scheme}://BUCKET/PREFIX)"
@@ -121,47 +130,47 @@ fn configure<B, K: FromStr>(
 }
 
 #[cfg(feature = "aws")]
-fn s3(url: &str, options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+fn s3(url: &str, options: &RootOptions) -> Result<Built> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     let builder = AmazonS3Builder::from_env().with_url(url);
     let builder = configure(url, builder, options, |b, k: AmazonS3ConfigKey, v| {
         b.with_config(k, v)
     })?;
-    Ok(Arc::new(builder.build().map_err(|e| config_error(url, e))?))
+    Ok(both(builder.build().map_err(|e| config_error(url, e))?))
 }
 
 #[cfg(not(feature = "aws"))]
-fn s3(url: &str, _options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+fn s3(url: &str, _options: &RootOptions) -> Result<Built> {
     Err(missing_feature(url, "aws"))
 }
 
 #[cfg(feature = "gcp")]
-fn gcs(url: &str, options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+fn gcs(url: &str, options: &RootOptions) -> Result<Built> {
     use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
     let builder = GoogleCloudStorageBuilder::from_env().with_url(url);
     let builder = configure(url, builder, options, |b, k: GoogleConfigKey, v| {
         b.with_config(k, v)
     })?;
-    Ok(Arc::new(builder.build().map_err(|e| config_error(url, e))?))
+    Ok(both(builder.build().map_err(|e| config_error(url, e))?))
 }
 
 #[cfg(not(feature = "gcp"))]
-fn gcs(url: &str, _options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+fn gcs(url: &str, _options: &RootOptions) -> Result<Built> {
     Err(missing_feature(url, "gcp"))
 }
 
 #[cfg(feature = "azure")]
-fn azure(url: &str, options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+fn azure(url: &str, options: &RootOptions) -> Result<Built> {
     use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
     let builder = MicrosoftAzureBuilder::from_env().with_url(url);
     let builder = configure(url, builder, options, |b, k: AzureConfigKey, v| {
         b.with_config(k, v)
     })?;
-    Ok(Arc::new(builder.build().map_err(|e| config_error(url, e))?))
+    Ok(both(builder.build().map_err(|e| config_error(url, e))?))
 }
 
 #[cfg(not(feature = "azure"))]
-fn azure(url: &str, _options: &RootOptions) -> Result<Arc<dyn ObjectStore>> {
+fn azure(url: &str, _options: &RootOptions) -> Result<Built> {
     Err(missing_feature(url, "azure"))
 }
 

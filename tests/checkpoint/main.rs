@@ -13,5 +13,6 @@ mod cost;
 mod gc;
 mod hostile;
 mod job_retention;
+mod multihost;
 mod multiwriter;
 mod resume_loop;

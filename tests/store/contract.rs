@@ -333,3 +333,100 @@ async fn compare_and_swap_fails_from_a_stale_version() -> rockpoint::Result<()> 
     assert_eq!((&bytes[..], version), (&b"2"[..], v2));
     Ok(())
 }
+
+/// A process that dies mid-way through a large upload leaves a multipart upload in progress: S3
+/// keeps (and bills) its parts, and no listing of objects shows them. The upload's record makes
+/// GC's sweep of incomplete writes find it and abort it; afterwards the upload id is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_multipart_upload_is_aborted_by_the_incomplete_sweep() -> TestResult {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    use object_store::multipart::MultipartStore;
+    let dir = tempfile::tempdir()?;
+    let server = crate::common::s3::S3Server::get();
+    let root = dir.path().join("root");
+    let store = crate::common::s3::Root::S3.store(&root).await?;
+    let source = dir.path().join("big");
+    let content: Vec<u8> = (0..40_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&source, &content)?;
+    let hash = ContentHash::of(&content);
+    let upload = {
+        let (store, source) = (store.clone(), source.clone());
+        tokio::spawn(async move {
+            store
+                .put_file("shared/cd/big", &source, 0, 40_000_000, hash)
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let record = loop {
+        if let Some(record) = store.list("uploads/").await?.into_iter().next() {
+            break record;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upload record within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    // The process dies: nothing of it runs again, nobody aborts the upload.
+    upload.abort();
+    let _ = upload.await;
+    let body = store.get(&record.path).await?;
+    let text = String::from_utf8(body.to_vec())?;
+    let (location, id) = text
+        .trim_end()
+        .split_once('\n')
+        .ok_or("a two-line record")?;
+    assert!(location.ends_with("shared/cd/big"), "{text}");
+    assert!(
+        store.head("shared/cd/big").await?.is_none(),
+        "never completed"
+    );
+
+    // The raw S3 API: the abandoned upload still takes parts before the sweep, none after.
+    let mut raw = AmazonS3Builder::new().with_bucket_name(crate::common::s3::BUCKET);
+    for (key, value) in server.options().config {
+        raw = raw.with_config(key.parse::<AmazonS3ConfigKey>()?, value);
+    }
+    let raw = raw.build()?;
+    let late_part = |raw: object_store::aws::AmazonS3| async move {
+        raw.put_part(
+            &object_store::path::Path::from(location),
+            &id.to_owned(),
+            0,
+            PutPayload::from(vec![0u8; 16]),
+        )
+        .await
+    };
+    late_part(raw.clone()).await?;
+
+    let zero = std::time::Duration::ZERO;
+    let young = store
+        .sweep_incomplete(
+            std::time::Duration::from_secs(3600),
+            rockpoint::SweepMode::Delete,
+        )
+        .await?;
+    assert!(young.is_empty(), "younger than the grace period: {young:?}");
+    let dry = store
+        .sweep_incomplete(zero, rockpoint::SweepMode::DryRun)
+        .await?;
+    assert_eq!(dry.len(), 1, "{dry:?}");
+    assert!(dry[0].contains("shared/cd/big"), "{dry:?}");
+    assert_eq!(store.list("uploads/").await?.len(), 1, "a dry run keeps it");
+    let swept = store
+        .sweep_incomplete(zero, rockpoint::SweepMode::Delete)
+        .await?;
+    assert_eq!(swept, dry);
+    assert!(store.list("uploads/").await?.is_empty());
+    assert!(
+        store
+            .sweep_incomplete(zero, rockpoint::SweepMode::Delete)
+            .await?
+            .is_empty()
+    );
+
+    let late = late_part(raw).await;
+    assert!(late.is_err(), "the aborted upload still takes parts");
+    Ok(())
+}
