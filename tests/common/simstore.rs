@@ -18,6 +18,13 @@
 //!
 //! `raw()` is a fault-free view of the same map (for the test's own reads), `frozen()` an
 //! independent fault-free copy (for consistent invariant checks while actors keep running).
+//!
+//! With a backing store ([`SimStore::with_backing`], the S3 test server), the simulation runs
+//! against the real server: every operation that survives its fault is executed there, reads
+//! answer from there (so the server's conditional writes, entity tags and list-after-write
+//! consistency are what the engine meets), and the map mirrors each mutation that succeeded for the
+//! checkers. Mutations are serialized (one at a time at the server, mirrored in the same order),
+//! so the mirror never reorders two writes of one object.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -110,6 +117,10 @@ struct Shared {
     violations: Mutex<Vec<String>>,
     /// Every operation (`ROCKPOINT_SIM_TRACE=1`), for explaining a violation.
     trace: Mutex<Option<Vec<String>>>,
+    /// The real store every operation also runs on (see the module docs).
+    backing: std::sync::OnceLock<Arc<dyn Store>>,
+    /// Serializes mutations on the backing store and their mirroring.
+    mutations: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +189,22 @@ impl SimStore {
             faulty: true,
             name: name.into(),
         }
+    }
+
+    /// Like [`new`](Self::new), on `backing` (an empty root of a real store): see the module docs.
+    pub fn with_backing(
+        name: &str,
+        seed: u64,
+        faults: FaultConfig,
+        backing: Arc<dyn Store>,
+    ) -> Self {
+        let store = Self::new(name, seed, faults);
+        let _ = store.shared.backing.set(backing);
+        store
+    }
+
+    fn backing(&self) -> Option<&Arc<dyn Store>> {
+        self.shared.backing.get()
     }
 
     /// A fault-free view of the same objects (not counted as steps, no G3 check).
@@ -432,6 +459,12 @@ impl Store for SimStore {
         if fault == Fault::FailBefore {
             return Err(unavailable("put", path));
         }
+        if let Some(backing) = self.backing() {
+            let _order = self.shared.mutations.lock().await;
+            backing.put(path, data.clone(), mode).await?;
+            self.apply_put(path, data);
+            return ambiguous_or(fault, "put", path);
+        }
         if mode == WriteMode::CreateOnly && self.contains(path) {
             return Err(conflict("put (create-only): object exists", path));
         }
@@ -482,6 +515,12 @@ impl Store for SimStore {
             }
             Bytes::from(data)
         };
+        if let Some(backing) = self.backing() {
+            let _order = self.shared.mutations.lock().await;
+            backing.put_file(path, file, offset, len, expected).await?;
+            self.apply_put(path, data);
+            return ambiguous_or(fault, "put_file", path);
+        }
         self.apply_put(path, data);
         if fault == Fault::Ambiguous {
             return Err(ambiguous("put_file", path));
@@ -495,6 +534,9 @@ impl Store for SimStore {
         if fault == Fault::FailBefore {
             return Err(unavailable("get", path));
         }
+        if let Some(backing) = self.backing() {
+            return backing.get(path).await;
+        }
         self.peek(path).ok_or_else(|| not_found(path))
     }
 
@@ -503,6 +545,9 @@ impl Store for SimStore {
         self.log("get_versioned", path, fault);
         if fault == Fault::FailBefore {
             return Err(unavailable("get_versioned", path));
+        }
+        if let Some(backing) = self.backing() {
+            return backing.get_versioned(path).await;
         }
         Ok(self
             .shared
@@ -523,6 +568,12 @@ impl Store for SimStore {
         self.log("put_if", path, fault);
         if fault == Fault::FailBefore {
             return Err(unavailable("put_if", path));
+        }
+        if let Some(backing) = self.backing() {
+            let _order = self.shared.mutations.lock().await;
+            let version = backing.put_if(path, data.clone(), expected).await?;
+            self.apply_put(path, data);
+            return ambiguous_or(fault, "put_if", path).map(|()| version);
         }
         let version = {
             let mut objects = self.shared.objects.lock().unwrap();
@@ -564,6 +615,9 @@ impl Store for SimStore {
         if fault == Fault::FailBefore {
             return Err(unavailable("get_stream", path));
         }
+        if let Some(backing) = self.backing() {
+            return backing.get_stream(path).await;
+        }
         let data = self.peek(path).ok_or_else(|| not_found(path))?;
         let size = data.len() as u64;
         let chunks: Vec<rockpoint::Result<Bytes>> = (0..data.len())
@@ -578,6 +632,9 @@ impl Store for SimStore {
         self.log("head", path, fault);
         if fault == Fault::FailBefore {
             return Err(unavailable("head", path));
+        }
+        if let Some(backing) = self.backing() {
+            return backing.head(path).await;
         }
         Ok(self
             .shared
@@ -598,6 +655,14 @@ impl Store for SimStore {
         if fault == Fault::FailBefore {
             return Err(unavailable("delete", path));
         }
+        let _order = match self.backing() {
+            Some(backing) => {
+                let order = self.shared.mutations.lock().await;
+                backing.delete(path).await?;
+                Some(order)
+            }
+            None => None,
+        };
         let frozen = {
             let mut objects = self.shared.objects.lock().unwrap();
             let check = self.faulty && path.starts_with("shared/") && objects.contains_key(path);
@@ -625,6 +690,9 @@ impl Store for SimStore {
         if fault == Fault::FailBefore {
             return Err(unavailable("list", prefix));
         }
+        if let Some(backing) = self.backing() {
+            return backing.list(prefix).await;
+        }
         Ok(self
             .shared
             .objects
@@ -642,17 +710,23 @@ impl Store for SimStore {
 
     async fn sweep_incomplete(
         &self,
-        _older_than: Duration,
-        _mode: SweepMode,
+        older_than: Duration,
+        mode: SweepMode,
     ) -> rockpoint::Result<Vec<String>> {
         if self.schedule(false, "").await == Fault::FailBefore {
             return Err(unavailable("sweep_incomplete", ""));
+        }
+        if let Some(backing) = self.backing() {
+            return backing.sweep_incomplete(older_than, mode).await;
         }
         Ok(Vec::new())
     }
 
     fn describe(&self) -> String {
-        format!("sim://{}", self.name)
+        match self.backing() {
+            Some(backing) => format!("sim://{} on {}", self.name, backing.describe()),
+            None => format!("sim://{}", self.name),
+        }
     }
 }
 
@@ -667,6 +741,15 @@ struct PinBody {
 enum PinOwner {
     Epoch { job: String, epoch: u64 },
     Reader { expires_at_ms: u64 },
+}
+
+/// `Ok`, or the ambiguous-outcome error of an operation that was applied.
+fn ambiguous_or(fault: Fault, what: &str, path: &str) -> rockpoint::Result<()> {
+    if fault == Fault::Ambiguous {
+        Err(ambiguous(what, path))
+    } else {
+        Ok(())
+    }
 }
 
 fn now_ms() -> u64 {

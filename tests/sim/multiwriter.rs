@@ -928,8 +928,19 @@ async fn wait_for_checkpoint(sim: &Sim, job: &str, limit: Duration) {
 }
 
 /// Runs one seed; returns its figures, or the violations (with the seed and step count).
-fn run_seed(seed: u64, intent_faults: bool) -> Result<Figures, String> {
+fn run_seed(seed: u64, intent_faults: bool, on_s3: bool) -> Result<Figures, String> {
     let tmp = tempfile::tempdir().expect("tempdir");
+    // On S3: a fresh root of the test server for this seed.
+    let backing = on_s3.then(|| {
+        let server = common::s3::S3Server::get();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(server.root(&tmp.path().join("s3-root")))
+            .expect("an S3 root")
+    });
     let mut rng = SimRng::new(seed);
     let short_lease = rng.chance(0.35);
     let settings = CheckpointSettings {
@@ -949,7 +960,10 @@ fn run_seed(seed: u64, intent_faults: bool) -> Result<Figures, String> {
         ambiguous: [0.0, 0.005, 0.02, 0.05, 0.15][rng.below(5) as usize],
         intent_faults,
     };
-    let store = SimStore::new(&format!("seed-{seed}"), seed, faults);
+    let store = match backing {
+        Some(backing) => SimStore::with_backing(&format!("seed-{seed}"), seed, faults, backing),
+        None => SimStore::new(&format!("seed-{seed}"), seed, faults),
+    };
     let sim = Rc::new(Sim {
         seed,
         arc: Arc::new(store.clone()),
@@ -1198,23 +1212,41 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn simulation() {
+    run_simulation(false);
+}
+
+/// The same actors and invariants against the real S3 server (SeaweedFS, `common::s3`): every
+/// store operation that survives its injected fault runs there (see `common::simstore`). Quick
+/// tier: seeds 0..3; `ROCKPOINT_SIM_S3_SEEDS=N [ROCKPOINT_SIM_FIRST_SEED=n]` for more.
+#[test]
+fn simulation_on_s3() {
+    run_simulation(true);
+}
+
+fn run_simulation(on_s3: bool) {
     let started = Instant::now();
     let intent_faults = env_u64("ROCKPOINT_SIM_INTENT_FAULTS").is_some_and(|v| v != 0);
     // Which seeds: one (replay), N from a first seed (long tier), or the quick tier: at least
     // QUICK_SEEDS seeds and then more until the store operations reach MIN_STEPS.
-    const QUICK_SEEDS: u64 = 24;
-    let (first, count, min_steps) = if let Some(seed) = env_u64("ROCKPOINT_SIM_SEED") {
+    let quick_seeds: u64 = if on_s3 { 3 } else { 24 };
+    let (first, count, min_steps) = if on_s3 {
+        (
+            env_u64("ROCKPOINT_SIM_FIRST_SEED").unwrap_or(0),
+            env_u64("ROCKPOINT_SIM_S3_SEEDS").unwrap_or(quick_seeds),
+            0,
+        )
+    } else if let Some(seed) = env_u64("ROCKPOINT_SIM_SEED") {
         (seed, 1, 0)
     } else if let Some(n) = env_u64("ROCKPOINT_SIM_SEEDS") {
         (env_u64("ROCKPOINT_SIM_FIRST_SEED").unwrap_or(0), n, 0)
     } else {
         (
             0,
-            QUICK_SEEDS,
+            quick_seeds,
             env_u64("ROCKPOINT_SIM_MIN_STEPS").unwrap_or(50_000),
         )
     };
-    let cap = first + count.max(QUICK_SEEDS * 8);
+    let cap = first + count.max(quick_seeds * 8);
     let workers = env_u64("ROCKPOINT_SIM_WORKERS").unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| (n.get() as u64 / 2).clamp(1, 6))
@@ -1237,7 +1269,7 @@ fn simulation() {
                     if !in_base && (steps.load(Ordering::SeqCst) >= min_steps || seed >= cap) {
                         break;
                     }
-                    let outcome = std::panic::catch_unwind(|| run_seed(seed, intent_faults));
+                    let outcome = std::panic::catch_unwind(|| run_seed(seed, intent_faults, on_s3));
                     match outcome {
                         Ok(Ok(figures)) => {
                             steps.fetch_add(figures.steps, Ordering::SeqCst);
@@ -1266,13 +1298,14 @@ fn simulation() {
     let f = total.into_inner().unwrap();
     let failures = failures.into_inner().unwrap();
     let summary = format!(
-        "sim_multiwriter: {} seeds, {} store steps, {} actors in {:.1}s ({} workers); faults injected: \
+        "sim_multiwriter{}: {} seeds, {} store steps, {} actors in {:.1}s ({} workers); faults injected: \
          {} delays, {} failed before applying, {} ambiguous; {} shared deletes checked (G3); \
          checkpoints ok {} / errors {}, savepoints {}, dropped {}, aborted {}; takeovers {}, zombie ops \
          rejected {}, straddled {}; crashes {}, self-restarts {}; restores {} ok / {} err, claims {}; \
          reads {} ok / {} err; GC passes {} ok / {} err, jobs fenced {}, shared deleted {}; final \
          restores {} ({} with known id); invariant checks {}; stalls {}, unexpected errors {}; \
          violations {}",
+        if on_s3 { " on S3" } else { "" },
         f.seeds,
         f.steps,
         f.actors,
