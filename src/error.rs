@@ -175,7 +175,9 @@ impl Error {
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. } => ErrorKind::Conflict,
                 object_store::Error::InvalidPath { .. }
-                | object_store::Error::NotImplemented { .. } => ErrorKind::Invalid,
+                | object_store::Error::NotImplemented { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => ErrorKind::Invalid,
                 _ => ErrorKind::Unavailable,
             },
             ErrorDetail::Poisoned(_) => ErrorKind::Poisoned,

@@ -430,3 +430,37 @@ async fn abandoned_multipart_upload_is_aborted_by_the_incomplete_sweep() -> Test
     assert!(late.is_err(), "the aborted upload still takes parts");
     Ok(())
 }
+
+/// Wrong credentials are a configuration error (`Invalid`: fix the input, do not retry), and the
+/// message says which object and what the server answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_with_wrong_credentials_is_refused_naming_the_object() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = crate::common::s3::S3Server::get();
+    let mut options = server.options();
+    for (key, value) in &mut options.config {
+        if key == "aws_secret_access_key" {
+            *value = "not-the-secret".into();
+        }
+    }
+    let url = crate::common::s3::root_url(&dir.path().join("root"));
+    let err = rockpoint::open_root(&url, &options)
+        .await
+        .err()
+        .ok_or("opened with a wrong secret")?;
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(
+        err.to_string().contains("probes/"),
+        "names the object: {err}"
+    );
+    options.read_only = true;
+    let store = rockpoint::open_root(&url, &options).await?;
+    let err = store
+        .get("jobs/x/_job")
+        .await
+        .err()
+        .ok_or("read with a wrong secret")?;
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("jobs/x/_job"), "{err}");
+    Ok(())
+}
