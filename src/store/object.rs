@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use object_store::multipart::{MultipartStore, PartId};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
 use object_store::{
     MultipartId, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart,
@@ -51,6 +51,8 @@ pub struct ObjectStoreStore {
     inner: Arc<dyn ObjectStore>,
     /// The same store's multipart API, when uploads are tracked (see [`ObjectStoreStore::track_uploads`]).
     multipart: Option<Arc<dyn MultipartStore>>,
+    /// How long an upload record vouches for its uploader (see [`ObjectStoreStore::with_upload_lease`]).
+    upload_lease: Duration,
     prefix: String,
 }
 
@@ -72,6 +74,7 @@ impl ObjectStoreStore {
         let store = ObjectStoreStore {
             inner,
             multipart: None,
+            upload_lease: UPLOAD_LEASE,
             prefix,
         };
         store.probe().await?;
@@ -84,6 +87,7 @@ impl ObjectStoreStore {
         ObjectStoreStore {
             inner,
             multipart: None,
+            upload_lease: UPLOAD_LEASE,
             prefix: prefix.trim_matches('/').to_owned(),
         }
     }
@@ -93,10 +97,22 @@ impl ObjectStoreStore {
     /// file goes up, a record `uploads/<nonce>` names the upload; it is deleted once the upload is
     /// completed or aborted. An upload whose process died leaves its record, and GC's sweep of
     /// incomplete writes ([`Store::sweep_incomplete`]) aborts it once the record is older than
-    /// `incomplete_min_age`: the parts S3 keeps (and bills) for an abandoned upload, which no
-    /// listing of objects shows, are reclaimed without a bucket lifecycle rule.
+    /// `incomplete_min_age` and its uploader's lease (renewed while parts go up) ran out: the
+    /// parts S3 keeps (and bills) for an abandoned upload, which no listing of objects shows, are
+    /// reclaimed. One window stays: a crash between creating the upload and writing its record
+    /// (one request) leaves an upload without parts that only a bucket lifecycle rule
+    /// (AbortIncompleteMultipartUpload) removes. Records hold paths relative to this root; one
+    /// that is not a valid record of this root is left alone (and logged).
     pub fn track_uploads(mut self, multipart: Arc<dyn MultipartStore>) -> Self {
         self.multipart = Some(multipart);
+        self
+    }
+
+    /// How long an upload record vouches for its uploader (default 60 s): the uploader renews the
+    /// record every third of it, and the sweep aborts an upload only after the lease ran out. A
+    /// shorter lease lets a sweep reclaim a dead uploader's upload sooner (tests use it).
+    pub fn with_upload_lease(mut self, lease: Duration) -> Self {
+        self.upload_lease = lease.max(Duration::from_millis(30));
         self
     }
 
@@ -199,10 +215,59 @@ impl ObjectStoreStore {
     }
 }
 
+/// How long an upload record vouches for its uploader by default: the uploader renews it every
+/// third of this while it sends parts, and the sweep aborts an upload only once its record's
+/// lease has run out (and the record is older than the sweep's age).
+const UPLOAD_LEASE: Duration = Duration::from_secs(60);
+
+/// An upload record (`uploads/<nonce>`): which upload, of which object of this root, and until
+/// when its uploader vouches for it. Text: `rockpoint-upload 1`, the object's path relative to
+/// the root, the upload id, the lease's end in ms since the Unix epoch; one per line.
+struct UploadRecord {
+    path: String,
+    id: MultipartId,
+    lease_until_ms: u64,
+}
+
+impl UploadRecord {
+    const HEADER: &'static str = "rockpoint-upload 1";
+
+    fn encode(&self) -> Bytes {
+        Bytes::from(format!(
+            "{}\n{}\n{}\n{}\n",
+            Self::HEADER,
+            self.path,
+            self.id,
+            self.lease_until_ms
+        ))
+    }
+
+    /// Decodes a record; `None` for anything that is not one (a stray object, a damaged or
+    /// crafted record: the path must be a valid object path of this root, the id short and
+    /// printable).
+    fn decode(body: &[u8]) -> Option<UploadRecord> {
+        let text = std::str::from_utf8(body).ok()?;
+        let mut lines = text.lines();
+        if lines.next()? != Self::HEADER {
+            return None;
+        }
+        let path = lines.next()?.to_owned();
+        let id = lines.next()?.to_owned();
+        let lease_until_ms = lines.next()?.parse().ok()?;
+        let id_ok = !id.is_empty() && id.len() <= 1024 && id.bytes().all(|b| b.is_ascii_graphic());
+        (validate_object_path(&path).is_ok() && id_ok).then_some(UploadRecord {
+            path,
+            id,
+            lease_until_ms,
+        })
+    }
+}
+
 impl ObjectStoreStore {
-    /// A multipart upload under a record (see [`track_uploads`](Self::track_uploads)): parts
-    /// are read in order and sent [`PART_CONCURRENCY`] at a time; the upload is completed only
-    /// if the bytes hash to what was expected, and aborted on any failure.
+    /// A multipart upload under a record (see [`track_uploads`](Self::track_uploads)), steps
+    /// U1–U5 of `docs/protocols.md`: parts are read in order and sent [`PART_CONCURRENCY`] at a
+    /// time, the record's lease renewed on the way; the upload is completed only if the bytes
+    /// hash to what was expected, and aborted on any failure.
     #[allow(clippy::too_many_arguments)]
     async fn put_tracked(
         &self,
@@ -210,24 +275,73 @@ impl ObjectStoreStore {
         path: &str,
         location: &ObjectPath,
         source: std::fs::File,
+        file: &Path,
         len: u64,
         part: usize,
         check: Verifier,
     ) -> Result<()> {
+        // U1
         let id = multipart
             .create_multipart(location)
             .await
             .map_err(|e| store_error("starting upload of", path, e))?;
+        // U2
         let record = format!("{UPLOADS}{}", crate::util::nonce());
-        let body = format!("{}\n{id}\n", location.as_ref());
-        if let Err(e) = self
-            .put(&record, Bytes::from(body), WriteMode::CreateOnly)
-            .await
-        {
+        let mut body = UploadRecord {
+            path: path.to_owned(),
+            id: id.clone(),
+            lease_until_ms: 0,
+        };
+        let renew = |body: &mut UploadRecord, mode: WriteMode| {
+            body.lease_until_ms = crate::util::now_ms() + self.upload_lease.as_millis() as u64;
+            self.put(&record, body.encode(), mode)
+        };
+        if let Err(e) = renew(&mut body, WriteMode::CreateOnly).await {
             let _ = multipart.abort_multipart(location, &id).await;
             return Err(e);
         }
-        let sent = send_parts(multipart, path, location, &id, source, len, part, check).await;
+        // U3
+        let sent = async {
+            let mut in_flight = futures::stream::FuturesOrdered::new();
+            let mut parts = Vec::new();
+            let (mut source, mut check, mut sent) = (source, check, 0u64);
+            let mut renewed = std::time::Instant::now();
+            while sent < len {
+                if in_flight.len() >= PART_CONCURRENCY {
+                    if let Some(done) = in_flight.next().await {
+                        parts.push(done?);
+                    }
+                }
+                if renewed.elapsed() >= self.upload_lease / 3 {
+                    renew(&mut body, WriteMode::Replace).await?;
+                    renewed = std::time::Instant::now();
+                }
+                let want = (len - sent).min(part as u64) as usize;
+                let (rest, chunk) = read_part(source, want, file).await?;
+                source = rest;
+                if chunk.is_empty() {
+                    break;
+                }
+                sent += chunk.len() as u64;
+                check.update(&chunk)?;
+                let index = parts.len() + in_flight.len();
+                let multipart = multipart.clone();
+                let (location, id) = (location.clone(), id.clone());
+                in_flight.push_back(async move {
+                    multipart
+                        .put_part(&location, &id, index, PutPayload::from(chunk))
+                        .await
+                        .map_err(|e| store_error("uploading", path, e))
+                });
+            }
+            while let Some(done) = in_flight.next().await {
+                parts.push(done?);
+            }
+            check.finish()?;
+            Ok::<_, Error>(parts)
+        }
+        .await;
+        // U4
         let ended = match sent {
             Ok(parts) => multipart
                 .complete_multipart(location, &id, parts)
@@ -239,19 +353,19 @@ impl ObjectStoreStore {
                 Err(e)
             }
         };
-        // A record left behind only makes GC abort an upload that has ended, which does nothing.
+        // U5. A record left behind only makes GC abort an upload that has ended: nothing.
         if let Err(e) = self.delete(&record).await {
             tracing::debug!(record, error = %e, "upload record left for GC");
         }
         ended
     }
 
-    /// Records of uploads older than `older_than`: (record path, location, upload id, size).
-    async fn abandoned_uploads(
-        &self,
-        older_than: Duration,
-    ) -> Result<Vec<(String, ObjectPath, MultipartId)>> {
+    /// Uploads whose record is older than `older_than` and whose lease has run out:
+    /// (record path, the upload's record). A record that cannot be read or is not one (a stray
+    /// object, a damaged or crafted record) is skipped with a warning, never acted on.
+    async fn abandoned_uploads(&self, older_than: Duration) -> Result<Vec<(String, UploadRecord)>> {
         let mut out = Vec::new();
+        let now = crate::util::now_ms();
         for object in self.list(UPLOADS).await? {
             if object.modified.elapsed().unwrap_or_default() < older_than {
                 continue;
@@ -259,80 +373,38 @@ impl ObjectStoreStore {
             let body = match self.get(&object.path).await {
                 Ok(body) => body,
                 Err(e) if e.kind() == crate::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let text = String::from_utf8_lossy(&body);
-            let mut lines = text.lines();
-            match (lines.next(), lines.next()) {
-                (Some(location), Some(id)) if !location.is_empty() && !id.is_empty() => {
-                    out.push((object.path, ObjectPath::from(location), id.to_owned()));
+                Err(e) => {
+                    tracing::warn!(record = object.path, error = %e, "upload record unreadable; left alone");
+                    continue;
                 }
-                _ => tracing::warn!(record = object.path, "unreadable upload record left alone"),
+            };
+            match UploadRecord::decode(&body) {
+                Some(record) if record.lease_until_ms < now => out.push((object.path, record)),
+                Some(_) => {}
+                None => tracing::warn!(record = object.path, "not an upload record; left alone"),
             }
         }
         Ok(out)
     }
 }
 
-/// Reads `len` bytes from `source` in parts of `part` bytes, hashing them on the way, and sends
-/// them as the parts of upload `id`, at most [`PART_CONCURRENCY`] in flight.
-#[allow(clippy::too_many_arguments)]
-async fn send_parts(
-    multipart: &Arc<dyn MultipartStore>,
-    path: &str,
-    location: &ObjectPath,
-    id: &MultipartId,
-    mut source: std::fs::File,
-    len: u64,
-    part: usize,
-    mut check: Verifier,
-) -> Result<Vec<PartId>> {
-    let mut in_flight = futures::stream::FuturesOrdered::new();
-    let mut parts = Vec::new();
-    let mut sent = 0u64;
-    while sent < len {
-        if in_flight.len() >= PART_CONCURRENCY {
-            if let Some(done) = in_flight.next().await {
-                parts.push(done?);
-            }
-        }
-        let want = (len - sent).min(part as u64) as usize;
-        let (rest, chunk) = read_part(source, want).await?;
-        source = rest;
-        if chunk.is_empty() {
-            break;
-        }
-        sent += chunk.len() as u64;
-        check.update(&chunk)?;
-        let index = parts.len() + in_flight.len();
-        let multipart = multipart.clone();
-        let (location, id, path) = (location.clone(), id.clone(), path.to_owned());
-        in_flight.push_back(async move {
-            multipart
-                .put_part(&location, &id, index, PutPayload::from(chunk))
-                .await
-                .map_err(|e| store_error("uploading", &path, e))
-        });
-    }
-    while let Some(done) = in_flight.next().await {
-        parts.push(done?);
-    }
-    check.finish()?;
-    Ok(parts)
-}
-
 fn store_error(context: &'static str, path: &str, e: object_store::Error) -> Error {
     Error::store(context, path, e)
 }
 
-/// Reads the next chunk of at most `PART_BYTES` from `file`, off the async threads.
-async fn read_part(file: std::fs::File, want: usize) -> Result<(std::fs::File, Vec<u8>)> {
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
+/// Reads the next chunk of at most `want` bytes from `source` (the file `file`), off the async
+/// threads.
+async fn read_part(
+    source: std::fs::File,
+    want: usize,
+    file: &Path,
+) -> Result<(std::fs::File, Vec<u8>)> {
+    let read = tokio::task::spawn_blocking(move || {
+        let mut source = source;
         let mut buf = vec![0u8; want];
         let mut filled = 0;
         while filled < want {
-            match file.read(&mut buf[filled..]) {
+            match source.read(&mut buf[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -340,11 +412,11 @@ async fn read_part(file: std::fs::File, want: usize) -> Result<(std::fs::File, V
             }
         }
         buf.truncate(filled);
-        Ok((file, buf))
+        Ok((source, buf))
     })
     .await
-    .map_err(|e| Error::task("storage task", e))?
-    .map_err(|e| Error::io("reading for upload", "<staged file>", e))
+    .map_err(|e| Error::task("storage task", e))?;
+    read.map_err(|e| Error::io("reading for upload", file, e))
 }
 
 #[async_trait]
@@ -388,14 +460,14 @@ impl Store for ObjectStoreStore {
         );
         let part = part_bytes(len);
         if len <= PART_BYTES as u64 {
-            let (_, data) = read_part(source, len as usize).await?;
+            let (_, data) = read_part(source, len as usize, file).await?;
             check.update(&data)?;
             check.finish()?;
             return self.put(path, Bytes::from(data), WriteMode::Replace).await;
         }
         if let Some(multipart) = &self.multipart {
             return self
-                .put_tracked(multipart, path, &location, source, len, part, check)
+                .put_tracked(multipart, path, &location, source, file, len, part, check)
                 .await;
         }
         let upload = self
@@ -411,7 +483,7 @@ impl Store for ObjectStoreStore {
                 return Err(store_error("uploading", path, e));
             }
             let want = (len - sent).min(part as u64) as usize;
-            let (rest, chunk) = match read_part(source, want).await {
+            let (rest, chunk) = match read_part(source, want, file).await {
                 Ok(read) => read,
                 Err(e) => {
                     let _ = writer.abort().await;
@@ -655,9 +727,11 @@ impl Store for ObjectStoreStore {
             return Ok(Vec::new());
         };
         let mut swept = Vec::new();
-        for (record, location, id) in self.abandoned_uploads(older_than).await? {
+        for (record, upload) in self.abandoned_uploads(older_than).await? {
+            // The location is this root's: the record holds a path relative to it, validated.
+            let location = self.location(&upload.path)?;
             if mode == SweepMode::Delete {
-                match multipart.abort_multipart(&location, &id).await {
+                match multipart.abort_multipart(&location, &upload.id).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => {
                         tracing::warn!(upload = %location, error = %e, "aborting an abandoned upload failed; kept its record");
@@ -666,10 +740,7 @@ impl Store for ObjectStoreStore {
                 }
                 self.delete(&record).await?;
             }
-            swept.push(format!(
-                "unfinished upload of `{}` ({record})",
-                self.relative(&location)
-            ));
+            swept.push(format!("unfinished upload of `{}` ({record})", upload.path));
         }
         Ok(swept)
     }

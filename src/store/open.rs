@@ -6,6 +6,11 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use object_store::ObjectStore;
 use object_store::multipart::MultipartStore;
 
@@ -17,7 +22,10 @@ fn both<T: ObjectStore + MultipartStore>(store: T) -> Built {
     (store.clone(), store)
 }
 
-use super::{LocalStore, ObjectStoreStore, Store};
+use super::{
+    ContentHash, LocalStore, ObjectInfo, ObjectStoreStore, ObjectVersion, Staged, Store, SweepMode,
+    WriteMode,
+};
 use crate::error::{Error, Result};
 
 /// How [`open_root`] opens a root.
@@ -28,8 +36,11 @@ pub struct RootOptions {
     /// `aws_allow_http`, …; for GCS `google_service_account`, …; for Azure
     /// `azure_storage_account_name`, …. An unknown key is an `Invalid` error.
     pub config: Vec<(String, String)>,
-    /// Skip the startup probe (see [`ObjectStoreStore::probe`]). For read-only inspection with
-    /// credentials that may not write; never for a root a coordinator or GC writes to.
+    /// Open for reading only: no startup probe (see [`ObjectStoreStore::probe`]), so
+    /// credentials that may not write can inspect a root, and every write through the returned
+    /// store (put, compare-and-swap, delete, a deleting sweep) fails with `Invalid`. For listing,
+    /// showing and sizing a root, and for a GC dry run; not for restore or verify, which write
+    /// reader pins.
     pub read_only: bool,
     /// Accept an object store that ignores conditional writes (it overwrites a create-only object
     /// or a stale compare-and-swap). Safe only if exactly one coordinator of each job and no
@@ -51,7 +62,18 @@ pub async fn open_root(url: &str, options: &RootOptions) -> Result<Arc<dyn Store
                 option_names(options)
             )));
         }
-        return Ok(Arc::new(LocalStore::new(url)?));
+        let local: Arc<dyn Store> = if options.read_only {
+            let path = std::path::Path::new(url);
+            if !path.is_dir() {
+                return Err(Error::not_found(format!(
+                    "root `{url}` is not a directory (a read-only open creates nothing)"
+                )));
+            }
+            Arc::new(LocalStore::new(path)?)
+        } else {
+            Arc::new(LocalStore::new(url)?)
+        };
+        return Ok(read_only_if(local, options));
     };
     let parsed = url::Url::parse(url)
         .map_err(|e| Error::invalid(format!("root `{url}` is not a valid URL: {e}")))?;
@@ -64,7 +86,9 @@ pub async fn open_root(url: &str, options: &RootOptions) -> Result<Arc<dyn Store
     let (inner, multipart) = object_store_for(scheme, url, &parsed, options)?;
     let prefix = parsed.path().trim_matches('/');
     let store = ObjectStoreStore::new_unprobed(inner, prefix).track_uploads(multipart);
-    if !options.read_only {
+    if options.read_only {
+        return Ok(read_only_if(Arc::new(store), options));
+    } else {
         match store.probe().await {
             Ok(()) => {}
             Err(e) if options.single_writer && e.kind() == crate::ErrorKind::Invalid => {
@@ -74,6 +98,110 @@ pub async fn open_root(url: &str, options: &RootOptions) -> Result<Arc<dyn Store
         }
     }
     Ok(Arc::new(store))
+}
+
+fn read_only_if(store: Arc<dyn Store>, options: &RootOptions) -> Arc<dyn Store> {
+    if options.read_only {
+        Arc::new(ReadOnly(store))
+    } else {
+        store
+    }
+}
+
+/// A store opened with [`RootOptions::read_only`]: reads pass, writes fail with `Invalid`.
+#[derive(Debug)]
+struct ReadOnly(Arc<dyn Store>);
+
+impl ReadOnly {
+    fn refuse<T>(&self, what: &str, path: &str) -> Result<T> {
+        Err(Error::invalid(format!(
+            "{what} `{path}`: root {} was opened read-only",
+            self.0.describe()
+        )))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for ReadOnly {
+    async fn put(&self, path: &str, _data: Bytes, _mode: WriteMode) -> Result<()> {
+        self.refuse("writing", path)
+    }
+
+    async fn put_file(
+        &self,
+        path: &str,
+        _file: &Path,
+        _offset: u64,
+        _len: u64,
+        _expected: ContentHash,
+    ) -> Result<()> {
+        self.refuse("uploading", path)
+    }
+
+    async fn get(&self, path: &str) -> Result<Bytes> {
+        self.0.get(path).await
+    }
+
+    async fn get_versioned(&self, path: &str) -> Result<Option<(Bytes, ObjectVersion)>> {
+        self.0.get_versioned(path).await
+    }
+
+    async fn put_if(
+        &self,
+        path: &str,
+        _data: Bytes,
+        _expected: Option<&ObjectVersion>,
+    ) -> Result<ObjectVersion> {
+        self.refuse("writing", path)
+    }
+
+    async fn get_stream(&self, path: &str) -> Result<(u64, BoxStream<'static, Result<Bytes>>)> {
+        self.0.get_stream(path).await
+    }
+
+    async fn head(&self, path: &str) -> Result<Option<ObjectInfo>> {
+        self.0.head(path).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
+        self.refuse("deleting", path)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.0.list(prefix).await
+    }
+
+    async fn sweep_incomplete(&self, older_than: Duration, mode: SweepMode) -> Result<Vec<String>> {
+        match mode {
+            SweepMode::DryRun => self.0.sweep_incomplete(older_than, mode).await,
+            SweepMode::Delete => self.refuse("sweeping", "incomplete writes"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+
+    async fn stage_file(&self, file: &Path, _offset: u64, _len: u64) -> Result<Staged> {
+        self.refuse("staging", &file.display().to_string())
+    }
+
+    async fn publish_staged(&self, _staged: Staged, path: &str) -> Result<()> {
+        self.refuse("publishing", path)
+    }
+
+    async fn append_verified(
+        &self,
+        path: &str,
+        expected: ContentHash,
+        size: u64,
+        target: &Path,
+        label: &str,
+    ) -> Result<()> {
+        self.0
+            .append_verified(path, expected, size, target, label)
+            .await
+    }
 }
 
 fn option_names(options: &RootOptions) -> String {

@@ -16,3 +16,4 @@ mod job_retention;
 mod multihost;
 mod multiwriter;
 mod resume_loop;
+mod s3_attack;

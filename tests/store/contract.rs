@@ -344,7 +344,24 @@ async fn abandoned_multipart_upload_is_aborted_by_the_incomplete_sweep() -> Test
     let dir = tempfile::tempdir()?;
     let server = crate::common::s3::S3Server::get();
     let root = dir.path().join("root");
-    let store = crate::common::s3::Root::S3.store(&root).await?;
+    // The raw S3 API, and over it a tracked store whose upload lease is short: an upload whose
+    // process died is abandoned 300 ms later (60 s by default).
+    let mut raw = AmazonS3Builder::new().with_bucket_name(crate::common::s3::BUCKET);
+    for (key, value) in server.options().config {
+        raw = raw.with_config(key.parse::<AmazonS3ConfigKey>()?, value);
+    }
+    let raw = Arc::new(raw.build()?);
+    let url = crate::common::s3::root_url(&root);
+    let prefix = url
+        .strip_prefix(&format!("s3://{}/", crate::common::s3::BUCKET))
+        .ok_or("a root of the test bucket")?
+        .to_owned();
+    let store: Arc<dyn Store> = Arc::new(
+        ObjectStoreStore::new(raw.clone(), &prefix)
+            .await?
+            .track_uploads(raw.clone())
+            .with_upload_lease(std::time::Duration::from_millis(300)),
+    );
     let source = dir.path().join("big");
     let content: Vec<u8> = (0..40_000_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(&source, &content)?;
@@ -373,23 +390,24 @@ async fn abandoned_multipart_upload_is_aborted_by_the_incomplete_sweep() -> Test
     let _ = upload.await;
     let body = store.get(&record.path).await?;
     let text = String::from_utf8(body.to_vec())?;
-    let (location, id) = text
-        .trim_end()
-        .split_once('\n')
-        .ok_or("a two-line record")?;
-    assert!(location.ends_with("shared/cd/big"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let [header, path, id, _lease] = lines[..] else {
+        return Err(format!("a four-line record: {text}").into());
+    };
+    assert_eq!(
+        (header, path),
+        ("rockpoint-upload 1", "shared/cd/big"),
+        "{text}"
+    );
+    let location = format!("{prefix}/{path}");
+    let location = location.as_str();
     assert!(
         store.head("shared/cd/big").await?.is_none(),
         "never completed"
     );
 
-    // The raw S3 API: the abandoned upload still takes parts before the sweep, none after.
-    let mut raw = AmazonS3Builder::new().with_bucket_name(crate::common::s3::BUCKET);
-    for (key, value) in server.options().config {
-        raw = raw.with_config(key.parse::<AmazonS3ConfigKey>()?, value);
-    }
-    let raw = raw.build()?;
-    let late_part = |raw: object_store::aws::AmazonS3| async move {
+    // The abandoned upload still takes parts before the sweep, none after.
+    let late_part = |raw: Arc<object_store::aws::AmazonS3>| async move {
         raw.put_part(
             &object_store::path::Path::from(location),
             &id.to_owned(),
@@ -401,6 +419,14 @@ async fn abandoned_multipart_upload_is_aborted_by_the_incomplete_sweep() -> Test
     late_part(raw.clone()).await?;
 
     let zero = std::time::Duration::ZERO;
+    let leased = store
+        .sweep_incomplete(zero, rockpoint::SweepMode::Delete)
+        .await?;
+    assert!(
+        leased.is_empty(),
+        "the dead uploader's lease has not run out yet: {leased:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let young = store
         .sweep_incomplete(
             std::time::Duration::from_secs(3600),

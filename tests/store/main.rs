@@ -7,3 +7,4 @@ mod common;
 mod contract;
 mod hooked;
 mod poison;
+mod s3_attack;

@@ -184,8 +184,9 @@ fn init_logging(verbose: u8) {
 
 /// Opens `--root`. A local root must be an existing directory: a path that does not exist is
 /// refused before anything is opened, so a typo never creates a directory nor lists as an empty
-/// root. An object store root is probed before a command that writes (`restore`, `gc --confirm`);
-/// commands that only read skip the probe, so read-only credentials can inspect a root.
+/// root. An object store root is probed before a command that writes (`restore` and `verify`, which
+/// pin what they read, and `gc --confirm`); commands that only read open it read-only, without the
+/// probe, so read-only credentials can list, show and size a root.
 async fn open_store(cli: &Cli, writes: bool) -> rockpoint::Result<Arc<dyn Store>> {
     let mut config = Vec::new();
     for option in &cli.store_options {
@@ -285,9 +286,10 @@ fn warn_unreadable(view: &RootView) {
 
 async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
     let writes = match &cli.command {
-        Command::Restore { .. } => true,
+        // Restore and verify write a reader pin (GC keeps what they read).
+        Command::Restore { .. } | Command::Verify { .. } => true,
         Command::Gc { confirm, .. } => *confirm,
-        Command::List { .. } | Command::Show { .. } | Command::Verify { .. } | Command::Du => false,
+        Command::List { .. } | Command::Show { .. } | Command::Du => false,
     };
     let store = open_store(&cli, writes).await?;
     let json = cli.json;
