@@ -211,6 +211,22 @@ pub(crate) fn snapshot_pin_prefix(job_id: &str, kind: SnapshotKind, id: u64) -> 
     format!("{PINS}{job_id}/{}-{id:020}-", kind.dir_prefix())
 }
 
+/// The job, kind and id of a snapshot pin's path (`pins/<job>/<chk|sp>-<id:020>-<tag>`); `None`
+/// for a reader pin or anything else.
+pub(crate) fn parse_snapshot_pin(path: &str) -> Option<(&str, SnapshotKind, u64)> {
+    let (job, name) = path.strip_prefix(PINS)?.split_once('/')?;
+    let (kind, rest) = if let Some(rest) = name.strip_prefix("chk-") {
+        (SnapshotKind::Checkpoint, rest)
+    } else {
+        (SnapshotKind::Savepoint, name.strip_prefix("sp-")?)
+    };
+    let digits = rest.get(..20)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || rest.as_bytes().get(20) != Some(&b'-') {
+        return None;
+    }
+    Some((job, kind, digits.parse().ok()?))
+}
+
 /// `pins/<src>/read-<chk|sp>-<id:020>-<nonce>` — a new reader's pin on a checkpoint of job `src`.
 pub(crate) fn reader_pin_path(src_job: &str, kind: SnapshotKind, id: u64) -> String {
     format!(

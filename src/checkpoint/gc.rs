@@ -152,16 +152,24 @@ impl View {
         Ok((view, jobs))
     }
 
-    /// Whether a pin's owner still lives (see the module docs).
-    fn pin_live(&self, pin: &PinRecord, now_ms: u64, margin_ms: u64) -> bool {
+    /// Whether the pin at `path` still protects anything (see the module docs).
+    fn pin_live(&self, path: &str, pin: &PinRecord, now_ms: u64, margin_ms: u64) -> bool {
         match &pin.owner {
             PinOwner::Reader { expires_at_ms } => expires_at_ms.saturating_add(margin_ms) >= now_ms,
             // Dead only when provably so: an older epoch than the record's, i.e. fenced — by a
             // newer claim, or by GC after the lease expired (G2 fences before it judges). An
             // expired lease alone proves nothing: the owner may still commit until it is fenced.
             // A record read before a newer claim, or not read at all, cannot prove a pin dead.
+            // And a snapshot pin of the live epoch is dead once its checkpoint ended (its id is
+            // below the record's `finished_below`): it can no longer commit. A backend in another
+            // process may write it after the coordinator gave up on the checkpoint.
             PinOwner::Epoch { job, epoch } => match self.records.get(job) {
-                Some(Some(record)) => *epoch >= record.epoch,
+                Some(Some(record)) => {
+                    let ended = layout::parse_snapshot_pin(path).is_some_and(|(pin_job, _, id)| {
+                        pin_job == job && *epoch == record.epoch && id < record.finished_below
+                    });
+                    *epoch >= record.epoch && !ended
+                }
                 _ => true,
             },
         }
@@ -181,8 +189,8 @@ impl View {
             .filter(|(path, _)| !ignored.contains(path))
             .flat_map(|(_, m)| m.shared_hashes())
             .collect();
-        for (_, pin) in &self.pins {
-            if self.pin_live(pin, now_ms, margin_ms) {
+        for (info, pin) in &self.pins {
+            if self.pin_live(&info.path, pin, now_ms, margin_ms) {
                 referenced.extend(pin.hashes.iter().copied());
             }
         }
@@ -244,7 +252,7 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
     let mut dead: Vec<(String, u64)> = view
         .pins
         .iter()
-        .filter(|(info, pin)| !view.pin_live(pin, now, margin_ms) && old(info))
+        .filter(|(info, pin)| !view.pin_live(&info.path, pin, now, margin_ms) && old(info))
         .map(|(info, _)| (info.path.clone(), info.size))
         .collect();
     dead.extend(expired_intents(store, &intents, now, &mut report).await);
@@ -380,8 +388,10 @@ fn orphaned_records(
         // discards; a fenced or expired owner may not.
         let owner_live =
             record.owner.is_some() && record.lease_until_ms.saturating_add(margin_ms) >= now_ms;
-        let owners_business =
-            owner_live && (id >= record.epoch_first_id || record.discarding.contains(&id));
+        // Ids below `finished_below` ended: their leftovers are GC's even while the owner lives.
+        let owners_business = owner_live
+            && ((id >= record.epoch_first_id && id >= record.finished_below)
+                || record.discarding.contains(&id));
         if complete
             || owners_business
             || id >= record.next_id
@@ -405,7 +415,7 @@ fn reader_pinned(
 ) -> BTreeSet<(String, u64)> {
     pins.iter()
         .filter(|(info, _)| layout::is_reader_pin_path(&info.path))
-        .filter(|(_, pin)| view.pin_live(pin, now_ms, margin_ms))
+        .filter(|(info, pin)| view.pin_live(&info.path, pin, now_ms, margin_ms))
         .filter_map(|(_, pin)| Some((pin.job_id.clone(), pin.checkpoint_id?)))
         .collect()
 }

@@ -55,6 +55,12 @@ pub struct JobRecord {
     pub discarding: Vec<u64>,
     /// When the record was last written, in milliseconds since the Unix epoch.
     pub updated_at_ms: u64,
+    /// Every id of this epoch below this one has ended (committed, aborted or subsumed): no
+    /// snapshot of it can commit any more, so its snapshot pins are dead and its leftovers are
+    /// GC's even while the owner lives (a backend in another process may finish uploading after
+    /// the coordinator gave up on it). Written at every record swap; 0 in records written before it.
+    #[serde(default)]
+    pub finished_below: u64,
 }
 
 impl JobRecord {
@@ -70,6 +76,7 @@ impl JobRecord {
             savepoints: Vec::new(),
             discarding: Vec::new(),
             updated_at_ms: 0,
+            finished_below: 0,
         }
     }
 
@@ -91,6 +98,7 @@ impl JobRecord {
             && self.epoch_first_id >= 1
             && self.epoch_first_id <= self.next_id
             && self.next_id < u64::MAX / 2
+            && self.finished_below <= self.next_id
             && sorted(&self.retained)
             && sorted(&self.savepoints)
             && bounded(&self.retained)

@@ -21,6 +21,19 @@ use crate::layout::SnapshotKind;
 
 pub(crate) struct TicketState {
     pub(crate) cancelled: AtomicBool,
+    /// The handles uploaded in this process with this ticket (or a clone of it): `complete`
+    /// trusts these; a handle from elsewhere (another process's upload, a wire form) has its
+    /// objects checked in the store first.
+    pub(crate) uploaded: std::sync::Mutex<Vec<metadata::BackendHandle>>,
+}
+
+impl TicketState {
+    pub(crate) fn new() -> Self {
+        TicketState {
+            cancelled: AtomicBool::new(false),
+            uploaded: std::sync::Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// The wire form of a [`CheckpointTicket`].
@@ -126,9 +139,7 @@ impl CheckpointTicket {
             epoch: wire.epoch,
             kind: wire.kind,
             known: Arc::new(wire.known.into_iter().collect()),
-            state: Arc::new(TicketState {
-                cancelled: AtomicBool::new(false),
-            }),
+            state: Arc::new(TicketState::new()),
             upload_parallelism: wire.upload_parallelism as usize,
             faults: FaultRegistry::default(),
         })

@@ -37,6 +37,31 @@ pub fn decode_job(bytes: &[u8]) -> rockpoint::admin::JobRecord {
     rmp_serde::from_slice(&bytes[52..]).expect("job record body decodes")
 }
 
+/// Whether a pin at `path` owned by `epoch` of `job` still protects anything, judged from the job
+/// records as the documented rule says (`docs/protocols.md`, GC): a pin of an older epoch is dead
+/// (fenced), and so is a snapshot pin (`pins/<job>/<chk|sp>-<id:020>-…`) of the live epoch whose
+/// checkpoint ended (id below the record's `finished_below`: it can no longer commit).
+pub fn epoch_pin_live(
+    path: &str,
+    job: &str,
+    epoch: u64,
+    records: &std::collections::HashMap<String, rockpoint::admin::JobRecord>,
+) -> bool {
+    let Some(record) = records.get(job) else {
+        return true;
+    };
+    let ended = path
+        .strip_prefix(&format!("pins/{job}/"))
+        .and_then(|name| {
+            name.strip_prefix("chk-")
+                .or_else(|| name.strip_prefix("sp-"))
+        })
+        .and_then(|rest| rest.get(..20))
+        .and_then(|digits| digits.parse::<u64>().ok())
+        .is_some_and(|id| epoch == record.epoch && id < record.finished_below);
+    record.epoch <= epoch && !ended
+}
+
 /// Wrap a store with it through [`with_hook`](super::with_hook); `violations()` lists the deletes
 /// that broke G3.
 #[derive(Default)]
@@ -89,7 +114,7 @@ pub async fn referenced_now(store: &dyn Store) -> rockpoint::Result<BTreeSet<Str
         let body: PinBody = rmp_serde::from_slice(&bytes[52..]).expect("pin body decodes");
         let live = match &body.owner {
             PinOwner::Reader { expires_at_ms } => *expires_at_ms >= now,
-            PinOwner::Epoch { job, epoch } => records.get(job).is_none_or(|r| r.epoch <= *epoch),
+            PinOwner::Epoch { job, epoch } => epoch_pin_live(&object.path, job, *epoch, &records),
         };
         if live {
             out.extend(

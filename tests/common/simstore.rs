@@ -807,7 +807,7 @@ pub fn explain(frozen: &SimStore, path: &str) -> String {
             let live = match &body.owner {
                 PinOwner::Reader { expires_at_ms } => *expires_at_ms >= now,
                 PinOwner::Epoch { job, epoch } => {
-                    records.get(job).is_none_or(|r| r.epoch <= *epoch)
+                    super::checking::epoch_pin_live(&pin, job, *epoch, &records)
                 }
             };
             out.push(format!(
@@ -861,7 +861,9 @@ async fn references(frozen: &SimStore, path: &str) -> (Vec<String>, Vec<(String,
         };
         let live = match &body.owner {
             PinOwner::Reader { expires_at_ms } => *expires_at_ms >= now,
-            PinOwner::Epoch { job, epoch } => records.get(job).is_none_or(|r| r.epoch <= *epoch),
+            PinOwner::Epoch { job, epoch } => {
+                super::checking::epoch_pin_live(&pin, job, *epoch, &records)
+            }
         };
         if live && body.hashes.contains(&hex) {
             pins.push((pin.clone(), frozen.created(&pin).unwrap_or(0)));

@@ -125,6 +125,11 @@ impl CheckpointCoordinator {
             .map(|h| h.max_parallelism)
             .ok_or_else(|| Error::invalid("a checkpoint needs at least one backend handle"))?;
         // C2
+        if let Err(e) = self.check_foreign_handles(ticket, &handles).await {
+            // Refused before anything of the commit was written: B2, as for any abort.
+            self.abort_by_id(ticket.kind, id).await.ok();
+            return Err(e);
+        }
         let metadata = CheckpointMetadata {
             job_id: self.inner.job_id.clone(),
             checkpoint_id: id,
@@ -135,10 +140,16 @@ impl CheckpointCoordinator {
             full_size_bytes: handles.iter().map(BackendHandle::full_size_bytes).sum(),
             backends: handles,
         };
-        let bytes = Bytes::from(
-            metadata::encode_metadata(&metadata)
-                .map_err(|e| Error::invalid(format!("checkpoint {id}: {e}")))?,
-        );
+        let bytes = match metadata::encode_metadata(&metadata) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) => {
+                // Refused (overlapping or inconsistent handles) before anything was written.
+                self.abort_by_id(ticket.kind, id).await.ok();
+                return Err(Error::invalid(format!(
+                    "checkpoint {id}: the backend handles cannot be committed: {e}"
+                )));
+            }
+        };
         let path = metadata.metadata_path();
         crate::failpoint!(self.inner.faults, "commit::before_metadata");
         // C3
@@ -180,6 +191,56 @@ impl CheckpointCoordinator {
             return Err(e);
         }
         Ok(metadata)
+    }
+
+    /// C1 for handles this process did not upload (another process's, read from their wire
+    /// form): every private file, and every shared object the ticket did not already know, must
+    /// be in the store with its recorded size — a handle from an upload to another root, or from
+    /// one that never finished, is refused instead of committed (G1). Costs one `head` per new
+    /// object of such a handle.
+    async fn check_foreign_handles(
+        &self,
+        ticket: &CheckpointTicket,
+        handles: &[BackendHandle],
+    ) -> Result<()> {
+        let uploaded = ticket
+            .state
+            .uploaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for handle in handles.iter().filter(|h| !uploaded.contains(h)) {
+            let private = handle
+                .private_files
+                .iter()
+                .map(|f| (f.path.clone(), f.size));
+            let shared = handle
+                .shared_objects()
+                .filter(|(hash, _)| !ticket.known.contains(hash))
+                .map(|(hash, size)| (crate::layout::shared_path(&hash), size));
+            for (path, size) in private.chain(shared) {
+                match self.st().head(&path).await? {
+                    Some(found) if found.size == size => {}
+                    Some(found) => {
+                        return Err(Error::invalid(format!(
+                            "checkpoint {}: the handle of backend {} names `{path}` of {size} bytes; \
+                             the store holds {} bytes",
+                            ticket.checkpoint_id, handle.key_groups, found.size
+                        )));
+                    }
+                    None => {
+                        return Err(Error::invalid(format!(
+                            "checkpoint {}: the handle of backend {} names `{path}`, which is not in \
+                             the store {} (uploaded to another root, or never finished)",
+                            ticket.checkpoint_id,
+                            handle.key_groups,
+                            self.st().describe()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// C4, the commit point: the record swap that lists the checkpoint (retention by id; a late,

@@ -39,6 +39,8 @@ impl Drop for AbortOnDrop {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
+                    // A runtime shutting down may cancel this task: the slot is freed anyway.
+                    let _free = FreeSlot(coordinator.clone(), ticket.checkpoint_id);
                     if let Err(e) = coordinator.finish_dropped(&ticket).await {
                         tracing::warn!(checkpoint = ticket.checkpoint_id, error = %e, "cleaning up a dropped checkpoint failed; recovery or GC will finish it");
                     }
@@ -47,6 +49,15 @@ impl Drop for AbortOnDrop {
             // No runtime to clean up on: free the slot; recovery and GC remove the leftovers.
             Err(_) => coordinator.remove_pending(ticket.checkpoint_id),
         }
+    }
+}
+
+/// Frees a checkpoint's slot when dropped (idempotent: a freed slot stays freed).
+struct FreeSlot(CheckpointCoordinator, u64);
+
+impl Drop for FreeSlot {
+    fn drop(&mut self) {
+        self.0.remove_pending(self.1);
     }
 }
 

@@ -12,7 +12,7 @@
 //! checkpoint's metadata outlives every in-flight ticket that was given its hashes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -187,6 +187,10 @@ impl Default for CheckpointMetrics {
     }
 }
 
+/// How long `checkpoint()` waits for the cleanup of a dropped `checkpoint()` future to free a
+/// slot before it fails `Busy` (the cleanup's store calls may hang).
+const DROPPED_CLEANUP_WAIT: Duration = Duration::from_secs(5);
+
 struct PendingEntry {
     state: Arc<TicketState>,
     kind: SnapshotKind,
@@ -224,6 +228,8 @@ struct CoordState {
     /// abort listed (a dropped upload's blocking write, a request already sent) can land after
     /// B2; the next commit repeats B2 for them (C5).
     aborted: BTreeSet<(SnapshotKind, u64)>,
+    /// Ids allocated to claims (R6) that have not ended: not finished (see `finished_below`).
+    claiming: BTreeSet<u64>,
     restore_pins: Vec<String>,
     restored_hashes: HashSet<ContentHash>,
     /// A checkpoint committed after the restore: the restore pins may go once no ticket needs them.
@@ -313,6 +319,7 @@ impl CoordinatorBuilder {
                     discard_queue: BTreeSet::new(),
                     discarded: BTreeSet::new(),
                     aborted: BTreeSet::new(),
+                    claiming: BTreeSet::new(),
                     restore_pins: Vec::new(),
                     restored_hashes: HashSet::new(),
                     restore_superseded: false,
@@ -495,9 +502,7 @@ impl CheckpointCoordinator {
         for id in &known_ids {
             *state.users.entry(*id).or_default() += 1;
         }
-        let ticket_state = Arc::new(TicketState {
-            cancelled: AtomicBool::new(false),
-        });
+        let ticket_state = Arc::new(TicketState::new());
         let knows_restore = !state.restored_hashes.is_empty();
         state.pending.insert(
             id,
@@ -564,23 +569,25 @@ impl CheckpointCoordinator {
 
     /// [`trigger_inner`](Self::trigger_inner) for `checkpoint()`/`savepoint()`: when every slot
     /// is taken and some are held only by the cleanup of a dropped `checkpoint()` future, waits
-    /// for those cleanups instead of failing `Busy` (their store calls time out like any other).
+    /// for those cleanups (at most [`DROPPED_CLEANUP_WAIT`]) instead of failing `Busy` at once.
+    /// Whether to wait is decided under the same lock as the slots are counted.
     async fn trigger_driven(&self, kind: SnapshotKind) -> Result<CheckpointTicket> {
+        let deadline = tokio::time::Instant::now() + DROPPED_CLEANUP_WAIT;
         loop {
             let notified = self.inner.pending_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.trigger_inner(kind, true) {
-                Err(e) if e.kind() == ErrorKind::Busy && self.dropped_in_flight() => {
-                    notified.await;
-                }
-                other => return other,
+            let wait = {
+                let state = self.lock();
+                !state.closed
+                    && state.pending.len() >= self.inner.settings.max_concurrent
+                    && state.pending.values().any(|entry| entry.dropped)
+            };
+            if !wait || tokio::time::Instant::now() >= deadline {
+                return self.trigger_inner(kind, true);
             }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
         }
-    }
-
-    fn dropped_in_flight(&self) -> bool {
-        self.lock().pending.values().any(|entry| entry.dropped)
     }
 
     async fn drive(
@@ -638,7 +645,8 @@ impl CheckpointCoordinator {
         state.restore_superseded = false;
     }
 
-    /// Allocates a checkpoint id from the reserved block (R6, with claim).
+    /// Allocates a checkpoint id from the reserved block (R6, with claim); the id counts as in
+    /// flight until [`end_claim`](Self::end_claim).
     pub(crate) fn allocate_id(&self) -> Result<u64> {
         let mut state = self.lock();
         if let Some(why) = &state.fenced {
@@ -652,7 +660,13 @@ impl CheckpointCoordinator {
         }
         let id = state.next_id;
         state.next_id += 1;
+        state.claiming.insert(id);
         Ok(id)
+    }
+
+    /// The claim with id `id` ended (adopted or failed).
+    pub(crate) fn end_claim(&self, id: u64) {
+        self.lock().claiming.remove(&id);
     }
 
     /// Makes a claimed checkpoint this job's (R6): the swap is the claim's commit point.

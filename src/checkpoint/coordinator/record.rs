@@ -103,10 +103,19 @@ impl CheckpointCoordinator {
                 .ok_or_else(|| Error::invalid("the coordinator has not claimed its job"))?;
             let mut next = current.record.clone();
             change(&mut next)?;
-            let (done, next_id) = {
+            let (done, next_id, finished_below) = {
                 let state = self.lock();
-                (state.discarded.clone(), state.next_id)
+                // Every id below the smallest in flight (or below the next to hand out) ended.
+                let finished_below = state
+                    .pending
+                    .keys()
+                    .chain(state.claiming.iter())
+                    .min()
+                    .copied()
+                    .unwrap_or(state.next_id);
+                (state.discarded.clone(), state.next_id, finished_below)
             };
+            next.finished_below = next.finished_below.max(finished_below.min(next.next_id));
             next.discarding.retain(|id| !done.contains(id));
             if next.next_id.saturating_sub(next_id) < ID_LOW_WATER {
                 next.next_id += ID_BLOCK;

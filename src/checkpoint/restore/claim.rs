@@ -121,8 +121,19 @@ impl CheckpointCoordinator {
         metadata: &CheckpointMetadata,
         targets: &[RestoreTarget],
     ) -> Result<()> {
-        let store = &**self.store();
         let id = self.allocate_id()?;
+        let claimed = self.claim_checkpoint_as(metadata, targets, id).await;
+        self.end_claim(id);
+        claimed
+    }
+
+    async fn claim_checkpoint_as(
+        &self,
+        metadata: &CheckpointMetadata,
+        targets: &[RestoreTarget],
+        id: u64,
+    ) -> Result<()> {
+        let store = &**self.store();
         let mut adopted = metadata.clone();
         adopted.job_id = self.job_id().to_owned();
         adopted.checkpoint_id = id;

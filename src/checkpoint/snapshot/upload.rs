@@ -45,6 +45,14 @@ impl PendingSnapshot {
         if let Some(dir) = cleanup.0.take() {
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         }
+        if let Ok(handle) = &result {
+            self.ticket
+                .state
+                .uploaded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(handle.clone());
+        }
         result
     }
 
