@@ -307,10 +307,10 @@ impl ObjectStoreStore {
             let (mut source, mut check, mut sent) = (source, check, 0u64);
             let mut renewed = std::time::Instant::now();
             while sent < len {
-                if in_flight.len() >= PART_CONCURRENCY {
-                    if let Some(done) = in_flight.next().await {
-                        parts.push(done?);
-                    }
+                if in_flight.len() >= PART_CONCURRENCY
+                    && let Some(done) = in_flight.next().await
+                {
+                    parts.push(done?);
                 }
                 if renewed.elapsed() >= self.upload_lease / 3 {
                     renew(&mut body, WriteMode::Replace).await?;
@@ -723,10 +723,25 @@ impl Store for ObjectStoreStore {
     /// their records deleted. Without tracking, nothing is found here: configure the bucket's
     /// lifecycle rule (AbortIncompleteMultipartUpload on S3).
     async fn sweep_incomplete(&self, older_than: Duration, mode: SweepMode) -> Result<Vec<String>> {
-        let Some(multipart) = &self.multipart else {
-            return Ok(Vec::new());
-        };
+        // Probe objects of a process that died mid-probe (P2): nothing reads or references them.
         let mut swept = Vec::new();
+        for probe in self.list("probes/").await? {
+            // A probe takes a few requests; one older than this is surely dead.
+            let dead_after = older_than.max(Duration::from_secs(300));
+            if probe.modified.elapsed().unwrap_or_default() < dead_after {
+                continue;
+            }
+            if mode == SweepMode::Delete {
+                self.delete(&probe.path).await?;
+            }
+            swept.push(format!(
+                "probe object `{}` of an interrupted startup",
+                probe.path
+            ));
+        }
+        let Some(multipart) = &self.multipart else {
+            return Ok(swept);
+        };
         for (record, upload) in self.abandoned_uploads(older_than).await? {
             // The location is this root's: the record holds a path relative to it, validated.
             let location = self.location(&upload.path)?;

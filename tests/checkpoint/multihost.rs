@@ -17,6 +17,9 @@ use rockpoint::{
 
 const WORKER_ENV: &str = "ROCKPOINT_MULTIHOST_WORKER";
 
+/// One row of a [`Scan`], as a worker writes it for the coordinator: (state, key) and value.
+type ScanRow = ((String, Vec<u8>), Vec<u8>);
+
 /// What one worker process is told, one `key=value` per line in the file `WORKER_ENV` names.
 struct WorkerJob {
     root: String,
@@ -100,7 +103,7 @@ async fn worker_process() -> TestResult {
     let ticket = CheckpointTicket::from_bytes(&std::fs::read(&job.ticket)?)?;
     let handle = backend.snapshot(&ticket)?.upload(&*store).await?;
     std::fs::write(&job.handle_out, handle.to_bytes()?)?;
-    let scan: Vec<((String, Vec<u8>), Vec<u8>)> = scan_backends(&[backend])?.into_iter().collect();
+    let scan: Vec<ScanRow> = scan_backends(&[backend])?.into_iter().collect();
     std::fs::write(&job.scan_out, rmp_serde::to_vec(&scan)?)?;
     Ok(())
 }
@@ -187,8 +190,7 @@ async fn backends_on_several_hosts_upload_and_one_coordinator_commits(on: Root) 
         let mut expected = Scan::new();
         for (job, _) in &jobs {
             handles.push(BackendHandle::from_bytes(&std::fs::read(&job.handle_out)?)?);
-            let rows: Vec<((String, Vec<u8>), Vec<u8>)> =
-                rmp_serde::from_slice(&std::fs::read(&job.scan_out)?)?;
+            let rows: Vec<ScanRow> = rmp_serde::from_slice(&std::fs::read(&job.scan_out)?)?;
             expected.extend(rows);
         }
         let done = coordinator.complete(&ticket, handles).await?;

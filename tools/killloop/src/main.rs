@@ -1,15 +1,27 @@
 //! The kill loop: a child process runs a keyed-state workload with a checkpoint after every round
-//! against a local root; the driver SIGKILLs it at random moments, restarts it, and verifies the
+//! against a root (a local directory, or any root `rockpoint::open_root` opens, such as
+//! `s3://bucket/prefix`); the driver SIGKILLs it at random moments, restarts it, and verifies the
 //! latest checkpoint (and every retained one) against a model of the workload, hundreds of times.
 //!
 //! The workload is a deterministic function of the seed and the round number, and the round is part
 //! of the state, so the verifier knows exactly which state a checkpoint must hold without the child
-//! ever writing an oracle: it replays rounds 1..=r into an in-memory model.
+//! ever writing an oracle: it replays rounds 1..=r into an in-memory model. The child's only output
+//! is its acknowledgements (`ack <round> <checkpoint id>`, one line per completed checkpoint); after
+//! every kill the last one must still be retained and restore to the state of its round.
 //!
-//! `rockpoint-killloop drive --rounds 500 --seed 7` (the long tier); the quick tier runs from
-//! `tests/fault_kill_loop.rs`. On failure the driver prints the seed and the round.
+//! After every kill the driver also runs GC twice (the second pass must find nothing) and lists
+//! the whole root: only the job record, the retained checkpoints' records and private files and
+//! exactly the shared files they reference may remain; no pin, no GC intent, and (local root) no
+//! temporary file.
+//!
+//! `rockpoint-killloop drive --rounds 500 --seed 7` (the long tier, local root);
+//! `--root s3://bucket/prefix` runs it against S3, with the endpoint and credentials from the
+//! `AWS_*` environment (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`). The quick tier runs from `tests/fault_kill_loop.rs`, on both roots.
+//! On failure the driver prints the seed and the round.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,14 +30,25 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use rockpoint::{
     BackendSettings, CheckpointCoordinator, CheckpointSettings, ClaimMode, GcOptions,
-    KeyGroupRange, KeyedStateBackend, LocalStore, RestoreSource, RestoreTarget, Store, SweepMode,
-    collect_garbage,
+    KeyGroupRange, KeyedStateBackend, RestoreSource, RestoreTarget, RootOptions, Store, SweepMode,
+    collect_garbage, open_root,
 };
+use serde_bytes::ByteBuf;
 
 const MAX_PARALLELISM: u32 = 64;
 const PARALLELISM: u32 = 2;
 const KEYS: u64 = 2_000;
 const JOB: &str = "killjob";
+/// Size of a big value (`--big-every`): above the 8 MiB an object store takes in one request, so
+/// the WAL segment and the SST holding it go up as multipart uploads.
+const BIG_VALUE_BYTES: usize = 10 << 20;
+/// Big values rotate over this many keys.
+const BIG_KEYS: u64 = 2;
+/// An object store's record of a multipart upload (`uploads/<nonce>`) vouches for its uploader
+/// for a lease (60 s, renewed while parts go up); GC aborts the upload and deletes the record only
+/// once the lease has run out. So a killed child's record may outlive the kill by the lease, and
+/// no record may be older than this (the lease, plus margin) after a GC pass.
+const UPLOAD_RECORD_MAX_AGE: Duration = Duration::from_secs(90);
 
 #[derive(Parser)]
 struct Args {
@@ -43,19 +66,33 @@ enum Command {
         /// Seed of the kill timing and of the workload.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Working directory (default: a temporary directory).
+        /// Working directory: the children's and the verifier's backends, the children's output,
+        /// and the root unless `--root` is given (default: a temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// The checkpoint root: a local directory or a URL `rockpoint::open_root` takes
+        /// (`s3://bucket/prefix`, `file:///…`); object store endpoint and credentials come from
+        /// the environment (`AWS_*`). Use a fresh one. Default: `<dir>/root`.
+        #[arg(long)]
+        root: Option<String>,
         /// Longest time the child runs before it is killed, in milliseconds.
         #[arg(long, default_value_t = 1500)]
         max_run_ms: u64,
+        /// Every this many workload rounds, one 10 MiB incompressible value is put (so some
+        /// uploads are multipart on an object store); 0: never.
+        #[arg(long, default_value_t = 0)]
+        big_every: u64,
     },
     /// The workload (started by `drive`).
     Child {
         #[arg(long)]
         dir: PathBuf,
         #[arg(long)]
+        root: String,
+        #[arg(long)]
         seed: u64,
+        #[arg(long, default_value_t = 0)]
+        big_every: u64,
     },
 }
 
@@ -72,9 +109,19 @@ fn main() -> ExitCode {
                 rounds,
                 seed,
                 dir,
+                root,
                 max_run_ms,
-            } => drive(rounds, seed, dir, max_run_ms).await,
-            Command::Child { dir, seed } => child(&dir, seed).await,
+                big_every,
+            } => {
+                let workload = Workload { seed, big_every };
+                drive(rounds, workload, dir, root, max_run_ms).await
+            }
+            Command::Child {
+                dir,
+                root,
+                seed,
+                big_every,
+            } => child(&dir, &root, &Workload { seed, big_every }).await,
         }
     });
     match result {
@@ -108,51 +155,85 @@ enum Op {
     Put(u64, Vec<u8>),
     Delete(u64),
     Append(u64, u32),
+    /// Put `Workload::big_value(round)` in the blobs state.
+    Big(u64, u64),
 }
 
-/// The operations of round `round` (a pure function of seed and round).
-fn round_ops(seed: u64, round: u64) -> Vec<Op> {
-    let mut rng = Rng::new(seed ^ round.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    let count = if round == 1 {
-        KEYS * 2
-    } else {
-        200 + rng.next() % 400
-    };
-    (0..count)
-        .map(|_| {
-            let r = rng.next();
-            let key = r % KEYS;
-            match (r >> 32) % 10 {
-                0 => Op::Delete(key),
-                1..=3 => Op::Append(key, (r >> 16) as u32),
-                _ => Op::Put(key, vec![(r >> 8) as u8; 16 + (r >> 40) as usize % 200]),
+/// The workload: a pure function of the seed and the round.
+struct Workload {
+    seed: u64,
+    big_every: u64,
+}
+
+impl Workload {
+    /// The operations of round `round`.
+    fn round_ops(&self, round: u64) -> Vec<Op> {
+        let mut rng = Rng::new(self.seed ^ round.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let count = if round == 1 {
+            KEYS * 2
+        } else {
+            200 + rng.next() % 400
+        };
+        let mut ops: Vec<Op> = (0..count)
+            .map(|_| {
+                let r = rng.next();
+                let key = r % KEYS;
+                match (r >> 32) % 10 {
+                    0 => Op::Delete(key),
+                    1..=3 => Op::Append(key, (r >> 16) as u32),
+                    _ => Op::Put(key, vec![(r >> 8) as u8; 16 + (r >> 40) as usize % 200]),
+                }
+            })
+            .collect();
+        if self.big_every > 0 && round.is_multiple_of(self.big_every) {
+            ops.push(Op::Big((round / self.big_every) % BIG_KEYS, round));
+        }
+        ops
+    }
+
+    /// 10 MiB of random bytes (no block compression shrinks them).
+    fn big_value(&self, round: u64) -> ByteBuf {
+        let mut rng = Rng::new(self.seed ^ round.wrapping_mul(0xA076_1D64_78BD_642F) ^ 0xB16);
+        let mut value = vec![0u8; BIG_VALUE_BYTES];
+        for chunk in value.chunks_mut(8) {
+            chunk.copy_from_slice(&rng.next().to_le_bytes()[..chunk.len()]);
+        }
+        ByteBuf::from(value)
+    }
+
+    /// The state after rounds `1..=rounds`.
+    fn model_after(&self, rounds: u64) -> Model {
+        let mut model = Model::default();
+        let mut big = BTreeMap::new();
+        for round in 1..=rounds {
+            for op in self.round_ops(round) {
+                match op {
+                    Op::Put(k, v) => {
+                        model.values.insert(k, v);
+                    }
+                    Op::Delete(k) => {
+                        model.values.remove(&k);
+                    }
+                    Op::Append(k, x) => model.lists.entry(k).or_default().push(x),
+                    Op::Big(k, r) => {
+                        big.insert(k, r);
+                    }
+                }
             }
-        })
-        .collect()
+        }
+        // Only the last big value of each key is built.
+        for (k, r) in big {
+            model.blobs.insert(k, self.big_value(r));
+        }
+        model
+    }
 }
 
 #[derive(Default, PartialEq, Debug)]
 struct Model {
     values: BTreeMap<u64, Vec<u8>>,
     lists: BTreeMap<u64, Vec<u32>>,
-}
-
-fn model_after(seed: u64, rounds: u64) -> Model {
-    let mut model = Model::default();
-    for round in 1..=rounds {
-        for op in round_ops(seed, round) {
-            match op {
-                Op::Put(k, v) => {
-                    model.values.insert(k, v);
-                }
-                Op::Delete(k) => {
-                    model.values.remove(&k);
-                }
-                Op::Append(k, x) => model.lists.entry(k).or_default().push(x),
-            }
-        }
-    }
-    model
+    blobs: BTreeMap<u64, ByteBuf>,
 }
 
 fn ranges() -> Vec<KeyGroupRange> {
@@ -187,11 +268,14 @@ fn route(backends: &[KeyedStateBackend], key: u64) -> &KeyedStateBackend {
         .expect("ranges cover all groups")
 }
 
-/// The states the child writes: values (put and deleted), lists (appended) and the round marker.
+/// The states the child writes: values (put and deleted), lists (appended), blobs (big values, one
+/// MessagePack binary each) and the round marker.
 const VALUES: rockpoint::ValueStateDescriptor<u64, Vec<u8>> =
     rockpoint::ValueStateDescriptor::new("values");
 const LISTS: rockpoint::ListStateDescriptor<u64, u32> =
     rockpoint::ListStateDescriptor::new("lists");
+const BLOBS: rockpoint::ValueStateDescriptor<u64, ByteBuf> =
+    rockpoint::ValueStateDescriptor::new("blobs");
 const META: rockpoint::ValueStateDescriptor<String, u64> =
     rockpoint::ValueStateDescriptor::new("meta");
 
@@ -229,6 +313,10 @@ fn scan(backends: &[KeyedStateBackend]) -> Result<Model> {
             let (k, v) = entry?;
             model.lists.insert(k, v);
         }
+        for entry in backend.state(&BLOBS)?.entries(None)? {
+            let (k, v) = entry?;
+            model.blobs.insert(k, v);
+        }
     }
     Ok(model)
 }
@@ -245,8 +333,24 @@ fn restore_targets(base: &Path) -> Vec<RestoreTarget> {
         .collect()
 }
 
-async fn child(dir: &Path, seed: u64) -> Result<()> {
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.join("root"))?);
+/// Opens the root at `root` (a path or a URL; object store settings from the environment).
+async fn open(root: &str) -> Result<Arc<dyn Store>> {
+    open_root(root, &RootOptions::default())
+        .await
+        .map_err(|e| format!("opening the root `{root}`: {e}").into())
+}
+
+/// The local directory of `root`, if it is one (its temporary files are checked with std::fs).
+fn local_dir(root: &str) -> Option<PathBuf> {
+    match root.split_once("://") {
+        None => Some(PathBuf::from(root)),
+        Some(("file", path)) => Some(PathBuf::from(path)),
+        Some(_) => None,
+    }
+}
+
+async fn child(dir: &Path, root: &str, workload: &Workload) -> Result<()> {
+    let store = open(root).await?;
     let coordinator =
         CheckpointCoordinator::open(store.clone(), JOB, checkpoint_settings()).await?;
     let run = dir.join(format!("run-{}", std::process::id()));
@@ -268,11 +372,14 @@ async fn child(dir: &Path, seed: u64) -> Result<()> {
     let mut round = round_of(&backends)?;
     loop {
         round += 1;
-        for op in round_ops(seed, round) {
+        for op in workload.round_ops(round) {
             match op {
                 Op::Put(k, v) => route(&backends, k).state(&VALUES)?.put(&k, &v)?,
                 Op::Delete(k) => route(&backends, k).state(&VALUES)?.clear(&k)?,
                 Op::Append(k, x) => route(&backends, k).state(&LISTS)?.add(&k, &x)?,
+                Op::Big(k, r) => route(&backends, k)
+                    .state(&BLOBS)?
+                    .put(&k, &workload.big_value(r))?,
             }
         }
         for backend in &backends {
@@ -280,21 +387,72 @@ async fn child(dir: &Path, seed: u64) -> Result<()> {
         }
         let refs: Vec<&KeyedStateBackend> = backends.iter().collect();
         let done = coordinator.checkpoint(&refs).await?;
+        // The acknowledgement (stdout is line-buffered: one write per line). From here on the
+        // checkpoint must survive any kill.
         println!(
-            "round {round} checkpoint {} uploaded {}",
+            "ack {round} {} uploaded {}",
             done.id(),
             done.uploaded_bytes()
         );
     }
 }
 
-/// Verifies the root after a kill: recovery, every retained checkpoint against the model, GC exact.
-async fn verify(dir: &Path, seed: u64, attempt: u32) -> Result<u64> {
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.join("root"))?);
+/// An acknowledged checkpoint: the child's `ack <round> <id>` line.
+#[derive(Clone, Copy, Debug)]
+struct Ack {
+    round: u64,
+    id: u64,
+}
+
+/// The acknowledgements in a child's output (complete lines only).
+fn read_acks(path: &Path) -> Result<Vec<Ack>> {
+    let mut acks = Vec::new();
+    let text = std::fs::read(path)?;
+    for line in BufReader::new(&text[..]).lines() {
+        let line = line?;
+        let mut words = line.split_whitespace();
+        if words.next() != Some("ack") {
+            continue;
+        }
+        let (Some(round), Some(id)) = (words.next(), words.next()) else {
+            continue;
+        };
+        acks.push(Ack {
+            round: round.parse()?,
+            id: id.parse()?,
+        });
+    }
+    Ok(acks)
+}
+
+/// What one verification found.
+struct Verified {
+    latest_round: u64,
+    checkpoints: usize,
+    /// Objects GC deleted (shared files, private files, pins, temporary files).
+    collected: usize,
+    /// Startup probe objects of killed children (`probes/…`), which nothing removes.
+    probes: usize,
+    /// Upload records of killed children still under their lease.
+    upload_records: usize,
+}
+
+/// Verifies the root after a kill: recovery, every retained checkpoint against the model, the
+/// last acknowledged checkpoint retained, GC exact, nothing else left in the root.
+async fn verify(
+    root: &str,
+    dir: &Path,
+    workload: &Workload,
+    attempt: u32,
+    acked: Option<Ack>,
+) -> Result<Verified> {
+    let store = open(root).await?;
     let coordinator =
         CheckpointCoordinator::open(store.clone(), JOB, checkpoint_settings()).await?;
     let mut latest_round = 0;
-    for metadata in coordinator.retained() {
+    let mut rounds = BTreeMap::new();
+    let retained = coordinator.retained();
+    for metadata in &retained {
         let base = dir.join(format!("verify-{attempt}-{}", metadata.checkpoint_id));
         let mut backends = Vec::new();
         for target in restore_targets(&base) {
@@ -311,71 +469,215 @@ async fn verify(dir: &Path, seed: u64, attempt: u32) -> Result<u64> {
         }
         let round = round_of(&backends)?;
         let restored = scan(&backends)?;
-        if restored != model_after(seed, round) {
+        if restored != workload.model_after(round) {
             return Err(format!(
                 "checkpoint {} (round {round}) does not hold the state of round {round}",
                 metadata.checkpoint_id
             )
             .into());
         }
+        rounds.insert(metadata.checkpoint_id, round);
         latest_round = latest_round.max(round);
         drop(backends);
         std::fs::remove_dir_all(&base)?;
     }
+    // The last acknowledged checkpoint restores to its round; it may be gone only if as many newer
+    // checkpoints as are retained have replaced it (committed by later children, or by the same
+    // one after the acknowledgement, unacknowledged because of the kill).
+    if let Some(ack) = acked {
+        match rounds.get(&ack.id) {
+            Some(&round) if round == ack.round => {}
+            Some(&round) => {
+                return Err(format!(
+                    "acknowledged checkpoint {} of round {} restores to round {round}",
+                    ack.id, ack.round
+                )
+                .into());
+            }
+            None => {
+                let newer = rounds.keys().filter(|&&id| id > ack.id).count();
+                if newer < checkpoint_settings().retained || latest_round <= ack.round {
+                    return Err(format!(
+                        "acknowledged checkpoint {} (round {}) is lost; retained (id: round): {rounds:?}",
+                        ack.id, ack.round
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+    // The child is dead: nothing is in flight, so GC may take everything unreferenced at once.
     let gc = GcOptions {
         grace_period: Duration::ZERO,
+        incomplete_min_age: Duration::ZERO,
         mode: SweepMode::Delete,
         ..GcOptions::default()
     };
-    collect_garbage(&*store, &gc).await?;
+    let first = collect_garbage(&*store, &gc).await?;
+    if !first.unreadable.is_empty() {
+        return Err(format!("GC found unreadable records: {:?}", first.unreadable).into());
+    }
     let second = collect_garbage(&*store, &gc).await?;
     if !second.is_empty() {
         return Err(format!("a second GC deleted something: {second:?}").into());
     }
-    let mut referenced = std::collections::BTreeSet::new();
-    for metadata in coordinator
+    let (probes, upload_records) = check_leftovers(root, &*store, &coordinator).await?;
+    Ok(Verified {
+        latest_round,
+        checkpoints: retained.len(),
+        collected: first.shared_files.len()
+            + first.private_files.len()
+            + first.pins.len()
+            + first.incomplete.len(),
+        probes,
+        upload_records,
+    })
+}
+
+/// After GC, the root holds exactly the job record, the retained checkpoints' records and private
+/// files, and the shared files they reference: no pin, no intent, no orphan, and on an object
+/// store no `uploads/` record older than [`UPLOAD_RECORD_MAX_AGE`] (GC at `incomplete_min_age` 0
+/// aborts every tracked multipart upload of a killed child once its lease has run out, and
+/// deletes its record). Returns the number of startup probe objects left by children killed while
+/// opening the root (reported, not an error: nothing references or removes them) and of upload
+/// records still under their lease. On a local root, no temporary file may remain either; an
+/// object store has none (an object appears whole or not at all; an interrupted multipart upload
+/// is not listed).
+async fn check_leftovers(
+    root: &str,
+    store: &dyn Store,
+    coordinator: &CheckpointCoordinator,
+) -> Result<(usize, usize)> {
+    let kept = coordinator
         .retained()
+        .into_iter()
+        .chain(coordinator.savepoints())
+        .collect::<Vec<_>>();
+    let checkpoint_dirs: Vec<String> = kept
         .iter()
-        .chain(coordinator.savepoints().iter())
-    {
-        referenced.extend(metadata.shared_hashes());
+        .map(|m| {
+            let path = m.metadata_path();
+            path[..=path.rfind('/').expect("a metadata path has a directory")].to_owned()
+        })
+        .collect();
+    let referenced: BTreeSet<String> = kept
+        .iter()
+        .flat_map(|m| m.shared_hashes())
+        .map(|h| {
+            let hex = h.to_hex();
+            format!("shared/{}/{hex}", &hex[..2])
+        })
+        .collect();
+    let job_record = format!("jobs/{JOB}/_job");
+    let mut shared = BTreeSet::new();
+    let mut probes = 0;
+    let mut upload_records = 0;
+    let mut unexpected = Vec::new();
+    for object in store.list("").await? {
+        let path = object.path;
+        if path.starts_with("shared/") {
+            shared.insert(path);
+        } else if path.starts_with("probes/") {
+            probes += 1;
+        } else if path.starts_with("uploads/")
+            && object.modified.elapsed().unwrap_or_default() < UPLOAD_RECORD_MAX_AGE
+        {
+            upload_records += 1;
+        } else if path != job_record && !checkpoint_dirs.iter().any(|d| path.starts_with(d)) {
+            unexpected.push(path);
+        }
     }
-    let present = store.list("shared/").await?.len();
-    if present != referenced.len() {
+    if !unexpected.is_empty() {
         return Err(format!(
-            "{present} shared files present but {} referenced",
+            "after GC the root still holds {} objects nothing needs: {:?}",
+            unexpected.len(),
+            &unexpected[..unexpected.len().min(10)]
+        )
+        .into());
+    }
+    if shared != referenced {
+        let extra: Vec<_> = shared.difference(&referenced).take(5).collect();
+        let missing: Vec<_> = referenced.difference(&shared).take(5).collect();
+        return Err(format!(
+            "{} shared files present but {} referenced (unreferenced: {extra:?}, missing: {missing:?})",
+            shared.len(),
             referenced.len()
         )
         .into());
     }
-    Ok(latest_round)
+    if let Some(dir) = local_dir(root) {
+        let temporary = temporary_files(&dir)?;
+        if !temporary.is_empty() {
+            return Err(format!(
+                "after GC (incomplete_min_age 0) temporary files remain: {temporary:?}"
+            )
+            .into());
+        }
+    }
+    Ok((probes, upload_records))
 }
 
-async fn drive(rounds: u32, seed: u64, dir: Option<PathBuf>, max_run_ms: u64) -> Result<()> {
+/// Temporary files (`.<name>.tmp-<nonce>`) under a local root.
+fn temporary_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                pending.push(entry.path());
+            } else {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.contains(".tmp-") {
+                    found.push(entry.path());
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn drive(
+    rounds: u32,
+    workload: Workload,
+    dir: Option<PathBuf>,
+    root: Option<String>,
+    max_run_ms: u64,
+) -> Result<()> {
+    let seed = workload.seed;
     let temp = tempfile::tempdir()?;
     let dir = dir.unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
+    let root = root.unwrap_or_else(|| dir.join("root").to_string_lossy().into_owned());
     let exe = std::env::current_exe()?;
     let mut rng = Rng::new(seed);
     let started = Instant::now();
     let mut latest_round = 0;
     let mut advanced = 0;
+    let mut acks = 0;
+    let mut last_ack: Option<Ack> = None;
+    let mut verified = 0;
+    let mut collected = 0;
+    let mut probes = 0;
+    let mut upload_records = 0;
+    let mut most_upload_records = 0;
     for attempt in 1..=rounds {
+        let out = dir.join(format!("child-{attempt}.out"));
+        let err = dir.join(format!("child-{attempt}.err"));
         let mut child = std::process::Command::new(&exe)
             .args(["child", "--dir"])
             .arg(&dir)
+            .args(["--root", &root])
             .args(["--seed", &seed.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+            .args(["--big-every", &workload.big_every.to_string()])
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&err)?)
             .spawn()?;
         let run_ms = 50 + rng.next() % max_run_ms.max(1);
         tokio::time::sleep(Duration::from_millis(run_ms)).await;
         if let Some(status) = child.try_wait()? {
-            let mut stderr = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                e.read_to_string(&mut stderr)?;
-            }
+            let stderr = std::fs::read_to_string(&err).unwrap_or_default();
             return Err(format!(
                 "seed {seed}, round {attempt}: the child exited by itself ({status}): {stderr}"
             )
@@ -383,9 +685,15 @@ async fn drive(rounds: u32, seed: u64, dir: Option<PathBuf>, max_run_ms: u64) ->
         }
         child.kill()?; // SIGKILL
         child.wait()?;
-        let round = verify(&dir, seed, attempt)
+        let new_acks = read_acks(&out)?;
+        acks += new_acks.len();
+        if let Some(ack) = new_acks.last() {
+            last_ack = Some(*ack);
+        }
+        let found = verify(&root, &dir, &workload, attempt, last_ack)
             .await
             .map_err(|e| format!("seed {seed}, round {attempt}: verification failed: {e}"))?;
+        let round = found.latest_round;
         if round < latest_round {
             return Err(format!("seed {seed}, round {attempt}: the latest checkpoint went back from round {latest_round} to {round}").into());
         }
@@ -393,16 +701,32 @@ async fn drive(rounds: u32, seed: u64, dir: Option<PathBuf>, max_run_ms: u64) ->
             advanced += 1;
         }
         latest_round = round;
-        // Old run directories of killed children are local scratch.
+        verified += found.checkpoints;
+        collected += found.collected;
+        probes = found.probes;
+        upload_records = found.upload_records;
+        most_upload_records = most_upload_records.max(upload_records);
+        // Old run directories and outputs of killed children are local scratch.
         for entry in std::fs::read_dir(&dir)?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("run-") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("run-") {
                 let _ = std::fs::remove_dir_all(entry.path());
+            } else if name.starts_with("child-") {
+                let _ = std::fs::remove_file(entry.path());
             }
         }
     }
+    let mode = if local_dir(&root).is_some() {
+        "local"
+    } else {
+        "object store"
+    };
     println!(
-        "kill loop: seed {seed}, {rounds} kills, {advanced} of them after new checkpoints, workload round {latest_round} reached, \
-         every retained checkpoint verified after every kill, 0 violations, {:.1} s",
+        "kill loop ({mode} root {root}): seed {seed}, {rounds} kills, {advanced} of them after new checkpoints, \
+         {acks} checkpoints acknowledged, the last one retained after every kill, workload round {latest_round} reached, \
+         {verified} retained checkpoints restored and verified, {collected} objects collected by GC, \
+         {probes} startup probe objects left, {upload_records} upload records under lease left \
+         (at most {most_upload_records} after a kill), 0 violations, {:.1} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
