@@ -104,7 +104,7 @@ impl Fixture {
             backup,
             floor_dir,
             floor_seen: HashSet::new(),
-            rng: 0x5EED_1234_ABCD_0001,
+            rng: SEED,
         };
         for key in 0..keys {
             let value = fixture.value();
@@ -125,18 +125,11 @@ impl Fixture {
     }
 
     fn next(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
+        xorshift(&mut self.rng)
     }
 
     fn value(&mut self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(VALUE_BYTES);
-        while out.len() < VALUE_BYTES {
-            out.extend_from_slice(&self.next().to_le_bytes());
-        }
-        out
+        random_value(&mut self.rng)
     }
 
     /// Overwrites `rate` of the keys (chosen at random) with new values.
@@ -426,6 +419,98 @@ impl Fixture {
         let floor = cp_and_sync(&sources, &copy_dir);
         std::fs::remove_dir_all(&copy_dir).expect("remove copy");
         (restore_time, floor, bytes)
+    }
+}
+
+/// The seed of the value generator of every bench state.
+const SEED: u64 = 0x5EED_1234_ABCD_0001;
+
+/// The next value of a xorshift64 generator.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// An incompressible value of [`VALUE_BYTES`].
+fn random_value(state: &mut u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(VALUE_BYTES);
+    while out.len() < VALUE_BYTES {
+        out.extend_from_slice(&xorshift(state).to_le_bytes());
+    }
+    out
+}
+
+/// Fills `buf` with incompressible bytes from the bench generator seeded with `state`.
+pub fn fill_random(state: &mut u64, buf: &mut [u8]) {
+    for chunk in buf.chunks_mut(8) {
+        let word = xorshift(state).to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+}
+
+/// The state of [`Fixture`] alone (same values, same generator and seed), without the local root
+/// and the contenders: for benches that bring their own store (the S3 report).
+pub struct BenchState {
+    pub backend: KeyedStateBackend,
+    pub values: ValueState<u64, Vec<u8>>,
+    pub keys: u64,
+    rng: u64,
+}
+
+impl BenchState {
+    /// A backend in `dir/backend` holding `state_bytes` of state, flushed and compacted.
+    pub fn build(dir: &std::path::Path, state_bytes: u64) -> BenchState {
+        let backend = KeyedStateBackend::open(
+            dir.join("backend"),
+            128,
+            KeyGroupRange::all(128).unwrap(),
+            settings(),
+        )
+        .expect("backend opens");
+        let values = backend.state(&VALUES).expect("state registers");
+        let keys = (state_bytes / VALUE_BYTES as u64).max(1);
+        let mut state = BenchState {
+            backend,
+            values,
+            keys,
+            rng: SEED,
+        };
+        for key in 0..keys {
+            let value = random_value(&mut state.rng);
+            state.values.put(&key, &value).expect("write");
+        }
+        state.backend.flush().expect("flush");
+        state.quiesce();
+        state
+    }
+
+    /// Overwrites `rate` of the keys (chosen at random) with new values, then flushes.
+    pub fn change_and_flush(&mut self, rate: f64) {
+        let count = ((self.keys as f64) * rate).ceil() as u64;
+        for _ in 0..count {
+            let key = xorshift(&mut self.rng) % self.keys;
+            let value = random_value(&mut self.rng);
+            self.values.put(&key, &value).expect("write");
+        }
+        self.backend.flush().expect("flush");
+    }
+
+    /// The RocksDB directory of the backend.
+    pub fn db_dir(&self) -> PathBuf {
+        self.backend.dir().join("db")
+    }
+
+    /// Waits for background flushes and compactions, then flushes dirty pages system-wide (untimed).
+    pub fn quiesce(&self) {
+        self.backend
+            .rocksdb()
+            .wait_for_compact(&rocksdb::WaitForCompactOptions::default())
+            .expect("wait for compactions");
+        std::process::Command::new("sync")
+            .status()
+            .expect("sync runs");
     }
 }
 

@@ -2,12 +2,20 @@
 //! an SVG plot of checkpoint time versus change rate (rockpoint, BackupEngine, cp + sync floor).
 //!
 //! `cargo run --release --bin rockpoint-benchreport -- --sizes 100MiB,1GiB --cycles 5 --out benches`
+//!
+//! With `--s3` it runs the S3 report instead (`s3.rs`): checkpoints and restores against SeaweedFS
+//! on loopback versus plain `object_store` transfers of the same bytes, with request counts, and
+//! writes `s3.md`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+mod counting;
+mod s3;
+mod s3server;
 
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -28,9 +36,29 @@ struct Args {
     /// Seconds of checkpoints under continuous writes for the latency percentiles.
     #[arg(long, default_value_t = 20)]
     load_secs: u64,
-    /// Where report.md and checkpoint_time.svg go.
+    /// Where report.md and checkpoint_time.svg go (with --s3: s3.md).
     #[arg(long, default_value = "benches")]
     out: PathBuf,
+    /// Run the S3 report instead, against SeaweedFS (`weed mini`) on loopback: each of --sizes is
+    /// checkpointed in full, then --cycles times at each of --rates, then restored.
+    #[arg(long)]
+    s3: bool,
+    /// With --s3: a state only checkpointed in full and restored ("none" skips it).
+    #[arg(long, default_value = "1GiB")]
+    s3_restore_size: String,
+    /// With --s3: restores per state (alternating with the floor).
+    #[arg(long, default_value_t = 2)]
+    s3_restores: usize,
+    /// With --s3: one file of this size uploaded with `Store::put_file` in a child process, whose
+    /// peak RSS is reported ("none" skips it).
+    #[arg(long, default_value = "4GiB")]
+    s3_upload_size: String,
+    /// Internal: the child process of --s3-upload-size.
+    #[arg(long, hide = true)]
+    s3_upload_child: Option<u64>,
+    /// Internal: the S3 endpoint of the child process.
+    #[arg(long, hide = true)]
+    s3_endpoint: Option<String>,
 }
 
 struct Row {
@@ -88,6 +116,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if let Some(size) = args.s3_upload_child {
+        let endpoint = args.s3_endpoint.as_deref().expect("--s3-endpoint");
+        return s3::upload_child(&runtime, size, endpoint).map_err(|e| e as _);
+    }
     let sizes: Vec<(String, u64)> = args
         .sizes
         .split(',')
@@ -98,6 +130,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .split(',')
         .map(|s| s.trim().parse().expect("rate"))
         .collect();
+    if args.s3 {
+        let optional = |text: &str| (text != "none").then(|| (text.to_owned(), parse_size(text)));
+        let s3_args = s3::S3Args {
+            sizes: sizes.clone(),
+            rates: rates.clone(),
+            cycles: args.cycles,
+            restore_size: optional(&args.s3_restore_size),
+            restores: args.s3_restores,
+            upload_size: optional(&args.s3_upload_size),
+        };
+        let report = s3::run(&runtime, &s3_args).map_err(|e| e as Box<dyn std::error::Error>)?;
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(args.out.join("s3.md"), &report)?;
+        println!("{report}");
+        return Ok(());
+    }
     let mut rows = Vec::new();
     let mut unflushed = Vec::new();
     let mut restores = Vec::new();
