@@ -326,12 +326,16 @@ impl ObjectStoreStore {
                 check.update(&chunk)?;
                 let index = parts.len() + in_flight.len();
                 let multipart = multipart.clone();
-                let (location, id) = (location.clone(), id.clone());
-                in_flight.push_back(async move {
+                let (location, id, path) = (location.clone(), id.clone(), path.to_owned());
+                // A task of its own: the part goes up while the next one is read.
+                let task = tokio::spawn(async move {
                     multipart
                         .put_part(&location, &id, index, PutPayload::from(chunk))
                         .await
-                        .map_err(|e| store_error("uploading", path, e))
+                        .map_err(|e| store_error("uploading", &path, e))
+                });
+                in_flight.push_back(async move {
+                    task.await.map_err(|e| Error::task("part upload", e))?
                 });
             }
             while let Some(done) = in_flight.next().await {
@@ -609,7 +613,7 @@ impl Store for ObjectStoreStore {
 
     /// Small objects stream in one GET; larger ones are fetched as ranges of [`PART_BYTES`],
     /// [`PART_CONCURRENCY`] at a time, and appended in order (memory stays bounded by the ranges
-    /// in flight).
+    /// in flight). Every range's answer carries the object's size, which must be the recorded one.
     async fn append_verified(
         &self,
         path: &str,
@@ -623,19 +627,7 @@ impl Store for ObjectStoreStore {
             return super::append_streamed(self, path, expected, size, target, label).await;
         }
         let location = self.location(path)?;
-        let found = match self.inner.head(&location).await {
-            Ok(meta) => meta.size,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(super::missing_as_corruption(
-                    Error::not_found(format!("object `{path}`")),
-                    path,
-                    label,
-                ));
-            }
-            Err(e) => return Err(store_error("inspecting", path, e)),
-        };
         let mut check = Verifier::new(format!("{path} ({label})"), expected, size);
-        check.size_is(found)?;
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -647,16 +639,35 @@ impl Store for ObjectStoreStore {
             .map(|start| start..(start + PART_BYTES as u64).min(size));
         let inner = &self.inner;
         let location = &location;
+        // Each range's answer says how large the whole object is: no HEAD first.
         let mut parts = futures::stream::iter(ranges)
             .map(|range| async move {
-                inner
-                    .get_range(location, range)
+                let options = object_store::GetOptions {
+                    range: Some(range.into()),
+                    ..object_store::GetOptions::default()
+                };
+                let got = match inner.get_opts(location, options).await {
+                    Ok(got) => got,
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(super::missing_as_corruption(
+                            Error::not_found(format!("object `{path}`")),
+                            path,
+                            label,
+                        ));
+                    }
+                    Err(e) => return Err(store_error("reading", path, e)),
+                };
+                let found = got.meta.size;
+                let bytes = got
+                    .bytes()
                     .await
-                    .map_err(|e| store_error("reading", path, e))
+                    .map_err(|e| store_error("reading", path, e))?;
+                Ok((found, bytes))
             })
             .buffered(PART_CONCURRENCY);
         while let Some(part) = parts.next().await {
-            let part = part?;
+            let (found, part) = part?;
+            check.size_is(found)?;
             check.update(&part)?;
             file.write_all(&part)
                 .await

@@ -17,3 +17,4 @@ mod multihost;
 mod multiwriter;
 mod resume_loop;
 mod s3_attack;
+mod finished_attack;
