@@ -24,7 +24,9 @@ pub(crate) struct TicketState {
     /// The handles uploaded in this process with this ticket (or a clone of it): `complete`
     /// trusts these; a handle from elsewhere (another process's upload, a wire form) has its
     /// objects checked in the store first.
-    pub(crate) uploaded: std::sync::Mutex<Vec<metadata::BackendHandle>>,
+    /// Each with the address of the store it went to: only uploads to the coordinator's own
+    /// store are trusted.
+    pub(crate) uploaded: std::sync::Mutex<Vec<(metadata::BackendHandle, usize)>>,
 }
 
 impl TicketState {

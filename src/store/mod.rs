@@ -224,6 +224,12 @@ pub(crate) async fn append_streamed<S: Store + ?Sized>(
     }
 }
 
+/// The address of a store object: the same for every reference to (or `Arc` clone of) one store,
+/// so "uploaded to the coordinator's own store" can be told without asking the store.
+pub(crate) fn address(store: &dyn Store) -> usize {
+    store as *const dyn Store as *const () as usize
+}
+
 /// A missing object that a checkpoint references means the checkpoint is damaged.
 /// Opens the local file `file` for an upload of its bytes from `offset` on.
 pub(crate) fn open_for_upload(file: &Path, offset: u64) -> Result<std::fs::File> {

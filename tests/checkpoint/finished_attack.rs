@@ -66,11 +66,7 @@ impl Hook for Watch {
                     r.retained.iter().chain(&r.savepoints).copied().collect()
                 };
                 let before = complete(prev);
-                let known: BTreeSet<u64> = before
-                    .iter()
-                    .chain(&prev.discarding)
-                    .copied()
-                    .collect();
+                let known: BTreeSet<u64> = before.iter().chain(&prev.discarding).copied().collect();
                 if next.epoch == prev.epoch {
                     if next.finished_below < prev.finished_below {
                         self.violations.lock().unwrap().push(format!(
@@ -106,8 +102,8 @@ impl Hook for Watch {
 /// Fix: create the guard before `spawn` and move it into the task (`let free = FreeSlot(..);
 /// runtime.spawn(async move { let _free = free; .. })`), so dropping the unpolled task frees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_checkpoint_whose_cleanup_task_is_never_polled_keeps_its_slot_forever()
--> TestResult {
+async fn dropped_checkpoint_whose_cleanup_task_is_never_polled_keeps_its_slot_forever() -> TestResult
+{
     let dir = tempfile::tempdir()?;
     let (store, gates) = with_hook(local_store(&dir.path().join("root"))?, Gates::default());
     let c = CheckpointCoordinator::open(store.clone(), "slot", cfg(1, 1)).await?;
@@ -138,7 +134,8 @@ async fn dropped_checkpoint_whose_cleanup_task_is_never_polled_keeps_its_slot_fo
         .join()
         .map_err(|_| "the short-lived runtime's thread panicked")?;
     }
-    let shutdown = tokio::time::timeout(Duration::from_secs(20), c.shutdown(JobEnd::Suspended)).await;
+    let shutdown =
+        tokio::time::timeout(Duration::from_secs(20), c.shutdown(JobEnd::Suspended)).await;
     assert!(
         shutdown.is_ok(),
         "shutdown did not return within 20 s: the slot of a checkpoint dropped on a runtime that \
@@ -259,10 +256,9 @@ async fn claim_in_flight_keeps_its_copies_through_another_swap_and_gc() -> TestR
         .await?
         .ok_or("no record")?
         .epoch_first_id;
-    let held = watch.gates.hold(
-        &["put"],
-        &format!("=jobs/cl/chk-{first:020}/_metadata"),
-    );
+    let held = watch
+        .gates
+        .hold(&["put"], &format!("=jobs/cl/chk-{first:020}/_metadata"));
     let restoring = {
         let cl = cl.clone();
         let base = dir.path().join("claimed");
@@ -305,10 +301,12 @@ async fn claim_in_flight_keeps_its_copies_through_another_swap_and_gc() -> TestR
         .into_iter()
         .filter(|p| p.starts_with(&format!("jobs/cl/chk-{first:020}/")))
         .collect();
-    assert_eq!(left, copies, "GC removed a claim's copies while it was in flight");
+    assert_eq!(
+        left, copies,
+        "GC removed a claim's copies while it was in flight"
+    );
     held.release();
-    let scan = tokio::time::timeout(Duration::from_secs(60), restoring).await???
-        ?;
+    let scan = tokio::time::timeout(Duration::from_secs(60), restoring).await????;
     assert_eq!(scan, expected);
     let claimed = cl.latest().ok_or("the claim committed nothing")?;
     assert_eq!(claimed.checkpoint_id, first);
@@ -386,7 +384,11 @@ async fn finished_below_premise_holds_over_a_mixed_schedule() -> TestResult {
         .await?
         .ok_or("no record")?;
     for id in record.retained.iter().chain(&record.savepoints) {
-        let kind = if record.savepoints.contains(id) { "sp" } else { "chk" };
+        let kind = if record.savepoints.contains(id) {
+            "sp"
+        } else {
+            "chk"
+        };
         let path = format!("jobs/mix/{kind}-{id:020}/_metadata");
         let scan = restore_scan(&*store, &path, &dir.path().join(format!("r{id}"))).await?;
         if let Some(expected) = oracle.get(id) {

@@ -345,7 +345,7 @@ async fn abandoned_multipart_upload_is_aborted_by_the_incomplete_sweep() -> Test
     let server = crate::common::s3::S3Server::get();
     let root = dir.path().join("root");
     // The raw S3 API, and over it a tracked store whose upload lease is short: an upload whose
-    // process died is abandoned 300 ms later (60 s by default).
+    // process died is abandoned 3 s later (60 s by default).
     let mut raw = AmazonS3Builder::new().with_bucket_name(crate::common::s3::BUCKET);
     for (key, value) in server.options().config {
         raw = raw.with_config(key.parse::<AmazonS3ConfigKey>()?, value);
@@ -360,7 +360,7 @@ async fn abandoned_multipart_upload_is_aborted_by_the_incomplete_sweep() -> Test
         ObjectStoreStore::new(raw.clone(), &prefix)
             .await?
             .track_uploads(raw.clone())
-            .with_upload_lease(std::time::Duration::from_millis(300)),
+            .with_upload_lease(std::time::Duration::from_secs(3)),
     );
     let source = dir.path().join("big");
     let content: Vec<u8> = (0..40_000_000u32).map(|i| (i % 253) as u8).collect();
@@ -426,7 +426,7 @@ async fn abandoned_multipart_upload_is_aborted_by_the_incomplete_sweep() -> Test
         leased.is_empty(),
         "the dead uploader's lease has not run out yet: {leased:?}"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
     let young = store
         .sweep_incomplete(
             std::time::Duration::from_secs(3600),

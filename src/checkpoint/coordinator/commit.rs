@@ -193,8 +193,8 @@ impl CheckpointCoordinator {
         Ok(metadata)
     }
 
-    /// C1 for handles this process did not upload (another process's, read from their wire
-    /// form): every private file, and every shared object the ticket did not already know, must
+    /// C1 for handles this process did not upload to this coordinator's store (another
+    /// process's, read from their wire form, or an upload to another store): every private file, and every shared object the ticket did not already know, must
     /// be in the store with its recorded size — a handle from an upload to another root, or from
     /// one that never finished, is refused instead of committed (G1). Costs one `head` per new
     /// object of such a handle.
@@ -203,12 +203,16 @@ impl CheckpointCoordinator {
         ticket: &CheckpointTicket,
         handles: &[BackendHandle],
     ) -> Result<()> {
-        let uploaded = ticket
+        let here = crate::store::address(self.st());
+        let uploaded: Vec<BackendHandle> = ticket
             .state
             .uploaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .iter()
+            .filter(|(_, store)| *store == here)
+            .map(|(handle, _)| handle.clone())
+            .collect();
         for handle in handles.iter().filter(|h| !uploaded.contains(h)) {
             let private = handle
                 .private_files

@@ -38,9 +38,11 @@ impl Drop for AbortOnDrop {
         let ticket = self.ticket.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
+                // Built before the spawn and moved in: a runtime shutting down may drop the task
+                // before it ever runs, or cancel it mid-way; either way the slot is freed.
+                let free = FreeSlot(coordinator.clone(), ticket.checkpoint_id);
                 runtime.spawn(async move {
-                    // A runtime shutting down may cancel this task: the slot is freed anyway.
-                    let _free = FreeSlot(coordinator.clone(), ticket.checkpoint_id);
+                    let _free = free;
                     if let Err(e) = coordinator.finish_dropped(&ticket).await {
                         tracing::warn!(checkpoint = ticket.checkpoint_id, error = %e, "cleaning up a dropped checkpoint failed; recovery or GC will finish it");
                     }

@@ -51,7 +51,7 @@ impl PendingSnapshot {
                 .uploaded
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(handle.clone());
+                .push((handle.clone(), crate::store::address(store)));
         }
         result
     }
