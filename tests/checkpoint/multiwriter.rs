@@ -780,36 +780,23 @@ async fn checkpoint_right_after_a_dropped_one_is_refused_busy_while_its_cleanup_
     let mut job = TestJob::open(&dir.path().join("job"), 1, 2_000)?;
     job.write(3_000)?;
     job.backends[0].flush()?;
-    let upload = gates.hold(&["put_file", "stage_file"], "");
-    {
-        let refs = job.refs();
-        let mut checkpoint = Box::pin(c.checkpoint(&refs));
-        tokio::select! {
-            done = &mut checkpoint => panic!("the checkpoint finished while its upload was held: {:?}", done.map(|d| d.id())),
-            _ = upload.reached() => {}
-        }
-        // The cleanup's first store call, the no-op record swap, is held from here on.
-        let cleanup = gates.hold(&["put_if"], "_job");
-        drop(checkpoint);
-        upload.release();
-        cleanup.reached().await;
-        let next = {
-            let c = c.clone();
-            let backends = job.backends.clone();
-            tokio::spawn(async move {
-                let refs: Vec<_> = backends.iter().collect();
-                c.checkpoint(&refs).await
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        cleanup.release();
-        let done = tokio::time::timeout(Duration::from_secs(30), next).await??;
-        let done = done.map_err(|e| format!("the checkpoint after a dropped one failed: {e}"))?;
-        let mut v = Violations::default();
-        let expected = job.scan()?;
-        check_restores(&mut v, &*store, &done.path(), dir.path(), &expected).await;
-        v.finish()?;
-    }
+    let cleanup = common::gates::drop_checkpoint_holding_its_cleanup(&c, &job, &gates).await;
+    let next = {
+        let c = c.clone();
+        let backends = job.backends.clone();
+        tokio::spawn(async move {
+            let refs: Vec<_> = backends.iter().collect();
+            c.checkpoint(&refs).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cleanup.release();
+    let done = tokio::time::timeout(Duration::from_secs(30), next).await??;
+    let done = done.map_err(|e| format!("the checkpoint after a dropped one failed: {e}"))?;
+    let mut v = Violations::default();
+    let expected = job.scan()?;
+    check_restores(&mut v, &*store, &done.path(), dir.path(), &expected).await;
+    v.finish()?;
     c.shutdown(JobEnd::Suspended).await?;
     Ok(())
 }

@@ -193,20 +193,8 @@ async fn checkpoint_after_a_dropped_one_hangs_while_its_cleanup_hangs() -> TestR
     let mut job = TestJob::open(&dir.path().join("job"), 1, 2_000)?;
     job.write(3_000)?;
     job.backends[0].flush()?;
-    let upload = gates.hold(&["put_file", "stage_file"], "");
-    {
-        let refs = job.refs();
-        let mut checkpoint = Box::pin(c.checkpoint(&refs));
-        tokio::select! {
-            done = &mut checkpoint => panic!("finished while held: {:?}", done.map(|d| d.id())),
-            _ = upload.reached() => {}
-        }
-        // The cleanup's first store call never returns.
-        let cleanup = gates.hold(&["put_if"], "_job");
-        drop(checkpoint);
-        upload.release();
-        cleanup.reached().await;
-    }
+    // The cleanup's first store call never returns.
+    let _cleanup = common::gates::drop_checkpoint_holding_its_cleanup(&c, &job, &gates).await;
     let next = tokio::time::timeout(Duration::from_secs(10), c.checkpoint(&job.refs())).await;
     assert!(
         next.is_ok(),
@@ -225,20 +213,7 @@ async fn shutdown_while_a_checkpoint_waits_for_a_dropped_ones_cleanup() -> TestR
     let mut job = TestJob::open(&dir.path().join("job"), 1, 2_000)?;
     job.write(3_000)?;
     job.backends[0].flush()?;
-    let upload = gates.hold(&["put_file", "stage_file"], "");
-    let cleanup = {
-        let refs = job.refs();
-        let mut checkpoint = Box::pin(c.checkpoint(&refs));
-        tokio::select! {
-            done = &mut checkpoint => panic!("finished while held: {:?}", done.map(|d| d.id())),
-            _ = upload.reached() => {}
-        }
-        let cleanup = gates.hold(&["put_if"], "_job");
-        drop(checkpoint);
-        upload.release();
-        cleanup.reached().await;
-        cleanup
-    };
+    let cleanup = common::gates::drop_checkpoint_holding_its_cleanup(&c, &job, &gates).await;
     let waiting = {
         let c = c.clone();
         let backends = job.backends.clone();

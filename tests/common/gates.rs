@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rockpoint::Store;
+use rockpoint::{CheckpointCoordinator, Store};
 
 use super::hooked::{Hook, Op};
 
@@ -110,4 +110,26 @@ impl Hook for Gates {
         }
         Ok(())
     }
+}
+
+/// Drops a `checkpoint()` future of `job` while its upload is held at `gates` (a caller's timeout),
+/// with the cleanup's first store call — the no-op record swap of B2 — held from then on. Returns
+/// that gate, reached: the dropped checkpoint's slot is taken until it is released.
+pub async fn drop_checkpoint_holding_its_cleanup(
+    c: &CheckpointCoordinator,
+    job: &super::TestJob,
+    gates: &Gates,
+) -> Arc<Gate> {
+    let upload = gates.hold(&["put_file", "stage_file"], "");
+    let refs = job.refs();
+    let mut checkpoint = Box::pin(c.checkpoint(&refs));
+    tokio::select! {
+        done = &mut checkpoint => panic!("the checkpoint finished while its upload was held: {:?}", done.map(|d| d.id())),
+        _ = upload.reached() => {}
+    }
+    let cleanup = gates.hold(&["put_if"], "_job");
+    drop(checkpoint);
+    upload.release();
+    cleanup.reached().await;
+    cleanup
 }
