@@ -239,9 +239,7 @@ pub(crate) fn create_dir_all_durable(fs: &dyn Fs, dir: &Path) -> Result<(), Dura
     })?;
     create_dir_all_durable(fs, parent)?;
     match fs.create_dir(dir) {
-        Ok(()) => fs
-            .sync_dir(parent)
-            .map_err(|e| DurableError::sync(parent, e)),
+        Ok(()) => sync_dir_durable(fs, parent),
         // Another writer created it concurrently; its creator syncs the parent.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(DurableError::io("creating directory", dir, e)),
@@ -319,7 +317,7 @@ fn publish_via(
             .rename(temp, target)
             .map_err(|e| DurableError::io("publishing (replace)", target, e))?,
     }
-    fs.sync_dir(dir).map_err(|e| DurableError::sync(dir, e))
+    sync_dir_durable(fs, dir)
 }
 
 /// Writes a new temporary file in `dir` with the bytes `write` produces and fsyncs it; the caller
@@ -369,7 +367,7 @@ pub(crate) fn publish_synced_temporary(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(DurableError::io("removing temporary file", temp, e)),
     }
-    fs.sync_dir(dir).map_err(|e| DurableError::sync(dir, e))
+    sync_dir_durable(fs, dir)
 }
 
 /// Writes a new file `path` holding `bytes` and fsyncs it; fails if it exists. The caller fsyncs the
@@ -388,9 +386,27 @@ pub(crate) fn write_new_file_synced(
     file.sync_all().map_err(|e| DurableError::sync(path, e))
 }
 
-/// Makes a directory's entries durable.
+/// Makes a directory's entries durable. A directory that is gone (removed by a concurrent
+/// discard) cannot be opened for the fsync: that fails the operation as plain I/O — nothing was
+/// made durable, and nothing on the disk is in doubt — instead of poisoning (fsync itself never
+/// reports `NotFound`).
 pub(crate) fn sync_dir_durable(fs: &dyn Fs, dir: &Path) -> Result<(), DurableError> {
-    fs.sync_dir(dir).map_err(|e| DurableError::sync(dir, e))
+    fs.sync_dir(dir).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            DurableError::io("syncing a directory removed meanwhile", dir, e)
+        } else {
+            DurableError::sync(dir, e)
+        }
+    })
+}
+
+/// Makes a removal in `dir` durable. If `dir` itself was removed meanwhile, so was what was in it:
+/// whoever removed `dir` makes that durable.
+fn sync_after_removal(fs: &dyn Fs, dir: &Path) -> Result<(), DurableError> {
+    match sync_dir_durable(fs, dir) {
+        Err(DurableError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Durably moves the fully written directory `from` onto `to`, which must be absent or an empty
@@ -416,7 +432,7 @@ pub(crate) fn remove_file_durable(fs: &dyn Fs, path: &Path) -> Result<(), Durabl
         Err(e) => return Err(DurableError::io("removing file", path, e)),
     }
     match path.parent() {
-        Some(dir) => fs.sync_dir(dir).map_err(|e| DurableError::sync(dir, e)),
+        Some(dir) => sync_after_removal(fs, dir),
         None => Ok(()),
     }
 }
@@ -436,9 +452,7 @@ pub(crate) fn remove_dir_if_empty_durable(fs: &dyn Fs, dir: &Path) -> Result<(),
         Err(e) => return Err(DurableError::io("removing directory", dir, e)),
     }
     match dir.parent() {
-        Some(parent) => fs
-            .sync_dir(parent)
-            .map_err(|e| DurableError::sync(parent, e)),
+        Some(parent) => sync_after_removal(fs, parent),
         None => Ok(()),
     }
 }

@@ -20,6 +20,9 @@ use rockpoint::{CheckpointCoordinator, CheckpointSettings, ErrorKind, LocalStore
 struct FailingSync {
     armed: Arc<AtomicBool>,
     calls: Arc<AtomicU64>,
+    /// Once set, a directory under `jobs/x/` is removed right before its fsync, as a concurrent
+    /// discard of that checkpoint directory would.
+    vanish: Arc<AtomicBool>,
 }
 
 struct Writer {
@@ -82,6 +85,9 @@ impl Fs for FailingSync {
         if self.armed.load(Ordering::SeqCst) {
             return Err(io::Error::other("EIO on directory fsync (injected)"));
         }
+        if self.vanish.load(Ordering::SeqCst) && path.to_string_lossy().contains("jobs/x") {
+            let _ = std::fs::remove_dir_all(path);
+        }
         StdFs.sync_dir(path)
     }
     fn read_dir(&self, path: &Path) -> io::Result<Vec<FsEntry>> {
@@ -139,5 +145,31 @@ async fn a_failed_fsync_poisons_the_store_and_is_never_retried() -> TestResult {
     let c =
         CheckpointCoordinator::open(reopened.clone(), "job", CheckpointSettings::default()).await?;
     assert_eq!(c.latest().map(|m| m.checkpoint_id), Some(first.id()));
+    Ok(())
+}
+
+/// Found by a CI rehearsal (`finished_attack::finished_below_premise_holds_over_a_mixed_schedule`
+/// failed once with "engine poisoned … fsync of …/chk-11/kg-00000-00128 failed: No such file or
+/// directory"): a dropped checkpoint's late private-file write raced its own abort, which removed
+/// the checkpoint's directory between the write and the directory's fsync. The directory could not
+/// be opened for the fsync — no fsync failed, nothing on the disk is in doubt — yet the store was
+/// poisoned for good. The write must fail (it is not durable) and the store must go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_removed_before_its_fsync_poisons_the_store() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let fs = Arc::new(FailingSync::default());
+    let vanish = fs.vanish.clone();
+    let store: Arc<dyn Store> = Arc::new(LocalStore::with_fs(dir.path().join("root"), fs)?);
+    vanish.store(true, Ordering::SeqCst);
+    let write = store
+        .put("jobs/x/y", Bytes::from_static(b"z"), WriteMode::CreateOnly)
+        .await;
+    let err = write.expect_err("a write whose directory vanished is not durable");
+    assert_ne!(err.kind(), ErrorKind::Poisoned, "{err}");
+    vanish.store(false, Ordering::SeqCst);
+    store
+        .put("jobs/z/w", Bytes::from_static(b"z"), WriteMode::CreateOnly)
+        .await?;
+    assert_eq!(store.get("jobs/z/w").await?, Bytes::from_static(b"z"));
     Ok(())
 }
