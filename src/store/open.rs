@@ -3,7 +3,6 @@
 //! `object_store` configures it (its `from_env` builders: `AWS_*`, `GOOGLE_*`, `AZURE_*`), with
 //! [`RootOptions::config`] on top.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use std::path::Path;
@@ -17,6 +16,7 @@ use object_store::multipart::MultipartStore;
 /// An object store and its multipart API (the same store).
 type Built = (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>);
 
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 fn both<T: ObjectStore + MultipartStore>(store: T) -> Built {
     let store = Arc::new(store);
     (store.clone(), store)
@@ -237,12 +237,14 @@ fn object_store_for(
     Ok(built)
 }
 
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 fn config_error(url: &str, e: object_store::Error) -> Error {
     Error::invalid(format!("root `{url}`: {e}"))
 }
 
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 /// Applies `options.config` through `with`, naming an unknown key.
-fn configure<B, K: FromStr>(
+fn configure<B, K: std::str::FromStr>(
     url: &str,
     mut builder: B,
     options: &RootOptions,
@@ -302,7 +304,7 @@ fn azure(url: &str, _options: &RootOptions) -> Result<Built> {
     Err(missing_feature(url, "azure"))
 }
 
-#[allow(dead_code)]
+#[cfg(not(all(feature = "aws", feature = "gcp", feature = "azure")))]
 fn missing_feature(url: &str, feature: &str) -> Error {
     Error::invalid(format!(
         "root `{url}` needs rockpoint's `{feature}` feature, which this build does not have"
