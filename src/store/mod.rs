@@ -195,33 +195,41 @@ pub(crate) async fn append_streamed<S: Store + ?Sized>(
     target: &Path,
     label: &str,
 ) -> Result<()> {
-    {
-        use futures::StreamExt;
-        use tokio::io::AsyncWriteExt;
-        let (found, mut chunks) = store
-            .get_stream(path)
-            .await
-            .map_err(|e| missing_as_corruption(e, path, label))?;
-        let mut check = Verifier::new(format!("{path} ({label})"), expected, size);
-        check.size_is(found)?;
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(target)
-            .await
-            .map_err(|e| Error::io("opening", target, e))?;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            check.update(&chunk)?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| Error::io("writing", target, e))?;
-        }
-        file.flush()
+    let (found, chunks) = store
+        .get_stream(path)
+        .await
+        .map_err(|e| missing_as_corruption(e, path, label))?;
+    let check = Verifier::new(format!("{path} ({label})"), expected, size);
+    check.size_is(found)?;
+    append_checked(chunks, check, target).await
+}
+
+/// Appends `chunks` to the local file `target` (created if missing), checking every byte with
+/// `check` on the way; `Corruption` on a mismatch (`target` may then hold partial bytes).
+pub(crate) async fn append_checked(
+    mut chunks: impl futures::Stream<Item = Result<Bytes>> + Unpin,
+    mut check: Verifier,
+    target: &Path,
+) -> Result<()> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(target)
+        .await
+        .map_err(|e| Error::io("opening", target, e))?;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        check.update(&chunk)?;
+        file.write_all(&chunk)
             .await
             .map_err(|e| Error::io("writing", target, e))?;
-        check.finish()
     }
+    file.flush()
+        .await
+        .map_err(|e| Error::io("writing", target, e))?;
+    check.finish()
 }
 
 /// The address of a store object: the same for every reference to (or `Arc` clone of) one store,

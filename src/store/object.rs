@@ -480,37 +480,38 @@ impl Store for ObjectStoreStore {
             .await
             .map_err(|e| store_error("starting upload of", path, e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
-        let mut sent = 0u64;
-        while sent < len {
-            if let Err(e) = writer.wait_for_capacity(PART_CONCURRENCY).await {
-                let _ = writer.abort().await;
-                return Err(store_error("uploading", path, e));
-            }
-            let want = (len - sent).min(part as u64) as usize;
-            let (rest, chunk) = match read_part(source, want, file).await {
-                Ok(read) => read,
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(e);
+        let sent = async {
+            let mut sent = 0u64;
+            while sent < len {
+                writer
+                    .wait_for_capacity(PART_CONCURRENCY)
+                    .await
+                    .map_err(|e| store_error("uploading", path, e))?;
+                let want = (len - sent).min(part as u64) as usize;
+                let (rest, chunk) = read_part(source, want, file).await?;
+                source = rest;
+                if chunk.is_empty() {
+                    break;
                 }
-            };
-            source = rest;
-            if chunk.is_empty() {
-                break;
+                sent += chunk.len() as u64;
+                check.update(&chunk)?;
+                writer.put(Bytes::from(chunk));
             }
-            sent += chunk.len() as u64;
-            check.update(&chunk)?;
-            writer.put(Bytes::from(chunk));
+            check.finish()
         }
-        if let Err(e) = check.finish() {
-            let _ = writer.abort().await;
-            return Err(e);
+        .await;
+        // One place aborts, whatever failed: a read, a part, or the bytes' hash.
+        match sent {
+            Ok(()) => writer
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(|e| store_error("completing upload of", path, e)),
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
         }
-        writer
-            .finish()
-            .await
-            .map(|_| ())
-            .map_err(|e| store_error("completing upload of", path, e))
     }
 
     async fn get(&self, path: &str) -> Result<Bytes> {
@@ -622,61 +623,30 @@ impl Store for ObjectStoreStore {
         target: &Path,
         label: &str,
     ) -> Result<()> {
-        use tokio::io::AsyncWriteExt;
         if size <= PART_BYTES as u64 {
             return super::append_streamed(self, path, expected, size, target, label).await;
         }
         let location = self.location(path)?;
-        let mut check = Verifier::new(format!("{path} ({label})"), expected, size);
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(target)
-            .await
-            .map_err(|e| Error::io("opening", target, e))?;
+        let what = format!("{path} ({label})");
         let ranges = (0..size)
             .step_by(PART_BYTES)
             .map(|start| start..(start + PART_BYTES as u64).min(size));
-        let inner = &self.inner;
-        let location = &location;
+        let (inner, location, what) = (&self.inner, &location, &what);
         // Each range's answer says how large the whole object is: no HEAD first.
-        let mut parts = futures::stream::iter(ranges)
+        let parts = futures::stream::iter(ranges)
             .map(|range| async move {
                 let options = object_store::GetOptions {
                     range: Some(range.into()),
                     ..object_store::GetOptions::default()
                 };
-                let got = match inner.get_opts(location, options).await {
-                    Ok(got) => got,
-                    Err(object_store::Error::NotFound { .. }) => {
-                        return Err(super::missing_as_corruption(
-                            Error::not_found(format!("object `{path}`")),
-                            path,
-                            label,
-                        ));
-                    }
-                    Err(e) => return Err(store_error("reading", path, e)),
-                };
-                let found = got.meta.size;
-                let bytes = got
-                    .bytes()
-                    .await
-                    .map_err(|e| store_error("reading", path, e))?;
-                Ok((found, bytes))
+                let reading =
+                    |e| super::missing_as_corruption(store_error("reading", path, e), path, label);
+                let got = inner.get_opts(location, options).await.map_err(reading)?;
+                Verifier::new(what.clone(), expected, size).size_is(got.meta.size)?;
+                got.bytes().await.map_err(reading)
             })
             .buffered(PART_CONCURRENCY);
-        while let Some(part) = parts.next().await {
-            let (found, part) = part?;
-            check.size_is(found)?;
-            check.update(&part)?;
-            file.write_all(&part)
-                .await
-                .map_err(|e| Error::io("writing", target, e))?;
-        }
-        file.flush()
-            .await
-            .map_err(|e| Error::io("writing", target, e))?;
-        check.finish()
+        super::append_checked(parts, Verifier::new(what.clone(), expected, size), target).await
     }
 
     async fn head(&self, path: &str) -> Result<Option<ObjectInfo>> {
@@ -773,5 +743,32 @@ impl Store for ObjectStoreStore {
 
     fn describe(&self) -> String {
         format!("{}/{}", self.inner, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Any SST fits in S3's 10,000 parts, and small files keep the 8 MiB parts.
+    #[test]
+    fn every_file_size_fits_in_the_part_limit() {
+        const GIB: u64 = 1 << 30;
+        for len in [
+            1,
+            PART_BYTES as u64,
+            80 * GIB,
+            10_000 * PART_BYTES as u64 + 1,
+            1 << 40,
+            5 << 40,
+        ] {
+            let part = part_bytes(len) as u64;
+            assert!(part >= PART_BYTES as u64, "{len}: {part}");
+            assert_eq!(part % (1 << 20), 0, "{len}: whole MiB");
+            assert!(len.div_ceil(part) <= MAX_PARTS, "{len} in parts of {part}");
+        }
+        assert_eq!(part_bytes(80_000_000_000), PART_BYTES); // 80 GB
+        assert_eq!(part_bytes(80 * GIB), 9 << 20);
+        assert_eq!(part_bytes(1 << 40), 105 << 20);
     }
 }
