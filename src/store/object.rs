@@ -53,6 +53,8 @@ pub struct ObjectStoreStore {
     multipart: Option<Arc<dyn MultipartStore>>,
     /// How long an upload record vouches for its uploader (see [`ObjectStoreStore::with_upload_lease`]).
     upload_lease: Duration,
+    /// The probe accepts a store that ignores conditional writes (see [`ObjectStoreStore::single_writer`]).
+    single_writer: bool,
     prefix: String,
 }
 
@@ -75,6 +77,7 @@ impl ObjectStoreStore {
             inner,
             multipart: None,
             upload_lease: UPLOAD_LEASE,
+            single_writer: false,
             prefix,
         };
         store.probe().await?;
@@ -88,6 +91,7 @@ impl ObjectStoreStore {
             inner,
             multipart: None,
             upload_lease: UPLOAD_LEASE,
+            single_writer: false,
             prefix: prefix.trim_matches('/').to_owned(),
         }
     }
@@ -105,6 +109,15 @@ impl ObjectStoreStore {
     /// that is not a valid record of this root is left alone (and logged).
     pub fn track_uploads(mut self, multipart: Arc<dyn MultipartStore>) -> Self {
         self.multipart = Some(multipart);
+        self
+    }
+
+    /// Single-writer mode: the [`probe`](Self::probe) accepts a store that ignores conditional
+    /// writes, with a warning, instead of refusing it. Safe only if exactly one process (one
+    /// coordinator, no concurrent GC) ever writes to the root: nothing fences a second writer.
+    /// Every other probe failure (list consistency, a refused request) still fails.
+    pub fn single_writer(mut self, yes: bool) -> Self {
+        self.single_writer = yes;
         self
     }
 
@@ -184,6 +197,14 @@ impl ObjectStoreStore {
         };
         match what {
             None => Ok(()),
+            Some(what) if self.single_writer => {
+                tracing::warn!(
+                    store = self.describe(),
+                    what,
+                    "store ignores conditional writes; going on in single-writer mode"
+                );
+                Ok(())
+            }
             Some(what) => Err(Error::invalid(format!(
                 "store {} ignores conditional writes ({what}); two writers could both commit. \
                  Use another store, or accept single-writer mode (RootOptions::single_writer, \

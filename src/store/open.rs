@@ -85,18 +85,13 @@ pub async fn open_root(url: &str, options: &RootOptions) -> Result<Arc<dyn Store
     }
     let (inner, multipart) = object_store_for(scheme, url, &parsed, options)?;
     let prefix = parsed.path().trim_matches('/');
-    let store = ObjectStoreStore::new_unprobed(inner, prefix).track_uploads(multipart);
+    let store = ObjectStoreStore::new_unprobed(inner, prefix)
+        .track_uploads(multipart)
+        .single_writer(options.single_writer);
     if options.read_only {
         return Ok(read_only_if(Arc::new(store), options));
-    } else {
-        match store.probe().await {
-            Ok(()) => {}
-            Err(e) if options.single_writer && e.kind() == crate::ErrorKind::Invalid => {
-                tracing::warn!(root = url, error = %e, "store ignores conditional writes; continuing in single-writer mode");
-            }
-            Err(e) => return Err(e),
-        }
     }
+    store.probe().await?;
     Ok(Arc::new(store))
 }
 
