@@ -42,6 +42,16 @@ pub fn ranges(parallelism: u32) -> Vec<KeyGroupRange> {
         .collect()
 }
 
+/// The S3 test server's bucket through object_store's own client, for what `Store` does not
+/// expose (multipart upload ids, raw parts).
+pub fn raw_s3() -> TestResult<Arc<object_store::aws::AmazonS3>> {
+    let mut raw = object_store::aws::AmazonS3Builder::new().with_bucket_name(s3::BUCKET);
+    for (key, value) in s3::S3Server::get().options().config {
+        raw = raw.with_config(key.parse::<object_store::aws::AmazonS3ConfigKey>()?, value);
+    }
+    Ok(Arc::new(raw.build()?))
+}
+
 pub fn local_store(dir: &Path) -> TestResult<Arc<dyn Store>> {
     Ok(Arc::new(LocalStore::new(dir)?))
 }

@@ -79,8 +79,13 @@ impl S3Server {
 
 /// `s3://BUCKET/<a name derived from key>`: temporary directories are unique, so are their roots.
 pub fn root_url(key: &Path) -> String {
+    format!("s3://{BUCKET}/{}", root_prefix(key))
+}
+
+/// The prefix, in the test bucket, of the root named after `key`.
+pub fn root_prefix(key: &Path) -> String {
     let name = blake3::hash(key.to_string_lossy().as_bytes()).to_hex();
-    format!("s3://{BUCKET}/{}", &name[..16])
+    name[..16].to_owned()
 }
 
 /// `$ROCKPOINT_WEED`, else `weed` on PATH, else the one `.ci/setup` installs.

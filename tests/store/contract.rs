@@ -302,6 +302,35 @@ async fn a_store_that_ignores_conditional_writes_is_refused() {
     }
 }
 
+/// Single-writer mode accepts a store that ignores conditional writes, and only that: a probe
+/// whose requests fail (wrong credentials on S3) still fails in that mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_writer_mode_accepts_only_ignored_conditions() -> TestResult {
+    let ignoring =
+        ObjectStoreStore::new_unprobed(Arc::new(IgnoresConditions(InMemory::new(), false)), "");
+    assert!(
+        ignoring.clone().probe().await.is_err(),
+        "refused by default"
+    );
+    ignoring.single_writer(true).probe().await?;
+    let dir = tempfile::tempdir()?;
+    let mut options = crate::common::s3::S3Server::get().options();
+    options.single_writer = true;
+    for (key, value) in &mut options.config {
+        if key == "aws_secret_access_key" {
+            *value = "not-the-secret".into();
+        }
+    }
+    let url = crate::common::s3::root_url(&dir.path().join("root"));
+    let refused = rockpoint::open_root(&url, &options).await;
+    assert_eq!(
+        refused.err().map(|e| e.kind()),
+        Some(ErrorKind::Invalid),
+        "wrong credentials in single-writer mode"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn compare_and_swap_fails_from_a_stale_version() -> rockpoint::Result<()> {
     let store = ObjectStoreStore::new(Arc::new(InMemory::new()), "root").await?;
@@ -339,23 +368,13 @@ async fn compare_and_swap_fails_from_a_stale_version() -> rockpoint::Result<()> 
 /// GC's sweep of incomplete writes find it and abort it; afterwards the upload id is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_multipart_upload_is_aborted_by_the_incomplete_sweep() -> TestResult {
-    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     use object_store::multipart::MultipartStore;
     let dir = tempfile::tempdir()?;
-    let server = crate::common::s3::S3Server::get();
     let root = dir.path().join("root");
     // The raw S3 API, and over it a tracked store whose upload lease is short: an upload whose
     // process died is abandoned 3 s later (60 s by default).
-    let mut raw = AmazonS3Builder::new().with_bucket_name(crate::common::s3::BUCKET);
-    for (key, value) in server.options().config {
-        raw = raw.with_config(key.parse::<AmazonS3ConfigKey>()?, value);
-    }
-    let raw = Arc::new(raw.build()?);
-    let url = crate::common::s3::root_url(&root);
-    let prefix = url
-        .strip_prefix(&format!("s3://{}/", crate::common::s3::BUCKET))
-        .ok_or("a root of the test bucket")?
-        .to_owned();
+    let raw = crate::common::raw_s3()?;
+    let prefix = crate::common::s3::root_prefix(&root);
     let store: Arc<dyn Store> = Arc::new(
         ObjectStoreStore::new(raw.clone(), &prefix)
             .await?

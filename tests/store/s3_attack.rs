@@ -246,14 +246,8 @@ async fn stray_object_under_uploads_makes_every_gc_pass_fail() -> TestResult {
 /// record, and the completed object stays whole. On the SeaweedFS test server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_of_a_record_left_after_complete_keeps_the_object() -> TestResult {
-    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     let dir = tempfile::tempdir()?;
-    let server = crate::common::s3::S3Server::get();
-    let mut raw = AmazonS3Builder::new().with_bucket_name(crate::common::s3::BUCKET);
-    for (key, value) in server.options().config {
-        raw = raw.with_config(key.parse::<AmazonS3ConfigKey>()?, value);
-    }
-    let raw = Arc::new(raw.build()?);
+    let raw = crate::common::raw_s3()?;
     let prefix = format!("attack-{}", std::process::id());
     let parts = Parts::new(raw.clone(), Duration::ZERO);
     let store = ObjectStoreStore::new_unprobed(raw.clone(), &prefix).track_uploads(parts.clone());
