@@ -331,7 +331,6 @@ impl CheckpointCoordinator {
                 "pending checkpoint subsumed"
             );
         }
-        self.sweep_aborted().await;
     }
 
     fn record_metrics(&self, done: &CompletedCheckpoint) {

@@ -127,25 +127,7 @@ impl CheckpointCoordinator {
         if complete {
             return Ok(());
         }
-        self.lock().aborted.insert((kind, id));
         self.discard(kind, id).await
-    }
-
-    /// B2 again for the checkpoints aborted since the last commit (run at C5): removes a pin or
-    /// private file of theirs that landed after their abort listed. Ids are never reused, so
-    /// nothing live is named by these paths.
-    pub(super) async fn sweep_aborted(&self) {
-        let aborted = std::mem::take(&mut self.lock().aborted);
-        for (kind, id) in aborted {
-            let swept = async {
-                self.delete_pins(&snapshot_pin_prefix(&self.inner.job_id, kind, id))
-                    .await?;
-                self.discard(kind, id).await
-            };
-            if let Err(e) = swept.await {
-                tracing::warn!(checkpoint = id, error = %e, "sweeping an aborted checkpoint again failed; recovery or GC will");
-            }
-        }
     }
 
     /// D1–D3: removes the records of a checkpoint that no job record lists (any more): its

@@ -224,10 +224,6 @@ struct CoordState {
     discard_queue: BTreeSet<u64>,
     /// Ids whose D1–D3 are done: dropped from the record's `discarding` with the next swap.
     discarded: BTreeSet<u64>,
-    /// Checkpoints aborted since the last commit. A write of theirs that was in flight when the
-    /// abort listed (a dropped upload's blocking write, a request already sent) can land after
-    /// B2; the next commit repeats B2 for them (C5).
-    aborted: BTreeSet<(SnapshotKind, u64)>,
     /// Ids allocated to claims (R6) that have not ended: not finished (see `finished_below`).
     claiming: BTreeSet<u64>,
     restore_pins: Vec<String>,
@@ -318,7 +314,6 @@ impl CoordinatorBuilder {
                     users: HashMap::new(),
                     discard_queue: BTreeSet::new(),
                     discarded: BTreeSet::new(),
-                    aborted: BTreeSet::new(),
                     claiming: BTreeSet::new(),
                     restore_pins: Vec::new(),
                     restored_hashes: HashSet::new(),
