@@ -26,6 +26,8 @@ const LAYERS: &[&str] = &[
     "store",
     // Keyed state: the RocksDB instance, typed access, typed declarations, the user's handle.
     "engine",
+    // The canonical savepoint format: written from and loaded into an engine, read on its own.
+    "canonical",
     "state",
     "descriptor",
     "backend",

@@ -397,3 +397,211 @@ fn concat_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) 
     }
     Some(out)
 }
+
+/// What [`rescope`] did to one backend directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RescopeReport {
+    /// Entries copied in from other backends' directories.
+    pub(crate) copied_entries: u64,
+    /// Bytes of the SST files those copies were ingested as.
+    pub(crate) copied_bytes: u64,
+}
+
+/// Turns the RocksDB directory of a backend of key groups `from` (restored files, not open
+/// elsewhere) into a backend of key groups `to` of the same job: everything outside `to` is
+/// deleted — whole SST files where RocksDB allows (`DeleteFilesInRange`), then a range tombstone
+/// over the rest, so no key group outside `to` is ever seen again, by scans or by restores of
+/// later checkpoints — and the key groups of `to` that `from` lacks are copied in from the
+/// directories in `copies` (backend directories of the same checkpoint, each with its range),
+/// through SST files written in key order and ingested (no memtable, no WAL). The states of the
+/// copies join the directory's registry; a state recorded with another kind or tag is refused.
+/// The directory's identity is rewritten for `to` last, and the log is synced before the
+/// directory is closed, so a crash leaves a directory that [`Engine::open`] refuses (identity of
+/// `from`) rather than a half-clipped one that it accepts.
+pub(crate) fn rescope(
+    dir: &Path,
+    settings: &BackendSettings,
+    max_parallelism: u32,
+    from: KeyGroupRange,
+    to: KeyGroupRange,
+    copies: &[(KeyGroupRange, PathBuf)],
+) -> Result<RescopeReport> {
+    let db_dir = dir.join(DB_DIR);
+    let (db_options, cf_options) = rocksdb_options(settings);
+    let db = open_all_cfs(&db_options, &cf_options, &db_dir, false)?;
+    let expected = BackendInfo {
+        format_version: BACKEND_FORMAT_VERSION,
+        max_parallelism,
+        key_groups: from,
+    };
+    let stored: Option<BackendInfo> = db
+        .get(BACKEND_INFO_KEY)
+        .map_err(|e| Error::rocksdb("reading backend info", e))?
+        .map(|bytes| codec::decode("<backend>", "backend info", &bytes))
+        .transpose()?;
+    if stored.as_ref() != Some(&expected) {
+        return Err(Error::corruption(format!(
+            "restored directory {} does not hold key groups {from} of max_parallelism \
+             {max_parallelism} as its checkpoint recorded (it holds {stored:?})",
+            db_dir.display()
+        )));
+    }
+    let mut states = load_states(&db, dir)?;
+    let write_opts = WriteOptions::default();
+    // Clip: whole files first, then a tombstone over everything outside `to` (the tombstone also
+    // hides older versions of keys whose newest version lay in a dropped file).
+    let outside: Vec<(Vec<u8>, Vec<u8>)> = [
+        (to.start() > 0).then(|| (Vec::new(), (to.start() as u16).to_be_bytes().to_vec())),
+        (to.end() < max_parallelism).then(|| {
+            (
+                (to.end() as u16).to_be_bytes().to_vec(),
+                (max_parallelism as u16).to_be_bytes().to_vec(),
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut last_err = None;
+    for name in states.keys() {
+        let cf = db
+            .cf_handle(name)
+            .ok_or_else(|| Error::corruption(format!("state `{name}` has no column family")))?;
+        for (low, high) in &outside {
+            db.delete_file_in_range_cf(&cf, low, high)
+                .map_err(|e| Error::rocksdb(format!("dropping files of state `{name}`"), e))?;
+            if let Err(e) = db.delete_range_cf_opt(&cf, low, high, &write_opts) {
+                last_err = Some(Error::rocksdb(format!("clipping state `{name}`"), e));
+            }
+        }
+    }
+    if let Some(e) = last_err {
+        return Err(e);
+    }
+    // Copy in what other backends hold of `to`.
+    let mut report = RescopeReport::default();
+    let staging = dir.join(STAGING_DIR);
+    std::fs::create_dir_all(&staging).map_err(|e| Error::io("creating", &staging, e))?;
+    for (range, source_dir) in copies {
+        let Some(part) = range.intersect(&to) else {
+            continue;
+        };
+        let source = open_all_cfs(&db_options, &cf_options, &source_dir.join(DB_DIR), true)?;
+        for (name, info) in load_states(&source, source_dir)? {
+            match states.get(&name) {
+                Some(existing) => check_compatible(existing, &info)?,
+                None => {
+                    let mut key = STATE_RECORD_PREFIX.to_vec();
+                    key.extend_from_slice(name.as_bytes());
+                    db.put_opt(
+                        key,
+                        codec::encode(&name, "state record", &info)?,
+                        &write_opts,
+                    )
+                    .map_err(|e| Error::rocksdb(format!("registering state `{name}`"), e))?;
+                    db.create_cf(&name, &cf_options).map_err(|e| {
+                        Error::rocksdb(format!("creating column family for state `{name}`"), e)
+                    })?;
+                    states.insert(name.clone(), info);
+                }
+            }
+            let copied = copy_range(&source, &db, &cf_options, &name, part, &staging)?;
+            report.copied_entries += copied.0;
+            report.copied_bytes += copied.1;
+        }
+    }
+    let info = BackendInfo {
+        key_groups: to,
+        ..expected
+    };
+    db.put_opt(
+        BACKEND_INFO_KEY,
+        codec::encode("<backend>", "backend info", &info)?,
+        &write_opts,
+    )
+    .map_err(|e| Error::rocksdb("writing backend info", e))?;
+    // Not flushed: the base's logs stay as they were restored (so the first checkpoint reuses
+    // their segments) and the clip lives in a new log, synced here.
+    db.flush_wal(true)
+        .map_err(|e| Error::rocksdb("syncing the write-ahead log", e))?;
+    drop(db);
+    std::fs::remove_dir_all(&staging).map_err(|e| Error::io("removing", &staging, e))?;
+    Ok(report)
+}
+
+/// Opens the RocksDB directory `db_dir` with every column family it has.
+fn open_all_cfs(
+    db_options: &Options,
+    cf_options: &Options,
+    db_dir: &Path,
+    read_only: bool,
+) -> Result<DB> {
+    let names = DB::list_cf(db_options, db_dir).map_err(|e| {
+        Error::rocksdb(
+            format!("listing column families of {}", db_dir.display()),
+            e,
+        )
+    })?;
+    let descriptors = names
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
+    let opened = if read_only {
+        DB::open_cf_descriptors_read_only(db_options, db_dir, descriptors, false)
+    } else {
+        DB::open_cf_descriptors(db_options, db_dir, descriptors)
+    };
+    opened.map_err(|e| Error::rocksdb(format!("opening RocksDB in {}", db_dir.display()), e))
+}
+
+/// Copies the rows of state `name` in key groups `part` from `source` into `target` as one
+/// ingested SST file; returns (entries, file bytes).
+fn copy_range(
+    source: &DB,
+    target: &DB,
+    cf_options: &Options,
+    name: &str,
+    part: KeyGroupRange,
+    staging: &Path,
+) -> Result<(u64, u64)> {
+    let (Some(from_cf), Some(to_cf)) = (source.cf_handle(name), target.cf_handle(name)) else {
+        return Err(Error::corruption(format!(
+            "state `{name}` has no column family"
+        )));
+    };
+    let (low, high) = codec::range_bounds(part);
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_iterate_lower_bound(low);
+    read_opts.set_iterate_upper_bound(high);
+    read_opts.fill_cache(false);
+    let file = staging.join(format!("copy-{}.sst", crate::util::nonce()));
+    let mut writer = rocksdb::SstFileWriter::create(cf_options);
+    writer
+        .open(&file)
+        .map_err(|e| Error::rocksdb(format!("creating {}", file.display()), e))?;
+    let mut entries = 0u64;
+    for row in source.iterator_cf_opt(&from_cf, read_opts, IteratorMode::Start) {
+        let (key, value) =
+            row.map_err(|e| Error::rocksdb(format!("reading state `{name}` to copy it"), e))?;
+        writer
+            .put(&key, &value)
+            .map_err(|e| Error::rocksdb(format!("writing a copy of state `{name}`"), e))?;
+        entries += 1;
+    }
+    if entries == 0 {
+        drop(writer);
+        let _ = std::fs::remove_file(&file);
+        return Ok((0, 0));
+    }
+    writer
+        .finish()
+        .map_err(|e| Error::rocksdb(format!("finishing a copy of state `{name}`"), e))?;
+    let bytes = std::fs::metadata(&file)
+        .map_err(|e| Error::io("inspecting", &file, e))?
+        .len();
+    let mut ingest = rocksdb::IngestExternalFileOptions::default();
+    ingest.set_move_files(true);
+    target
+        .ingest_external_file_cf_opts(&to_cf, &ingest, vec![&file])
+        .map_err(|e| Error::rocksdb(format!("ingesting a copy of state `{name}`"), e))?;
+    Ok((entries, bytes))
+}

@@ -109,7 +109,8 @@ pub use error::{Error, ErrorKind, Result};
 /// first: resolve a source to its metadata, pick the handle for a key-group range, download it.
 pub mod restore {
     pub use crate::checkpoint::restore::{
-        DownloadReport, backend_for, download_backend, latest_checkpoint, read_metadata,
+        DownloadReport, RestoreRoute, backend_for, download_backend, latest_checkpoint,
+        plan_restore, read_metadata,
     };
 }
 
@@ -117,7 +118,7 @@ pub mod restore {
 /// content hashes, and the format version.
 pub mod format {
     pub use crate::checkpoint::metadata::{
-        LogFile, METADATA_FORMAT_VERSION, PrivateFile, SharedFile,
+        CANONICAL_FILE, LogFile, METADATA_FORMAT_VERSION, PrivateFile, SharedFile, SnapshotFormat,
     };
     pub use crate::hash::{ContentHash, Segment};
     pub use crate::state_info::StateInfoFormat;

@@ -26,7 +26,12 @@ pub(crate) const HANDLE_MAGIC: &[u8; 8] = b"RKPTHNDL";
 /// by stable type tags (`StateInfo`), no longer by Rust type names. Version 1 is still read (its
 /// states then say `StateInfoFormat::RustTypeNames`); a build that reads only version 1 reports
 /// version 2 records by their version instead of misreading them.
-pub const METADATA_FORMAT_VERSION: u32 = 2;
+/// 3: a savepoint may be in the canonical format (`SnapshotFormat::Canonical`); only such records
+/// are written as version 3, so a build that reads up to version 2 refuses them by their version
+/// instead of misreading them, and reads every native record.
+pub const METADATA_FORMAT_VERSION: u32 = 3;
+/// The version native records are written with (they need nothing of version 3).
+const NATIVE_WRITE_VERSION: u32 = 2;
 /// The oldest format version this build reads.
 const OLDEST_READ_VERSION: u32 = 1;
 const HEADER_BYTES: usize = 8 + 4 + 8 + 32;
@@ -76,6 +81,21 @@ pub struct PrivateFile {
     /// Size in bytes.
     pub size: u64,
 }
+
+/// How a snapshot's state is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotFormat {
+    /// RocksDB's own files (SSTs, logs, MANIFEST, OPTIONS): incremental, restored by download.
+    #[default]
+    Native,
+    /// One canonical stream per backend (`docs/canonical-format.md`): every entry of every state
+    /// in key-group order, independent of RocksDB; savepoints only.
+    Canonical,
+}
+
+/// The local name of a canonical savepoint's stream, a private file of its backend.
+pub const CANONICAL_FILE: &str = "state.rkpc";
 
 /// What one backend's snapshot produced: everything needed to restore it, plus transfer figures.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,8 +175,17 @@ impl BackendHandle {
         backend_tag(self.key_groups)
     }
 
-    fn validate(&self, job_id: &str, kind: SnapshotKind, id: u64) -> Result<()> {
+    fn validate(
+        &self,
+        job_id: &str,
+        kind: SnapshotKind,
+        id: u64,
+        format: SnapshotFormat,
+    ) -> Result<()> {
         check_max_parallelism(self.max_parallelism)?;
+        if format == SnapshotFormat::Canonical {
+            return self.validate_canonical(job_id, kind, id);
+        }
         if self.key_groups.end() > self.max_parallelism {
             return Err(Error::corruption(format!(
                 "backend {} exceeds max_parallelism {}",
@@ -215,23 +244,69 @@ impl BackendHandle {
             check_local_name(&file.local_name, LocalKind::Private)?;
             check_size(&file.local_name, file.size)?;
             unique(&file.local_name)?;
-            validate_object_path(&file.path).map_err(|_| {
-                Error::corruption(format!(
-                    "private file path `{}` is not a valid object path",
-                    file.path
-                ))
-            })?;
-            // A private file lives in its own checkpoint's directory, under its own name: a discard
-            // or claim deletes these paths, so one pointing anywhere else would delete someone
-            // else's record.
-            let own = private_file_path(job_id, kind, id, &self.tag(), &file.local_name);
-            if file.path != own {
-                return Err(Error::corruption(format!(
-                    "private file `{}` of checkpoint {id} of job `{job_id}` is not `{own}`",
-                    file.path
-                )));
-            }
+            self.check_private_path(job_id, kind, id, file)?;
         }
+        self.check_state_names()
+    }
+
+    /// A canonical backend is one stream, a private file named [`CANONICAL_FILE`], and nothing
+    /// of RocksDB's.
+    fn validate_canonical(&self, job_id: &str, kind: SnapshotKind, id: u64) -> Result<()> {
+        if kind != SnapshotKind::Savepoint {
+            return Err(Error::corruption(format!(
+                "checkpoint {id} of job `{job_id}` is in the canonical format, which only \
+                 savepoints use"
+            )));
+        }
+        let [file] = self.private_files.as_slice() else {
+            return Err(Error::corruption(format!(
+                "canonical backend {} lists {} private files, not its one stream",
+                self.key_groups,
+                self.private_files.len()
+            )));
+        };
+        if !self.shared_files.is_empty()
+            || !self.log_files.is_empty()
+            || !self.manifest_name.is_empty()
+            || file.local_name != CANONICAL_FILE
+        {
+            return Err(Error::corruption(format!(
+                "canonical backend {} lists RocksDB files or a file other than `{CANONICAL_FILE}`",
+                self.key_groups
+            )));
+        }
+        check_size(&file.local_name, file.size)?;
+        self.check_private_path(job_id, kind, id, file)?;
+        self.check_state_names()
+    }
+
+    fn check_private_path(
+        &self,
+        job_id: &str,
+        kind: SnapshotKind,
+        id: u64,
+        file: &PrivateFile,
+    ) -> Result<()> {
+        validate_object_path(&file.path).map_err(|_| {
+            Error::corruption(format!(
+                "private file path `{}` is not a valid object path",
+                file.path
+            ))
+        })?;
+        // A private file lives in its own checkpoint's directory, under its own name: a discard
+        // or claim deletes these paths, so one pointing anywhere else would delete someone
+        // else's record.
+        let own = private_file_path(job_id, kind, id, &self.tag(), &file.local_name);
+        if file.path != own {
+            return Err(Error::corruption(format!(
+                "private file `{}` of checkpoint {id} of job `{job_id}` is not `{own}`",
+                file.path
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_state_names(&self) -> Result<()> {
         for state in &self.states {
             if state.name.is_empty()
                 || state.name.len() > 200
@@ -269,6 +344,17 @@ pub struct CheckpointMetadata {
     pub checkpointed_size_bytes: u64,
     /// Bytes of every file it references.
     pub full_size_bytes: u64,
+    /// How its backends are stored (absent in records of older builds: native).
+    #[serde(default)]
+    pub format: SnapshotFormat,
+    /// The checkpoint or savepoint (its metadata path) the job's state was restored from, with or
+    /// without claim, if the job started from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+    /// For a claimed checkpoint: the metadata path of the checkpoint it adopted. Its former job
+    /// no longer retains it; this job discards it when it is subsumed, like its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_from: Option<String>,
 }
 
 impl CheckpointMetadata {
@@ -304,6 +390,19 @@ impl CheckpointMetadata {
                 self.backends.len()
             )));
         }
+        for source in [&self.restored_from, &self.claimed_from]
+            .into_iter()
+            .flatten()
+        {
+            let parsed = crate::layout::parse_checkpoint_path(source)
+                .filter(|p| p.is_metadata() && validate_job_id(p.job).is_ok());
+            if parsed.is_none() {
+                return Err(Error::corruption(format!(
+                    "checkpoint {} names `{source}` as its source, which is not a metadata path",
+                    self.checkpoint_id
+                )));
+            }
+        }
         let mut ranges: Vec<KeyGroupRange> = Vec::new();
         for backend in &self.backends {
             if backend.max_parallelism != self.max_parallelism {
@@ -322,7 +421,7 @@ impl CheckpointMetadata {
                 )));
             }
             ranges.push(backend.key_groups);
-            backend.validate(&self.job_id, self.kind, self.checkpoint_id)?;
+            backend.validate(&self.job_id, self.kind, self.checkpoint_id, self.format)?;
         }
         Ok(())
     }
@@ -352,9 +451,13 @@ pub(crate) enum PinOwner {
 
 /// Wraps a MessagePack body in the checksummed envelope.
 pub(crate) fn seal(magic: &[u8; 8], body: &[u8]) -> Vec<u8> {
+    seal_version(magic, NATIVE_WRITE_VERSION, body)
+}
+
+fn seal_version(magic: &[u8; 8], version: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
     out.extend_from_slice(magic);
-    out.extend_from_slice(&METADATA_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(blake3::hash(body).as_bytes());
     out.extend_from_slice(body);
@@ -402,7 +505,11 @@ pub(crate) fn encode_metadata(metadata: &CheckpointMetadata) -> Result<Vec<u8>> 
     metadata.validate()?;
     let body = rmp_serde::to_vec_named(metadata)
         .map_err(|e| Error::invalid(format!("encoding checkpoint metadata: {e}")))?;
-    Ok(seal(METADATA_MAGIC, &body))
+    let version = match metadata.format {
+        SnapshotFormat::Native => NATIVE_WRITE_VERSION,
+        SnapshotFormat::Canonical => METADATA_FORMAT_VERSION,
+    };
+    Ok(seal_version(METADATA_MAGIC, version, &body))
 }
 
 /// Decodes and validates metadata read from `path`.

@@ -16,5 +16,6 @@ mod hostile;
 mod job_retention;
 mod multihost;
 mod multiwriter;
+mod rescale;
 mod resume_loop;
 mod s3_attack;

@@ -139,6 +139,9 @@ impl CheckpointCoordinator {
             checkpointed_size_bytes: handles.iter().map(|h| h.uploaded_bytes).sum(),
             full_size_bytes: handles.iter().map(BackendHandle::full_size_bytes).sum(),
             backends: handles,
+            format: crate::checkpoint::metadata::SnapshotFormat::Native,
+            restored_from: self.restored_from(),
+            claimed_from: None,
         };
         let bytes = match metadata::encode_metadata(&metadata) {
             Ok(bytes) => Bytes::from(bytes),

@@ -228,6 +228,8 @@ struct CoordState {
     claiming: BTreeSet<u64>,
     restore_pins: Vec<String>,
     restored_hashes: HashSet<ContentHash>,
+    /// The metadata path this job's state was last restored from (recorded in its checkpoints).
+    restored_from: Option<String>,
     /// A checkpoint committed after the restore: the restore pins may go once no ticket needs them.
     restore_superseded: bool,
     closed: bool,
@@ -317,6 +319,7 @@ impl CoordinatorBuilder {
                     claiming: BTreeSet::new(),
                     restore_pins: Vec::new(),
                     restored_hashes: HashSet::new(),
+                    restored_from: None,
                     restore_superseded: false,
                     closed: false,
                     fenced: None,
@@ -626,6 +629,15 @@ impl CheckpointCoordinator {
             return Err(e);
         }
         self.complete(ticket, handles).await
+    }
+
+    /// The metadata path this job's state was restored from, recorded in its checkpoints.
+    pub(crate) fn restored_from(&self) -> Option<String> {
+        self.lock().restored_from.clone()
+    }
+
+    pub(crate) fn set_restored_from(&self, source: String) {
+        self.lock().restored_from = Some(source);
     }
 
     /// Records a restore pin and the hashes it protects (R7, without claim).

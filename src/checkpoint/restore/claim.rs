@@ -19,48 +19,36 @@ impl CheckpointCoordinator {
         // R1, R2
         let (source_path, metadata) = read_metadata(store, source).await?;
         // R3
-        let handles: Vec<&BackendHandle> = targets
-            .iter()
-            .map(|t| backend_for(&metadata, t.key_groups))
-            .collect::<Result<_>>()?;
-        for handle in &handles {
-            check_restorable(&metadata, handle)?;
-        }
-        // A claim adopts every backend of the checkpoint, so it pins them all; a restore without
-        // claim pins what it restores.
-        let hashes: Vec<ContentHash> = {
-            let mut all: Vec<ContentHash> = match mode {
-                ClaimMode::Claim => metadata.shared_hashes().collect(),
-                ClaimMode::NoClaim => handles.iter().flat_map(|h| h.shared_hashes()).collect(),
-            };
-            all.sort();
-            all.dedup();
-            all
-        };
+        let routes = plan_all(&metadata, targets)?;
+        check_routes(&metadata, targets, &routes)?;
         if mode == ClaimMode::Claim && metadata.kind == SnapshotKind::Savepoint {
             return Err(Error::invalid(format!(
                 "`{source_path}` is a savepoint: a savepoint belongs to its user and is never \
                  claimed; restore it without claim"
             )));
         }
+        // A claim adopts every backend of the checkpoint, so it pins them all; a restore without
+        // claim pins what it reads.
+        let hashes: Vec<ContentHash> = match mode {
+            ClaimMode::Claim => {
+                let mut all: Vec<ContentHash> = metadata.shared_hashes().collect();
+                all.sort();
+                all.dedup();
+                all
+            }
+            ClaimMode::NoClaim => hashes_read(&metadata, targets, &routes),
+        };
         // R4: pin as a reader (owned by this coordinator's epoch), then check the source is still
         // complete, then wait out GC intents on its files.
         let pin_path = pin_for_reading(store, &metadata, &hashes, self.pin_owner()).await?;
-        // R5
+        // R5, all or nothing.
         let parallelism = self.inner.settings.transfer_parallelism;
-        let mut done = Vec::new();
-        for (handle, target) in handles.iter().zip(targets) {
-            let downloaded = download_backend(store, handle, &target.dir, parallelism, None).await;
-            if let Err(e) = downloaded {
-                // All or nothing: the backends restored so far go too.
-                for dir in done {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
-                store.delete(&pin_path).await.ok();
-                return Err(self.explain_download_failure(&metadata, e).await);
-            }
-            done.push(target.dir.clone());
+        let restored = restore_all(store, &metadata, targets, &routes, parallelism, None).await;
+        if let Err(e) = restored {
+            store.delete(&pin_path).await.ok();
+            return Err(self.explain_download_failure(&metadata, e).await);
         }
+        let done: Vec<PathBuf> = targets.iter().map(|t| t.dir.clone()).collect();
         match mode {
             ClaimMode::NoClaim => self.add_restore_pin(pin_path, hashes.iter().copied()),
             // R6: the reader pin protects every file until this job's record references them.
@@ -76,11 +64,12 @@ impl CheckpointCoordinator {
                 self.release_source(&metadata).await?;
             }
         }
+        self.set_restored_from(metadata.metadata_path());
         // R7
-        handles
+        routes
             .iter()
             .zip(targets)
-            .map(|(handle, target)| open_restored(handle, target))
+            .map(|(route, target)| open_restored(&metadata, route, target))
             .collect()
     }
 
@@ -137,6 +126,7 @@ impl CheckpointCoordinator {
         let mut adopted = metadata.clone();
         adopted.job_id = self.job_id().to_owned();
         adopted.checkpoint_id = id;
+        adopted.claimed_from = Some(metadata.metadata_path());
         // Private files move with the record: the old job's directory will be cleaned up.
         for backend in &mut adopted.backends {
             let tag = backend.tag();

@@ -15,12 +15,39 @@ pub async fn download_backend(
     progress: Option<Progress>,
 ) -> Result<DownloadReport> {
     let target = absolute(target)?;
+    let temp = temporary_for(&target)?;
+    let db = temp.join(DB_DIR);
+    std::fs::create_dir_all(&db).map_err(|e| Error::io("creating", &db, e))?;
+    let started = std::time::Instant::now();
+    let result = fill(store, handle, &db, parallelism, progress).await;
+    let result = match result {
+        Ok(report) => fs::rename_dir_durable(&StdFs, &temp, &target)
+            .map_err(DurableError::into_error)
+            .map(|()| report),
+        Err(e) => Err(e),
+    };
+    tracing::debug!(
+        key_groups = %handle.key_groups,
+        download_us = started.elapsed().as_micros() as u64,
+        ok = result.is_ok(),
+        "restore download done"
+    );
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    result
+}
+
+/// Checks that `target` can take a restore (it does not exist, or is an empty directory), removes
+/// what interrupted restores into it left, and names the temporary directory the restore is
+/// assembled in (`.<name>.restore-<nonce>` next to it). Creates nothing but `target`'s parent.
+pub(super) fn temporary_for(target: &Path) -> Result<PathBuf> {
     // Checked before anything is downloaded: a target that cannot take the restore is the
     // caller's input, not a transient failure at the end.
-    match std::fs::symlink_metadata(&target) {
+    match std::fs::symlink_metadata(target) {
         Ok(meta) if meta.is_dir() => {
-            let occupied = std::fs::read_dir(&target)
-                .map_err(|e| Error::io("inspecting restore target", &target, e))?
+            let occupied = std::fs::read_dir(target)
+                .map_err(|e| Error::io("inspecting restore target", target, e))?
                 .next()
                 .is_some();
             if occupied {
@@ -37,7 +64,7 @@ pub async fn download_backend(
             )));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("inspecting restore target", &target, e)),
+        Err(e) => return Err(Error::io("inspecting restore target", target, e)),
     }
     let parent = target
         .parent()
@@ -64,27 +91,7 @@ pub async fn download_backend(
             }
         }
     }
-    let temp = parent.join(format!("{stale_prefix}{}", crate::util::nonce()));
-    let db = temp.join(DB_DIR);
-    std::fs::create_dir_all(&db).map_err(|e| Error::io("creating", &db, e))?;
-    let started = std::time::Instant::now();
-    let result = fill(store, handle, &db, parallelism, progress).await;
-    let result = match result {
-        Ok(report) => fs::rename_dir_durable(&StdFs, &temp, &target)
-            .map_err(DurableError::into_error)
-            .map(|()| report),
-        Err(e) => Err(e),
-    };
-    tracing::debug!(
-        key_groups = %handle.key_groups,
-        download_us = started.elapsed().as_micros() as u64,
-        ok = result.is_ok(),
-        "restore download done"
-    );
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&temp);
-    }
-    result
+    Ok(parent.join(format!("{stale_prefix}{}", crate::util::nonce())))
 }
 
 pub(super) fn absolute(path: &Path) -> Result<PathBuf> {

@@ -34,14 +34,17 @@ use crate::store::{Store, WriteMode, missing_as_corruption};
 
 mod claim;
 mod download;
+mod rescale;
 mod resolve;
 mod verify;
 
 pub use download::download_backend;
+pub use rescale::{RestoreRoute, plan_restore};
 pub use resolve::{latest_checkpoint, read_metadata};
 pub use verify::{VerifyReport, verify_checkpoint};
 
 use download::*;
+use rescale::*;
 use resolve::*;
 
 /// Where to restore from.
@@ -152,7 +155,9 @@ pub enum ClaimMode {
 pub struct RestoreTarget {
     /// The backend directory to create.
     pub dir: PathBuf,
-    /// The key groups it owns; a backend of the checkpoint must have exactly this range.
+    /// The key groups it owns: any range the snapshot's backends cover together, at the
+    /// snapshot's max parallelism (a rescaling restore when no backend has exactly this range;
+    /// see [`plan_restore`](crate::restore::plan_restore)).
     pub key_groups: KeyGroupRange,
     /// Its settings.
     pub settings: BackendSettings,
@@ -194,9 +199,11 @@ pub fn backend_for(
         })
 }
 
-/// Downloads the backend of `source` owning `key_groups` into `target` and opens it, outside any
-/// job (the `rockpoint restore` command). A reader pin, renewed while the download runs, keeps the
-/// checkpoint's files from GC and its job's discards; it is removed at the end.
+/// Restores the backend of `target.key_groups` from `source` into `target` and opens it, outside
+/// any job (the `rockpoint restore` command). The range need not be one the snapshot's backends
+/// had: a rescaling restore clips or merges them ([`plan_restore`](crate::restore::plan_restore)).
+/// A reader pin, renewed while the download runs, keeps the files read from GC and from their
+/// job's discards; it is removed at the end.
 pub async fn restore_backend(
     store: &dyn Store,
     source: &RestoreSource,
@@ -205,19 +212,33 @@ pub async fn restore_backend(
     progress: Option<Progress>,
 ) -> Result<KeyedStateBackend> {
     let (_, metadata) = read_metadata(store, source).await?;
-    let handle = backend_for(&metadata, target.key_groups)?;
-    check_restorable(&metadata, handle)?;
-    let mut hashes: Vec<ContentHash> = handle.shared_hashes().collect();
-    hashes.sort();
-    hashes.dedup();
+    let targets = std::slice::from_ref(target);
+    let routes = plan_all(&metadata, targets)?;
+    check_routes(&metadata, targets, &routes)?;
+    let hashes = hashes_read(&metadata, targets, &routes);
     with_reader_pin(
         store,
         &metadata,
         &hashes,
-        download_backend(store, handle, &target.dir, parallelism, progress),
+        restore_all(store, &metadata, targets, &routes, parallelism, progress),
     )
     .await?;
-    open_restored(handle, target)
+    open_restored(&metadata, &routes[0], target)
+}
+
+/// [`check_restorable`] for every backend the routes read.
+fn check_routes(
+    metadata: &CheckpointMetadata,
+    targets: &[RestoreTarget],
+    routes: &[RestoreRoute],
+) -> Result<()> {
+    for (route, target) in routes.iter().zip(targets) {
+        for range in route.sources(target.key_groups) {
+            let handle = backend_for(metadata, range)?;
+            check_restorable(metadata, handle)?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses, before anything is downloaded, a backend that would not open: one with a state recorded
@@ -241,17 +262,30 @@ fn check_restorable(metadata: &CheckpointMetadata, handle: &BackendHandle) -> Re
     }
 }
 
-/// Opens a downloaded backend and checks it holds the states the checkpoint recorded.
-fn open_restored(handle: &BackendHandle, target: &RestoreTarget) -> Result<KeyedStateBackend> {
+/// Opens a restored backend and checks it holds the states its sources recorded; seeds its
+/// snapshot memo with what the root already holds of its files.
+fn open_restored(
+    metadata: &CheckpointMetadata,
+    route: &RestoreRoute,
+    target: &RestoreTarget,
+) -> Result<KeyedStateBackend> {
+    let sources: Vec<&BackendHandle> = route
+        .sources(target.key_groups)
+        .into_iter()
+        .map(|range| backend_for(metadata, range))
+        .collect::<Result<_>>()?;
+    let handle = sources[0];
     let started = std::time::Instant::now();
     let backend = KeyedStateBackend::open(
         &target.dir,
         handle.max_parallelism,
-        handle.key_groups,
+        target.key_groups,
         target.settings.clone(),
     )?;
-    let mut recorded = handle.states.clone();
+    let mut recorded: Vec<crate::state_info::StateInfo> =
+        sources.iter().flat_map(|h| h.states.clone()).collect();
     recorded.sort_by(|a, b| a.name.cmp(&b.name));
+    recorded.dedup();
     let found = backend.states();
     if found != recorded {
         let describe = |states: &[crate::state_info::StateInfo]| -> Vec<String> {
@@ -269,13 +303,17 @@ fn open_restored(handle: &BackendHandle, target: &RestoreTarget) -> Result<Keyed
             describe(&recorded)
         )));
     }
-    backend.seed_hash_cache(
-        handle
-            .shared_files
-            .iter()
-            .map(|f| (f.local_name.clone(), f.size, f.hash)),
-    );
-    backend.seed_log_chains(&handle.log_files);
+    if !matches!(route, RestoreRoute::Load { .. }) {
+        // The base's SSTs and logs keep their names and bytes (links and copies): the first
+        // checkpoint reuses what RocksDB still uses of them.
+        backend.seed_hash_cache(
+            handle
+                .shared_files
+                .iter()
+                .map(|f| (f.local_name.clone(), f.size, f.hash)),
+        );
+        backend.seed_log_chains(&handle.log_files);
+    }
     tracing::debug!(
         key_groups = %handle.key_groups,
         open_us = started.elapsed().as_micros() as u64,

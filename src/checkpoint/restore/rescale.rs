@@ -1,0 +1,371 @@
+//! Restore into any key-group range (R3 and R5 of `docs/protocols.md`, "Rescaling restore"): each
+//! target gets a route — its backend's files as they are, one covering backend's files clipped, or
+//! a base backend's files clipped with the other backends' key groups copied in — and a restore of
+//! several targets downloads each source backend once.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::checkpoint::metadata::SnapshotFormat;
+use crate::engine::{self, STAGING_DIR};
+use crate::fs::{self, DurableError, StdFs};
+
+/// How one target's key groups come out of a snapshot's backends; chosen per target by
+/// [`plan_restore`] (documented in `docs/protocols.md`, "Rescaling restore").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreRoute {
+    /// A backend with exactly the target's key groups: its files, as they are.
+    Exact,
+    /// One backend covers the target: its files, with whole SSTs outside the target dropped and a
+    /// range tombstone over the rest of what lies outside.
+    Clip {
+        /// The covering backend.
+        source: KeyGroupRange,
+    },
+    /// Several backends share the target: the one holding the most bytes of it is the base (its
+    /// files, clipped); the key groups of the others are read and ingested into it as new SSTs.
+    Merge {
+        /// The base backend.
+        base: KeyGroupRange,
+        /// The backends whose key groups in range are copied in.
+        copied: Vec<KeyGroupRange>,
+    },
+    /// A canonical savepoint: the entries of every stream overlapping the target, in its key
+    /// groups, loaded into a new backend.
+    Load {
+        /// The streams read.
+        sources: Vec<KeyGroupRange>,
+    },
+}
+
+impl RestoreRoute {
+    /// The backends of the snapshot the route reads (for `Exact`, the target's own range).
+    pub fn sources(&self, target: KeyGroupRange) -> Vec<KeyGroupRange> {
+        match self {
+            RestoreRoute::Exact => vec![target],
+            RestoreRoute::Clip { source } => vec![*source],
+            RestoreRoute::Merge { base, copied } => std::iter::once(*base)
+                .chain(copied.iter().copied())
+                .collect(),
+            RestoreRoute::Load { sources } => sources.clone(),
+        }
+    }
+}
+
+/// Chooses how the backend of `key_groups` is restored from `metadata`: its backends must have
+/// the job's max parallelism and together cover `key_groups`, or the restore is refused
+/// (`Invalid`, naming the ranges the snapshot has).
+pub fn plan_restore(
+    metadata: &CheckpointMetadata,
+    key_groups: KeyGroupRange,
+) -> Result<RestoreRoute> {
+    let refuse = |why: String| {
+        let ranges: Vec<String> = metadata
+            .backends
+            .iter()
+            .map(|b| b.key_groups.to_string())
+            .collect();
+        Error::invalid(format!(
+            "{} {} of job `{}` cannot restore key groups {key_groups}: {why}; it has {} of \
+             max_parallelism {}",
+            match metadata.kind {
+                SnapshotKind::Checkpoint => "checkpoint",
+                SnapshotKind::Savepoint => "savepoint",
+            },
+            metadata.checkpoint_id,
+            metadata.job_id,
+            ranges.join(", "),
+            metadata.max_parallelism
+        ))
+    };
+    if key_groups.end() > metadata.max_parallelism {
+        return Err(refuse(format!(
+            "the range exceeds its max_parallelism {}",
+            metadata.max_parallelism
+        )));
+    }
+    let mut overlapping: Vec<&BackendHandle> = metadata
+        .backends
+        .iter()
+        .filter(|b| b.key_groups.intersect(&key_groups).is_some())
+        .collect();
+    overlapping.sort_by_key(|b| b.key_groups.start());
+    let covered: u32 = overlapping
+        .iter()
+        .filter_map(|b| b.key_groups.intersect(&key_groups))
+        .map(|r| r.len())
+        .sum();
+    if covered != key_groups.len() {
+        return Err(refuse(format!(
+            "its backends hold only {covered} of the {} key groups",
+            key_groups.len()
+        )));
+    }
+    if metadata.format == SnapshotFormat::Canonical {
+        return Ok(RestoreRoute::Load {
+            sources: overlapping.iter().map(|b| b.key_groups).collect(),
+        });
+    }
+    match overlapping.as_slice() {
+        [one] if one.key_groups == key_groups => Ok(RestoreRoute::Exact),
+        [one] => Ok(RestoreRoute::Clip {
+            source: one.key_groups,
+        }),
+        several => {
+            // The base is the backend with the most bytes in the target (assuming bytes spread
+            // evenly over its key groups): its files are kept, the others' rows are rewritten.
+            let in_target = |b: &BackendHandle| {
+                let part = b.key_groups.intersect(&key_groups).map_or(0, |r| r.len());
+                u128::from(b.full_size_bytes()) * u128::from(part) / u128::from(b.key_groups.len())
+            };
+            let base = several
+                .iter()
+                .max_by_key(|b| (in_target(b), std::cmp::Reverse(b.key_groups.start())))
+                .expect("several backends")
+                .key_groups;
+            Ok(RestoreRoute::Merge {
+                base,
+                copied: several
+                    .iter()
+                    .map(|b| b.key_groups)
+                    .filter(|r| *r != base)
+                    .collect(),
+            })
+        }
+    }
+}
+
+/// The handle of `metadata` owning exactly `range` (a range a plan named).
+fn handle_of(metadata: &CheckpointMetadata, range: KeyGroupRange) -> &BackendHandle {
+    metadata
+        .backends
+        .iter()
+        .find(|b| b.key_groups == range)
+        .expect("plans name backends of their metadata")
+}
+
+/// The routes of `targets`, refusing overlapping targets (two backends cannot own one key group).
+pub(super) fn plan_all(
+    metadata: &CheckpointMetadata,
+    targets: &[RestoreTarget],
+) -> Result<Vec<RestoreRoute>> {
+    for (i, a) in targets.iter().enumerate() {
+        for b in &targets[i + 1..] {
+            if a.key_groups.intersect(&b.key_groups).is_some() {
+                return Err(Error::invalid(format!(
+                    "restore targets {} and {} overlap: a key group belongs to one backend",
+                    a.key_groups, b.key_groups
+                )));
+            }
+            if absolute(&a.dir)? == absolute(&b.dir)? {
+                return Err(Error::invalid(format!(
+                    "restore targets {} and {} have the same directory {}",
+                    a.key_groups,
+                    b.key_groups,
+                    a.dir.display()
+                )));
+            }
+        }
+    }
+    targets
+        .iter()
+        .map(|t| plan_restore(metadata, t.key_groups))
+        .collect()
+}
+
+/// Every shared object the routes read, sorted and deduplicated (what a restore pins).
+pub(super) fn hashes_read(
+    metadata: &CheckpointMetadata,
+    targets: &[RestoreTarget],
+    routes: &[RestoreRoute],
+) -> Vec<ContentHash> {
+    let mut hashes: Vec<ContentHash> = routes
+        .iter()
+        .zip(targets)
+        .flat_map(|(route, target)| route.sources(target.key_groups))
+        .flat_map(|range| {
+            handle_of(metadata, range)
+                .shared_hashes()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    hashes.sort();
+    hashes.dedup();
+    hashes
+}
+
+/// R5 for every target, all or nothing: on any failure, the targets already restored are removed
+/// again and the error is returned. Each source backend is downloaded once: straight into its
+/// target for `Exact`; otherwise into a scratch directory next to the first such target, from
+/// which each target takes hard links of the SSTs (copies if links fail) and copies of the rest.
+pub(super) async fn restore_all(
+    store: &dyn Store,
+    metadata: &CheckpointMetadata,
+    targets: &[RestoreTarget],
+    routes: &[RestoreRoute],
+    parallelism: usize,
+    progress: Option<Progress>,
+) -> Result<Vec<DownloadReport>> {
+    let mut done: Vec<PathBuf> = Vec::new();
+    let mut scratch: Option<PathBuf> = None;
+    let result = restore_each(
+        store,
+        metadata,
+        targets,
+        routes,
+        parallelism,
+        progress,
+        &mut done,
+        &mut scratch,
+    )
+    .await;
+    if let Some(scratch) = scratch {
+        let _ = std::fs::remove_dir_all(scratch);
+    }
+    if result.is_err() {
+        for dir in done {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_each(
+    store: &dyn Store,
+    metadata: &CheckpointMetadata,
+    targets: &[RestoreTarget],
+    routes: &[RestoreRoute],
+    parallelism: usize,
+    progress: Option<Progress>,
+    done: &mut Vec<PathBuf>,
+    scratch: &mut Option<PathBuf>,
+) -> Result<Vec<DownloadReport>> {
+    // Every target is checked before anything is downloaded.
+    let temps: Vec<PathBuf> = targets
+        .iter()
+        .map(|t| temporary_for(&absolute(&t.dir)?))
+        .collect::<Result<_>>()?;
+    let mut downloaded: BTreeMap<(u32, u32), (PathBuf, DownloadReport)> = BTreeMap::new();
+    let mut reports = Vec::new();
+    for ((target, route), temp) in targets.iter().zip(routes).zip(temps) {
+        let dir = absolute(&target.dir)?;
+        let report = match route {
+            RestoreRoute::Exact => {
+                let handle = handle_of(metadata, target.key_groups);
+                download_backend(store, handle, &dir, parallelism, progress.clone()).await?
+            }
+            RestoreRoute::Clip { .. } | RestoreRoute::Merge { .. } => {
+                let scratch_dir = match scratch {
+                    Some(dir) => dir.clone(),
+                    None => {
+                        let parent = temp.parent().expect("a temporary has a parent");
+                        let dir =
+                            parent.join(format!(".rockpoint-rescale-{}", crate::util::nonce()));
+                        *scratch = Some(dir.clone());
+                        dir
+                    }
+                };
+                let mut report = DownloadReport::default();
+                for range in route.sources(target.key_groups) {
+                    let key = (range.start(), range.end());
+                    if !downloaded.contains_key(&key) {
+                        let handle = handle_of(metadata, range);
+                        let into = scratch_dir.join(handle.tag());
+                        let got =
+                            download_backend(store, handle, &into, parallelism, progress.clone())
+                                .await?;
+                        report.files += got.files;
+                        report.bytes += got.bytes;
+                        downloaded.insert(key, (into, got));
+                    }
+                }
+                let sources: Vec<(KeyGroupRange, PathBuf)> = route
+                    .sources(target.key_groups)
+                    .into_iter()
+                    .map(|r| (r, downloaded[&(r.start(), r.end())].0.clone()))
+                    .collect();
+                let (max_parallelism, settings, to) = (
+                    metadata.max_parallelism,
+                    target.settings.clone(),
+                    target.key_groups,
+                );
+                let (temp, dir_for_task) = (temp.clone(), dir.clone());
+                let started = std::time::Instant::now();
+                tokio::task::spawn_blocking(move || {
+                    let built = build_rescoped(&temp, &sources, max_parallelism, &settings, to)
+                        .and_then(|()| {
+                            fs::rename_dir_durable(&StdFs, &temp, &dir_for_task)
+                                .map_err(DurableError::into_error)
+                        });
+                    if built.is_err() {
+                        let _ = std::fs::remove_dir_all(&temp);
+                    }
+                    built
+                })
+                .await
+                .map_err(|e| Error::task("rescaling restore", e))??;
+                tracing::debug!(
+                    key_groups = %to,
+                    rescope_us = started.elapsed().as_micros() as u64,
+                    "rescaled backend built"
+                );
+                report
+            }
+            RestoreRoute::Load { .. } => {
+                return Err(Error::invalid(
+                    "a canonical savepoint is restored by `restore_backend` or a coordinator's \
+                     `restore`",
+                ));
+            }
+        };
+        done.push(dir);
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// Builds the backend of `to` in the new directory `temp` from downloaded backend directories:
+/// the first of `sources` is the base (hard links of its SSTs, copies of its other files), the
+/// others are copied in by [`engine::rescope`].
+fn build_rescoped(
+    temp: &Path,
+    sources: &[(KeyGroupRange, PathBuf)],
+    max_parallelism: u32,
+    settings: &BackendSettings,
+    to: KeyGroupRange,
+) -> Result<()> {
+    let (base_range, base_dir) = sources.first().expect("a route has a base");
+    let from = base_dir.join(DB_DIR);
+    let db = temp.join(DB_DIR);
+    std::fs::create_dir_all(&db).map_err(|e| Error::io("creating", &db, e))?;
+    for entry in std::fs::read_dir(&from).map_err(|e| Error::io("listing", &from, e))? {
+        let entry = entry.map_err(|e| Error::io("listing", &from, e))?;
+        let name = entry.file_name();
+        let (src, dst) = (entry.path(), db.join(&name));
+        if !entry
+            .file_type()
+            .map_err(|e| Error::io("inspecting", &src, e))?
+            .is_file()
+        {
+            continue;
+        }
+        // SSTs are immutable and RocksDB only ever unlinks them: a link is a safe copy. Logs,
+        // the MANIFEST and CURRENT are copied, since RocksDB may write them.
+        let linked =
+            name.to_string_lossy().ends_with(".sst") && std::fs::hard_link(&src, &dst).is_ok();
+        if !linked {
+            std::fs::copy(&src, &dst).map_err(|e| Error::io("copying", &src, e))?;
+            std::fs::File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io("syncing", &dst, e))?;
+        }
+    }
+    let copies: Vec<(KeyGroupRange, PathBuf)> = sources[1..].to_vec();
+    engine::rescope(temp, settings, max_parallelism, *base_range, to, &copies)?;
+    let staging = temp.join(STAGING_DIR);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| Error::io("removing", &staging, e))?;
+    }
+    fs::sync_dir_durable(&StdFs, &db).map_err(DurableError::into_error)
+}
