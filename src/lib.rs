@@ -57,6 +57,7 @@ pub mod admin;
 #[cfg(test)]
 mod architecture;
 mod backend;
+pub mod canonical;
 mod checkpoint;
 mod codec;
 mod descriptor;

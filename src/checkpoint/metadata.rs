@@ -170,6 +170,23 @@ impl BackendHandle {
             + self.private_files.iter().map(|f| f.size).sum::<u64>()
     }
 
+    /// Whether the handle is a canonical stream (no RocksDB files, one [`CANONICAL_FILE`]) or
+    /// RocksDB's files; validation checks it is wholly one or the other.
+    pub fn format(&self) -> SnapshotFormat {
+        let canonical = self.manifest_name.is_empty()
+            && self.shared_files.is_empty()
+            && self.log_files.is_empty()
+            && self
+                .private_files
+                .iter()
+                .any(|f| f.local_name == CANONICAL_FILE);
+        if canonical {
+            SnapshotFormat::Canonical
+        } else {
+            SnapshotFormat::Native
+        }
+    }
+
     /// The directory name of the backend's private files (`kg-<start>-<end>`).
     pub(crate) fn tag(&self) -> String {
         backend_tag(self.key_groups)

@@ -19,3 +19,4 @@ mod multiwriter;
 mod rescale;
 mod resume_loop;
 mod s3_attack;
+mod savepoints;

@@ -138,8 +138,8 @@ impl CheckpointCoordinator {
             max_parallelism,
             checkpointed_size_bytes: handles.iter().map(|h| h.uploaded_bytes).sum(),
             full_size_bytes: handles.iter().map(BackendHandle::full_size_bytes).sum(),
+            format: handles[0].format(),
             backends: handles,
-            format: crate::checkpoint::metadata::SnapshotFormat::Native,
             restored_from: self.restored_from(),
             claimed_from: None,
         };

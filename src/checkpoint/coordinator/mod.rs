@@ -21,7 +21,9 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use super::job::JobRecord;
-use super::metadata::{self, CheckpointMetadata};
+use super::metadata::{
+    self, BackendHandle, CANONICAL_FILE, CheckpointMetadata, PrivateFile, SnapshotFormat,
+};
 use super::{CheckpointTicket, TicketState};
 use crate::backend::KeyedStateBackend;
 use crate::error::{Error, ErrorKind, Result};
@@ -541,9 +543,33 @@ impl CheckpointCoordinator {
             .await
     }
 
+    /// Takes a savepoint in the canonical format (`docs/canonical-format.md`): one stream per
+    /// backend of every entry of every state in key-group order, read from one RocksDB snapshot of
+    /// the backend (the operator is not blocked while it is written), uploaded as the backend's
+    /// private file. It restores at any parallelism, like a native savepoint, and can be read
+    /// without RocksDB ([`canonical::CanonicalReader`](crate::canonical::CanonicalReader)). It is
+    /// never incremental: every byte is written and uploaded.
+    pub async fn savepoint_canonical(
+        &self,
+        backends: &[&KeyedStateBackend],
+    ) -> Result<CompletedCheckpoint> {
+        self.snapshot_and_complete_as(SnapshotKind::Savepoint, SnapshotFormat::Canonical, backends)
+            .await
+    }
+
     async fn snapshot_and_complete(
         &self,
         kind: SnapshotKind,
+        backends: &[&KeyedStateBackend],
+    ) -> Result<CompletedCheckpoint> {
+        self.snapshot_and_complete_as(kind, SnapshotFormat::Native, backends)
+            .await
+    }
+
+    async fn snapshot_and_complete_as(
+        &self,
+        kind: SnapshotKind,
+        format: SnapshotFormat,
         backends: &[&KeyedStateBackend],
     ) -> Result<CompletedCheckpoint> {
         let ticket = self.trigger_driven(kind).await?;
@@ -552,7 +578,10 @@ impl CheckpointCoordinator {
             ticket: ticket.clone(),
             armed: true,
         };
-        let result = self.drive(&ticket, backends).await;
+        let result = match format {
+            SnapshotFormat::Native => self.drive(&ticket, backends).await,
+            SnapshotFormat::Canonical => self.drive_canonical(&ticket, backends).await,
+        };
         if let Err(e) = &result {
             // The guard stays armed through the cleanup: a future dropped while it runs still
             // frees the slot (the spawned cleanup repeats the abort, which is idempotent).
@@ -627,6 +656,90 @@ impl CheckpointCoordinator {
         }
         if let Some(e) = failure {
             return Err(e);
+        }
+        self.complete(ticket, handles).await
+    }
+
+    /// The canonical counterpart of [`drive`](Self::drive): each backend's stream is written on a
+    /// blocking thread into its staging directory, uploaded as its private file, and removed.
+    async fn drive_canonical(
+        &self,
+        ticket: &CheckpointTicket,
+        backends: &[&KeyedStateBackend],
+    ) -> Result<CompletedCheckpoint> {
+        if backends.is_empty() {
+            return Err(Error::invalid("a savepoint needs at least one backend"));
+        }
+        let store = self.st();
+        let mut handles = Vec::with_capacity(backends.len());
+        for backend in backends {
+            if ticket.is_cancelled() {
+                return Err(Error::cancelled(format!(
+                    "savepoint {} of job `{}` was aborted",
+                    ticket.checkpoint_id, ticket.job_id
+                )));
+            }
+            let engine = backend.inner.clone();
+            let staging = engine.dir.join(crate::engine::STAGING_DIR);
+            let local = staging.join(format!("canonical-{}.rkpc", crate::util::nonce()));
+            let started = Instant::now();
+            let written = {
+                let local = local.clone();
+                tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&staging)
+                        .map_err(|e| Error::io("creating", &staging, e))?;
+                    crate::canonical::write_canonical(&engine, &local)
+                })
+                .await
+                .map_err(|e| Error::task("writing a canonical savepoint", e))?
+            };
+            let summary = match written {
+                Ok(summary) => summary,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&local);
+                    return Err(e);
+                }
+            };
+            let tag = crate::layout::backend_tag(backend.key_groups());
+            let path = crate::layout::private_file_path(
+                &ticket.job_id,
+                ticket.kind,
+                ticket.checkpoint_id,
+                &tag,
+                CANONICAL_FILE,
+            );
+            let uploaded = store
+                .put_file(&path, &local, 0, summary.bytes, summary.hash)
+                .await;
+            let _ = std::fs::remove_file(&local);
+            uploaded?;
+            let handle = BackendHandle {
+                key_groups: backend.key_groups(),
+                max_parallelism: backend.max_parallelism(),
+                states: backend.states(),
+                shared_files: Vec::new(),
+                log_files: Vec::new(),
+                private_files: vec![PrivateFile {
+                    path,
+                    local_name: CANONICAL_FILE.to_owned(),
+                    hash: summary.hash,
+                    size: summary.bytes,
+                }],
+                manifest_name: String::new(),
+                uploaded_bytes: summary.bytes,
+                uploaded_files: 1,
+                reused_bytes: 0,
+                reused_files: 0,
+                sync_pause_us: 0,
+                async_duration_us: started.elapsed().as_micros() as u64,
+            };
+            ticket
+                .state
+                .uploaded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((handle.clone(), crate::store::address(store)));
+            handles.push(handle);
         }
         self.complete(ticket, handles).await
     }

@@ -14,6 +14,13 @@ pub async fn download_backend(
     parallelism: usize,
     progress: Option<Progress>,
 ) -> Result<DownloadReport> {
+    if handle.format() == crate::checkpoint::metadata::SnapshotFormat::Canonical {
+        return Err(Error::invalid(format!(
+            "backend {} is a canonical stream, not RocksDB files: restore it with \
+             `restore_backend` or a coordinator's `restore`, which load it",
+            handle.key_groups
+        )));
+    }
     let target = absolute(target)?;
     let temp = temporary_for(&target)?;
     let db = temp.join(DB_DIR);

@@ -35,7 +35,7 @@ use crate::store::{Store, WriteMode, missing_as_corruption};
 mod claim;
 mod download;
 mod rescale;
-mod resolve;
+pub(crate) mod resolve;
 mod verify;
 
 pub use download::download_backend;

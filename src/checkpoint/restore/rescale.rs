@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::checkpoint::metadata::SnapshotFormat;
+use crate::checkpoint::metadata::{CANONICAL_FILE, SnapshotFormat};
 use crate::engine::{self, STAGING_DIR};
 use crate::fs::{self, DurableError, StdFs};
 
@@ -242,87 +242,168 @@ async fn restore_each(
     scratch: &mut Option<PathBuf>,
 ) -> Result<Vec<DownloadReport>> {
     // Every target is checked before anything is downloaded.
-    let temps: Vec<PathBuf> = targets
+    let dirs: Vec<PathBuf> = targets
         .iter()
-        .map(|t| temporary_for(&absolute(&t.dir)?))
+        .map(|t| absolute(&t.dir))
         .collect::<Result<_>>()?;
-    let mut downloaded: BTreeMap<(u32, u32), (PathBuf, DownloadReport)> = BTreeMap::new();
-    let mut reports = Vec::new();
-    for ((target, route), temp) in targets.iter().zip(routes).zip(temps) {
-        let dir = absolute(&target.dir)?;
-        let report = match route {
-            RestoreRoute::Exact => {
-                let handle = handle_of(metadata, target.key_groups);
-                download_backend(store, handle, &dir, parallelism, progress.clone()).await?
+    let temps: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| temporary_for(d))
+        .collect::<Result<_>>()?;
+    let mut reports = vec![DownloadReport::default(); targets.len()];
+    // Downloads: exact targets straight into place, every other source once into the scratch
+    // directory (next to the first target that needs one).
+    let mut downloaded: BTreeMap<(u32, u32), PathBuf> = BTreeMap::new();
+    for (i, (target, route)) in targets.iter().zip(routes).enumerate() {
+        if *route == RestoreRoute::Exact {
+            let handle = handle_of(metadata, target.key_groups);
+            reports[i] =
+                download_backend(store, handle, &dirs[i], parallelism, progress.clone()).await?;
+            done.push(dirs[i].clone());
+            continue;
+        }
+        let scratch_dir = scratch
+            .get_or_insert_with(|| {
+                let parent = temps[i].parent().expect("a temporary has a parent");
+                parent.join(format!(".rockpoint-rescale-{}", crate::util::nonce()))
+            })
+            .clone();
+        for range in route.sources(target.key_groups) {
+            let key = (range.start(), range.end());
+            if downloaded.contains_key(&key) {
+                continue;
             }
-            RestoreRoute::Clip { .. } | RestoreRoute::Merge { .. } => {
-                let scratch_dir = match scratch {
-                    Some(dir) => dir.clone(),
-                    None => {
-                        let parent = temp.parent().expect("a temporary has a parent");
-                        let dir =
-                            parent.join(format!(".rockpoint-rescale-{}", crate::util::nonce()));
-                        *scratch = Some(dir.clone());
-                        dir
-                    }
-                };
-                let mut report = DownloadReport::default();
-                for range in route.sources(target.key_groups) {
-                    let key = (range.start(), range.end());
-                    if !downloaded.contains_key(&key) {
-                        let handle = handle_of(metadata, range);
-                        let into = scratch_dir.join(handle.tag());
-                        let got =
-                            download_backend(store, handle, &into, parallelism, progress.clone())
-                                .await?;
-                        report.files += got.files;
-                        report.bytes += got.bytes;
-                        downloaded.insert(key, (into, got));
-                    }
+            let handle = handle_of(metadata, range);
+            let into = scratch_dir.join(handle.tag());
+            let got = match route {
+                RestoreRoute::Load { .. } => {
+                    download_stream(store, handle, &into, progress.clone()).await?
                 }
-                let sources: Vec<(KeyGroupRange, PathBuf)> = route
-                    .sources(target.key_groups)
-                    .into_iter()
-                    .map(|r| (r, downloaded[&(r.start(), r.end())].0.clone()))
-                    .collect();
-                let (max_parallelism, settings, to) = (
-                    metadata.max_parallelism,
-                    target.settings.clone(),
-                    target.key_groups,
-                );
-                let (temp, dir_for_task) = (temp.clone(), dir.clone());
+                _ => download_backend(store, handle, &into, parallelism, progress.clone()).await?,
+            };
+            reports[i].files += got.files;
+            reports[i].bytes += got.bytes;
+            downloaded.insert(key, into);
+        }
+    }
+    // Builds: every other target at once (CPU-bound: clipping, copying, loading), each on a
+    // blocking thread. All are awaited, so that none renames its directory into place after a
+    // failure was reported and the restored targets removed.
+    let builds = targets
+        .iter()
+        .zip(routes)
+        .enumerate()
+        .filter(|(_, (_, route))| **route != RestoreRoute::Exact)
+        .map(|(i, (target, route))| {
+            let sources: Vec<(KeyGroupRange, PathBuf)> = route
+                .sources(target.key_groups)
+                .into_iter()
+                .map(|r| (r, downloaded[&(r.start(), r.end())].clone()))
+                .collect();
+            let load = matches!(route, RestoreRoute::Load { .. });
+            let (max_parallelism, settings, to) = (
+                metadata.max_parallelism,
+                target.settings.clone(),
+                target.key_groups,
+            );
+            let (temp, dir) = (temps[i].clone(), dirs[i].clone());
+            let task = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
-                tokio::task::spawn_blocking(move || {
-                    let built = build_rescoped(&temp, &sources, max_parallelism, &settings, to)
-                        .and_then(|()| {
-                            fs::rename_dir_durable(&StdFs, &temp, &dir_for_task)
-                                .map_err(DurableError::into_error)
-                        });
-                    if built.is_err() {
-                        let _ = std::fs::remove_dir_all(&temp);
-                    }
-                    built
-                })
-                .await
-                .map_err(|e| Error::task("rescaling restore", e))??;
+                let built = if load {
+                    build_loaded(&temp, &sources, max_parallelism, &settings, to)
+                } else {
+                    build_rescoped(&temp, &sources, max_parallelism, &settings, to)
+                }
+                .and_then(|()| {
+                    fs::rename_dir_durable(&StdFs, &temp, &dir).map_err(DurableError::into_error)
+                });
+                if built.is_err() {
+                    let _ = std::fs::remove_dir_all(&temp);
+                }
                 tracing::debug!(
                     key_groups = %to,
-                    rescope_us = started.elapsed().as_micros() as u64,
+                    build_us = started.elapsed().as_micros() as u64,
+                    ok = built.is_ok(),
                     "rescaled backend built"
                 );
-                report
+                built
+            });
+            async move {
+                let built = task
+                    .await
+                    .map_err(|e| Error::task("rescaling restore", e))
+                    .and_then(|r| r);
+                (i, built)
             }
-            RestoreRoute::Load { .. } => {
-                return Err(Error::invalid(
-                    "a canonical savepoint is restored by `restore_backend` or a coordinator's \
-                     `restore`",
-                ));
+        });
+    let mut failure = None;
+    for (i, built) in futures::future::join_all(builds).await {
+        match built {
+            Ok(()) => done.push(dirs[i].clone()),
+            Err(e) => {
+                failure.get_or_insert(e);
             }
-        };
-        done.push(dir);
-        reports.push(report);
+        }
     }
-    Ok(reports)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(reports),
+    }
+}
+
+/// Downloads the one stream of a canonical backend into `into/CANONICAL_FILE`, verified.
+async fn download_stream(
+    store: &dyn Store,
+    handle: &BackendHandle,
+    into: &Path,
+    progress: Option<Progress>,
+) -> Result<DownloadReport> {
+    let [file] = handle.private_files.as_slice() else {
+        return Err(Error::corruption(format!(
+            "canonical backend {} lists {} streams",
+            handle.key_groups,
+            handle.private_files.len()
+        )));
+    };
+    std::fs::create_dir_all(into).map_err(|e| Error::io("creating", into, e))?;
+    let path = into.join(&file.local_name);
+    std::fs::File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
+    store
+        .append_verified(&file.path, file.hash, file.size, &path, &file.local_name)
+        .await?;
+    if let Some(progress) = progress {
+        progress(file.size);
+    }
+    Ok(DownloadReport {
+        files: 1,
+        bytes: file.size,
+    })
+}
+
+/// Builds the backend of `to` in the new directory `temp` from canonical streams: a new backend,
+/// every stream's entries in `to` loaded into it, flushed and closed.
+fn build_loaded(
+    temp: &Path,
+    sources: &[(KeyGroupRange, PathBuf)],
+    max_parallelism: u32,
+    settings: &BackendSettings,
+    to: KeyGroupRange,
+) -> Result<()> {
+    let engine = engine::Engine::open(temp, max_parallelism, to, settings.clone())?;
+    let scratch = temp.join(STAGING_DIR);
+    for (_, dir) in sources {
+        crate::canonical::load_canonical(&engine, &dir.join(CANONICAL_FILE), to, &scratch)?;
+    }
+    engine.flush()?;
+    engine
+        .db
+        .flush_wal(true)
+        .map_err(|e| Error::rocksdb("syncing the write-ahead log", e))?;
+    drop(engine);
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch).map_err(|e| Error::io("removing", &scratch, e))?;
+    }
+    fs::sync_dir_durable(&StdFs, &temp.join(DB_DIR)).map_err(DurableError::into_error)
 }
 
 /// Builds the backend of `to` in the new directory `temp` from downloaded backend directories:

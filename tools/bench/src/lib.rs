@@ -423,7 +423,7 @@ impl Fixture {
 }
 
 /// The seed of the value generator of every bench state.
-const SEED: u64 = 0x5EED_1234_ABCD_0001;
+pub const SEED: u64 = 0x5EED_1234_ABCD_0001;
 
 /// The next value of a xorshift64 generator.
 fn xorshift(state: &mut u64) -> u64 {
@@ -434,7 +434,7 @@ fn xorshift(state: &mut u64) -> u64 {
 }
 
 /// An incompressible value of [`VALUE_BYTES`].
-fn random_value(state: &mut u64) -> Vec<u8> {
+pub fn random_value(state: &mut u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(VALUE_BYTES);
     while out.len() < VALUE_BYTES {
         out.extend_from_slice(&xorshift(state).to_le_bytes());

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod counting;
+mod rescale;
 mod s3;
 mod s3server;
 
@@ -53,6 +54,14 @@ struct Args {
     /// peak RSS is reported ("none" skips it).
     #[arg(long, default_value = "4GiB")]
     s3_upload_size: String,
+    /// Run the rescaling report instead (`rescale.rs`): a state of --rescale-size checkpointed at
+    /// parallelism 2 and 4, restored at the other versus plain restores and re-ingest, --cycles
+    /// times; writes `rescale.md`.
+    #[arg(long)]
+    rescale: bool,
+    /// With --rescale: the state size.
+    #[arg(long, default_value = "1GiB")]
+    rescale_size: String,
     /// Internal: the child process of --s3-upload-size.
     #[arg(long, hide = true)]
     s3_upload_child: Option<u64>,
@@ -130,6 +139,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .split(',')
         .map(|s| s.trim().parse().expect("rate"))
         .collect();
+    if args.rescale {
+        let report = rescale::run(&runtime, parse_size(&args.rescale_size), args.cycles)
+            .map_err(|e| e as Box<dyn std::error::Error>)?;
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(args.out.join("rescale.md"), &report)?;
+        println!("{report}");
+        return Ok(());
+    }
     if args.s3 {
         let optional = |text: &str| (text != "none").then(|| (text.to_owned(), parse_size(text)));
         let s3_args = s3::S3Args {
