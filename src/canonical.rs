@@ -859,6 +859,7 @@ fn check_header(header: &CanonicalHeader) -> std::result::Result<(), String> {
 pub(crate) fn load_canonical(
     engine: &Engine,
     file: &Path,
+    source: KeyGroupRange,
     key_groups: KeyGroupRange,
     scratch: &Path,
 ) -> Result<LoadSummary> {
@@ -875,6 +876,15 @@ pub(crate) fn load_canonical(
         format!("canonical savepoint {}", file.display()),
     )?;
     let header = reader.header().clone();
+    if header.key_groups != source {
+        // The metadata that names the stream says which key groups it holds; a stream holding
+        // others (swapped or crafted) would load rows another stream also loads.
+        return Err(Error::corruption(format!(
+            "canonical savepoint {} holds key groups {}, but its metadata says {source}",
+            file.display(),
+            header.key_groups
+        )));
+    }
     if header.max_parallelism != engine.max_parallelism {
         return Err(Error::invalid(format!(
             "canonical savepoint {} is of max_parallelism {}, the backend of {}; key groups \
@@ -989,6 +999,21 @@ fn finish_sst(sst: &mut SstFileWriter<'_>, path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// `load_canonical` with the stream's own range as the metadata's (the header's range when
+    /// readable): these tests are about the stream, not about the metadata naming it.
+    fn load_any(
+        engine: &Engine,
+        file: &Path,
+        key_groups: KeyGroupRange,
+        scratch: &Path,
+    ) -> Result<LoadSummary> {
+        let source = File::open(file)
+            .ok()
+            .and_then(|f| CanonicalReader::new(BufReader::new(f)).ok())
+            .map_or(key_groups, |r| r.header().key_groups);
+        load_canonical(engine, file, source, key_groups, scratch)
+    }
+
     use std::collections::BTreeMap;
 
     use super::*;
@@ -1150,6 +1175,21 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_of_other_key_groups_than_its_metadata_says_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let source = open(&dir.path().join("source"), range(0, MP))?;
+        fill(&source, 50)?;
+        let path = dir.path().join("savepoint.rkc");
+        write_canonical(&source, &path)?;
+        let target = open(&dir.path().join("target"), range(0, MP))?;
+        let half = range(0, MP / 2);
+        let err = load_canonical(&target, &path, half, half, &dir.path().join("s")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corruption, "{err}");
+        assert!(scan(&target, None)?.values().all(Vec::is_empty));
+        Ok(())
+    }
+
+    #[test]
     fn round_trip_into_a_narrower_range_matches_the_source_scan() -> Result<()> {
         let dir = tempfile::tempdir().unwrap();
         let source = open(&dir.path().join("source"), range(0, MP))?;
@@ -1195,7 +1235,7 @@ mod tests {
         let narrow = range(16, 40);
         let target = open(&dir.path().join("target"), narrow)?;
         let scratch = dir.path().join("scratch");
-        let loaded = load_canonical(&target, &path, narrow, &scratch)?;
+        let loaded = load_any(&target, &path, narrow, &scratch)?;
         assert_eq!(target.states(), source.states());
         let expected = scan(&source, Some(narrow))?;
         assert_eq!(scan(&target, None)?, expected);
@@ -1229,7 +1269,7 @@ mod tests {
             let path = dir.path().join(format!("part{i}.rkc"));
             write_canonical(&source, &path)?;
             // The wider target loads each file's own range.
-            total += load_canonical(&target, &path, range(0, MP), &dir.path().join("s"))?.entries;
+            total += load_any(&target, &path, range(0, MP), &dir.path().join("s"))?.entries;
         }
         assert_eq!(scan(&target, None)?, scan(&whole, None)?);
         let rows: usize = scan(&whole, None)?.values().map(Vec::len).sum();
@@ -1242,7 +1282,7 @@ mod tests {
         let path = dir.join("damaged.rkc");
         std::fs::write(&path, bytes).unwrap();
         let scratch = dir.join("scratch");
-        let err = match load_canonical(target, &path, target.key_groups, &scratch) {
+        let err = match load_any(target, &path, target.key_groups, &scratch) {
             Ok(summary) => panic!("{case}: loaded {summary:?}"),
             Err(err) => err,
         };
@@ -1387,7 +1427,7 @@ mod tests {
         // Intact, the same file loads.
         let path = dir.path().join("intact.rkc");
         std::fs::write(&path, &bytes).unwrap();
-        load_canonical(&target, &path, range(0, MP), &dir.path().join("scratch"))?;
+        load_any(&target, &path, range(0, MP), &dir.path().join("scratch"))?;
         assert_eq!(target.states(), states());
         Ok(())
     }
@@ -1472,7 +1512,7 @@ mod tests {
             (&key[..], &[3][..])
         );
         let target = Engine::open(&dir.path().join("t"), 128, all, BackendSettings::default())?;
-        load_canonical(&target, &path, all, &dir.path().join("scratch"))?;
+        load_any(&target, &path, all, &dir.path().join("scratch"))?;
         let cf = target.db.cf_handle("counts").unwrap();
         assert_eq!(target.db.get_cf(&cf, &row).unwrap(), Some(vec![0x03]));
         Ok(())
@@ -1508,7 +1548,7 @@ mod tests {
         let target = open(&dir.path().join("target"), range(0, MP))?;
         let clash = StateInfo::new("orders", StateKind::Value, "u64".into(), "u64".into(), None);
         target.register(clash.clone())?;
-        let err = load_canonical(&target, &path, range(0, MP), &scratch).unwrap_err();
+        let err = load_any(&target, &path, range(0, MP), &scratch).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
         assert_eq!(target.states(), vec![clash]);
         // Another max parallelism, or a range the backend does not own.
@@ -1518,10 +1558,10 @@ mod tests {
             range(0, MP),
             BackendSettings::default(),
         )?;
-        let err = load_canonical(&other, &path, range(0, MP), &scratch).unwrap_err();
+        let err = load_any(&other, &path, range(0, MP), &scratch).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
         let narrow = open(&dir.path().join("narrow"), range(0, 8))?;
-        let err = load_canonical(&narrow, &path, range(0, 16), &scratch).unwrap_err();
+        let err = load_any(&narrow, &path, range(0, 16), &scratch).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
         assert!(other.states().is_empty() && narrow.states().is_empty());
         Ok(())

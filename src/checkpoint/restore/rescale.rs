@@ -391,8 +391,17 @@ fn build_loaded(
 ) -> Result<()> {
     let engine = engine::Engine::open(temp, max_parallelism, to, settings.clone())?;
     let scratch = temp.join(STAGING_DIR);
-    for (_, dir) in sources {
-        crate::canonical::load_canonical(&engine, &dir.join(CANONICAL_FILE), to, &scratch)?;
+    for (range, dir) in sources {
+        let part = range
+            .intersect(&to)
+            .expect("a planned source meets the target");
+        crate::canonical::load_canonical(
+            &engine,
+            &dir.join(CANONICAL_FILE),
+            *range,
+            part,
+            &scratch,
+        )?;
     }
     engine.flush()?;
     engine
