@@ -97,6 +97,7 @@ pub use checkpoint::snapshot::PendingSnapshot;
 pub use layout::SnapshotKind;
 // Restore, verify, GC.
 pub use checkpoint::gc::{GcOptions, GcReport, collect_garbage};
+pub use checkpoint::relocate::{ExportReport, export_snapshot};
 pub use checkpoint::restore::{
     ClaimMode, Progress, RestoreSource, RestoreTarget, VerifyReport, restore_backend,
     verify_checkpoint,

@@ -7,6 +7,7 @@ pub(crate) mod gc;
 pub(crate) mod job;
 mod logfile;
 pub(crate) mod metadata;
+pub(crate) mod relocate;
 pub(crate) mod restore;
 pub(crate) mod snapshot;
 

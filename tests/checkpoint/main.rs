@@ -16,6 +16,7 @@ mod hostile;
 mod job_retention;
 mod multihost;
 mod multiwriter;
+mod relocate;
 mod rescale;
 mod resume_loop;
 mod s3_attack;

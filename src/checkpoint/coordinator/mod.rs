@@ -211,8 +211,11 @@ struct PendingEntry {
 struct CoordState {
     /// The next id to hand out; below the record's `next_id`.
     next_id: u64,
-    /// The record's `next_id` as last written: the end of the reserved block.
+    /// The end of the block `next_id` is in.
     reserved_until: u64,
+    /// Blocks reserved after the current one that do not continue it, because another writer
+    /// (an export, X1) took ids of the record in between: `[start, end)`, ascending.
+    later_blocks: std::collections::VecDeque<(u64, u64)>,
     /// Metadata of the retained checkpoints and savepoints, by id.
     metadata: BTreeMap<u64, Arc<CheckpointMetadata>>,
     /// Retained checkpoint ids, ascending (the record's `retained`).
@@ -236,6 +239,35 @@ struct CoordState {
     restore_superseded: bool,
     closed: bool,
     fenced: Option<String>,
+}
+
+impl CoordState {
+    /// The next id of this coordinator's blocks, if any is left.
+    fn take_id(&mut self) -> Option<u64> {
+        if self.next_id >= self.reserved_until {
+            let (start, end) = self.later_blocks.pop_front()?;
+            self.next_id = start;
+            self.reserved_until = end;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        Some(id)
+    }
+
+    /// A block `[start, end)` this coordinator's own swap reserved: it continues the last block
+    /// if it starts where that one ends, else it waits its turn. Ids the record gained from other
+    /// writers are never taken as this coordinator's.
+    pub(super) fn reserve(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        match self.later_blocks.back_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            Some(_) => self.later_blocks.push_back((start, end)),
+            None if self.reserved_until == start => self.reserved_until = end,
+            None => self.later_blocks.push_back((start, end)),
+        }
+    }
 }
 
 /// The job record as this coordinator last wrote or read it.
@@ -311,6 +343,7 @@ impl CoordinatorBuilder {
                 state: Mutex::new(CoordState {
                     next_id: 1,
                     reserved_until: 1,
+                    later_blocks: std::collections::VecDeque::new(),
                     metadata: BTreeMap::new(),
                     retained: Vec::new(),
                     savepoints: Vec::new(),
@@ -484,14 +517,12 @@ impl CheckpointCoordinator {
                 ),
             ));
         }
-        if state.next_id >= state.reserved_until {
+        let Some(id) = state.take_id() else {
             return Err(busy(
                 &self.inner.job_id,
                 "the reserved block of checkpoint ids is used up; the next commit or lease renewal reserves more".into(),
             ));
-        }
-        let id = state.next_id;
-        state.next_id += 1;
+        };
         let mut known: HashSet<ContentHash> = state.restored_hashes.clone();
         let known_ids = state.retained.clone();
         for committed in known_ids.iter().chain(state.savepoints.iter()) {
@@ -772,14 +803,12 @@ impl CheckpointCoordinator {
         if let Some(why) = &state.fenced {
             return Err(self.fenced_error(why));
         }
-        if state.next_id >= state.reserved_until {
+        let Some(id) = state.take_id() else {
             return Err(busy(
                 &self.inner.job_id,
                 "the reserved block of checkpoint ids is used up".into(),
             ));
-        }
-        let id = state.next_id;
-        state.next_id += 1;
+        };
         state.claiming.insert(id);
         Ok(id)
     }

@@ -35,6 +35,7 @@ impl CheckpointCoordinator {
                     let mut state = self.lock();
                     state.next_id = next.epoch_first_id;
                     state.reserved_until = next.next_id;
+                    state.later_blocks.clear();
                     state.retained = next.retained.clone();
                     state.savepoints = next.savepoints.clone();
                 }
@@ -123,6 +124,8 @@ impl CheckpointCoordinator {
             next.updated_at_ms = crate::util::now_ms();
             match job::swap_job(self.st(), &next, Some(&current.version)).await? {
                 Some(version) => {
+                    // Only what this swap added to `next_id` is this coordinator's block.
+                    self.lock().reserve(current.record.next_id, next.next_id);
                     self.adopt_record(&next, &done);
                     *cell = Some(RecordCell {
                         record: next.clone(),
@@ -158,10 +161,11 @@ impl CheckpointCoordinator {
         )))
     }
 
-    /// Brings the in-memory view in step with a record this coordinator's epoch holds.
+    /// Brings the in-memory view in step with a record this coordinator's epoch holds. Its
+    /// blocks of ids are only what its own swaps reserved (`CoordState::reserve`): ids another
+    /// writer took from the record (an export, X1) are never handed out here.
     pub(super) fn adopt_record(&self, record: &JobRecord, written_discards: &BTreeSet<u64>) {
         let mut state = self.lock();
-        state.reserved_until = record.next_id;
         for id in written_discards {
             state.discarded.remove(id);
         }

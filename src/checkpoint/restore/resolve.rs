@@ -123,16 +123,16 @@ pub(crate) async fn pin_for_reading(
 }
 
 /// How long a standalone reader's pin lives; it is renewed every third of it while reading.
-pub(super) const READER_PIN_LIFETIME_MS: u64 = 3_600_000;
+pub(crate) const READER_PIN_LIFETIME_MS: u64 = 3_600_000;
 
-pub(super) fn reader_owner() -> metadata::PinOwner {
+pub(crate) fn reader_owner() -> metadata::PinOwner {
     metadata::PinOwner::Reader {
         expires_at_ms: crate::util::now_ms() + READER_PIN_LIFETIME_MS,
     }
 }
 
 /// Keeps a standalone reader's pin alive while `work` runs, then deletes it.
-pub(super) async fn with_reader_pin<T>(
+pub(crate) async fn with_reader_pin<T>(
     store: &dyn Store,
     metadata: &CheckpointMetadata,
     hashes: &[ContentHash],

@@ -83,6 +83,26 @@ enum Command {
         #[arg(long)]
         target: PathBuf,
     },
+    /// Copy a checkpoint or savepoint with every file it references (metadata, private files,
+    /// shared files and log segments, each verified against its BLAKE3 hash) into another root,
+    /// where it becomes a savepoint; prints its reference there (`<job>/sp-<id>`). Shared files the
+    /// target root already holds are not copied again.
+    Export {
+        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path, or a
+        /// checkpoint directory.
+        checkpoint: String,
+        /// The target root, as `--root` takes it (an existing local directory, `file://`,
+        /// `s3://BUCKET/PREFIX`, ...). Object stores read the same environment variables.
+        #[arg(long, value_name = "ROOT-URL")]
+        to: String,
+        /// The job the savepoint belongs to in the target root (default: the source's job).
+        #[arg(long)]
+        job: Option<String>,
+        /// An object store option for the target root, `KEY=VALUE`; repeatable (`--store-option`
+        /// is for `--root`).
+        #[arg(long = "to-store-option", value_name = "KEY=VALUE")]
+        to_store_options: Vec<String>,
+    },
     /// Find (and with --confirm delete) unreferenced shared files, leftovers of failed checkpoints,
     /// dead pins and temporary files older than the grace period. Safe against live jobs at any
     /// grace period: files that in-flight checkpoints and restores use are pinned, and a job whose
@@ -188,8 +208,26 @@ fn init_logging(verbose: u8) {
 /// pin what they read, and `gc --confirm`); commands that only read open it read-only, without the
 /// probe, so read-only credentials can list, show and size a root.
 async fn open_store(cli: &Cli, writes: bool) -> rockpoint::Result<Arc<dyn Store>> {
+    open_url(
+        &cli.root,
+        "--root",
+        &cli.store_options,
+        cli.single_writer,
+        writes,
+    )
+    .await
+}
+
+/// Opens the root `root` (named `flag` in errors) as [`open_store`] describes.
+async fn open_url(
+    root: &str,
+    flag: &str,
+    store_options: &[String],
+    single_writer: bool,
+    writes: bool,
+) -> rockpoint::Result<Arc<dyn Store>> {
     let mut config = Vec::new();
-    for option in &cli.store_options {
+    for option in store_options {
         let (key, value) = option.split_once('=').ok_or_else(|| {
             rockpoint::Error::new(
                 rockpoint::ErrorKind::Invalid,
@@ -198,49 +236,52 @@ async fn open_store(cli: &Cli, writes: bool) -> rockpoint::Result<Arc<dyn Store>
         })?;
         config.push((key.trim().to_owned(), value.to_owned()));
     }
-    let local = match cli.root.strip_prefix("file://") {
+    let local = match root.strip_prefix("file://") {
         Some(_) => Some(
-            url::Url::parse(&cli.root)
+            url::Url::parse(root)
                 .ok()
                 .and_then(|u| u.to_file_path().ok())
                 .ok_or_else(|| {
                     rockpoint::Error::new(
                         rockpoint::ErrorKind::Invalid,
-                        format!("--root `{}` is not a local file URL", cli.root),
+                        format!("{flag} `{root}` is not a local file URL"),
                     )
                 })?,
         ),
-        None if !cli.root.contains("://") => Some(PathBuf::from(&cli.root)),
+        None if !root.contains("://") => Some(PathBuf::from(root)),
         None => None,
     };
     if let Some(dir) = &local {
-        existing_root(dir)?;
+        existing_root(dir, flag)?;
     }
     let options = RootOptions {
         config,
         read_only: !writes,
-        single_writer: cli.single_writer,
+        single_writer,
     };
     let url = match &local {
         Some(dir) => dir.to_string_lossy().into_owned(),
-        None => cli.root.clone(),
+        None => root.to_owned(),
     };
     open_root(&url, &options).await
 }
 
 /// The local root directory, if it exists and is a directory.
-fn existing_root(root: &std::path::Path) -> rockpoint::Result<&std::path::Path> {
+fn existing_root<'a>(
+    root: &'a std::path::Path,
+    flag: &str,
+) -> rockpoint::Result<&'a std::path::Path> {
     use rockpoint::{Error, ErrorKind};
     let text = root.to_string_lossy();
     match std::fs::metadata(root) {
         Ok(meta) if meta.is_dir() => Ok(root),
         Ok(_) => Err(Error::new(
             ErrorKind::Invalid,
-            format!("--root `{text}` is a file, not a checkpoint root directory"),
+            format!("{flag} `{text}` is a file, not a checkpoint root directory"),
         )),
         Err(e) => Err(Error::with_source(
             ErrorKind::NotFound,
-            format!("--root `{text}` does not exist (nothing was created; check the path)"),
+            format!("{flag} `{text}` does not exist (nothing was created; check the path)"),
             e,
         )),
     }
@@ -277,6 +318,22 @@ fn bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// `<job>/sp-<id>` of a savepoint's metadata path (`jobs/<job>/sp-<id:020>/_metadata`), the short
+/// reference the other commands take; the path itself if it is not one.
+fn savepoint_reference(metadata_path: &str) -> String {
+    let parts: Vec<&str> = metadata_path.split('/').collect();
+    match parts.as_slice() {
+        ["jobs", job, dir, "_metadata"] => match dir
+            .strip_prefix("sp-")
+            .and_then(|digits| digits.parse::<u64>().ok())
+        {
+            Some(id) => format!("{job}/sp-{id}"),
+            None => metadata_path.to_owned(),
+        },
+        _ => metadata_path.to_owned(),
+    }
+}
+
 /// Records `inspect_root` could not read: named on stderr, the rest of the root listed anyway.
 fn warn_unreadable(view: &RootView) {
     for record in &view.unreadable {
@@ -286,8 +343,8 @@ fn warn_unreadable(view: &RootView) {
 
 async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
     let writes = match &cli.command {
-        // Restore and verify write a reader pin (GC keeps what they read).
-        Command::Restore { .. } | Command::Verify { .. } => true,
+        // Restore, verify and export write a reader pin (GC keeps what they read).
+        Command::Restore { .. } | Command::Verify { .. } | Command::Export { .. } => true,
         Command::Gc { confirm, .. } => *confirm,
         Command::List { .. } | Command::Show { .. } | Command::Du => false,
     };
@@ -392,6 +449,72 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 metadata.metadata_path(),
                 target.dir.display()
             );
+        }
+        Command::Export {
+            checkpoint,
+            to,
+            job,
+            to_store_options,
+        } => {
+            let source = RestoreSource::parse(&checkpoint)?;
+            let (source_path, metadata) =
+                rockpoint::restore::read_metadata(&*store, &source).await?;
+            let target = open_url(&to, "--to", &to_store_options, cli.single_writer, true).await?;
+            // Each shared object once (as the export copies it), plus the private files.
+            let mut distinct = std::collections::HashMap::new();
+            let mut private_bytes = 0;
+            for handle in &metadata.backends {
+                for file in &handle.shared_files {
+                    distinct.insert(file.hash, file.size);
+                }
+                for segment in handle.log_files.iter().flat_map(|l| &l.segments) {
+                    distinct.insert(segment.hash, segment.size);
+                }
+                private_bytes += handle.private_files.iter().map(|f| f.size).sum::<u64>();
+            }
+            let progress = bar(distinct.values().sum::<u64>() + private_bytes, "exporting");
+            let callback = {
+                let progress = progress.clone();
+                Arc::new(move |n: u64| progress.inc(n)) as rockpoint::Progress
+            };
+            let report = rockpoint::export_snapshot(
+                &*store,
+                &source,
+                &*target,
+                job.as_deref(),
+                8,
+                Some(callback),
+            )
+            .await?;
+            progress.finish_and_clear();
+            let reference = savepoint_reference(&report.metadata_path);
+            if json {
+                let value = serde_json::json!({
+                    "source": source_path,
+                    "target_root": target.describe(),
+                    "savepoint": reference,
+                    "metadata_path": report.metadata_path,
+                    "objects_copied": report.objects_copied,
+                    "bytes_copied": report.bytes_copied,
+                    "objects_present": report.objects_present,
+                });
+                out!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).expect("serializable")
+                );
+            } else {
+                out!(
+                    "exported {source_path} to {} as savepoint {reference} ({})",
+                    target.describe(),
+                    report.metadata_path
+                );
+                out!(
+                    "{} objects copied ({} bytes, verified), {} already present",
+                    report.objects_copied,
+                    report.bytes_copied,
+                    report.objects_present
+                );
+            }
         }
         Command::Gc {
             grace_secs,

@@ -174,6 +174,77 @@ fn a_root_that_does_not_exist_or_is_a_url_is_refused_and_nothing_is_created() {
     );
 }
 
+#[test]
+fn export_copies_a_checkpoint_into_another_root_where_it_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    root_with_checkpoints(dir.path(), 2).unwrap();
+    let root = dir.path().join("root");
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+
+    let exported = rockpoint(&root)
+        .args(["--json", "export", "job/2", "--job", "moved", "--to"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&exported.stderr);
+    assert_eq!(exported.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&exported.stdout).unwrap();
+    let savepoint = report["savepoint"].as_str().unwrap().to_owned();
+    assert!(savepoint.starts_with("moved/sp-"), "{report}");
+    assert!(report["objects_copied"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["objects_present"], 0, "{report}");
+
+    let target = dir.path().join("restored");
+    let restored = rockpoint(&other)
+        .args(["restore", &savepoint, "--key-groups", "0..16", "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&restored.stderr);
+    assert_eq!(restored.status.code(), Some(0), "{stderr}");
+    let backend = KeyedStateBackend::open(
+        &target,
+        16,
+        KeyGroupRange::all(16).unwrap(),
+        BackendSettings::default(),
+    )
+    .unwrap();
+    let counts = backend.state(&COUNTS).unwrap();
+    for round in 0..2u64 {
+        assert_eq!(counts.get(&round).unwrap(), Some(round));
+    }
+
+    // The same checkpoint again: a new savepoint, every shared file already there.
+    let again = rockpoint(&root)
+        .args(["export", "job/2", "--to"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert_eq!(again.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("as savepoint job/sp-"), "{stdout}");
+    assert!(!stdout.contains(" 0 already present"), "{stdout}");
+
+    // Bad input: an unknown checkpoint, a target that is not a root.
+    let unknown = rockpoint(&root)
+        .args(["export", "job/99", "--to"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(3), "not found");
+    let missing = dir.path().join("no-such-root");
+    let nowhere = rockpoint(&root)
+        .args(["export", "job/2", "--to"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(nowhere.status.code(), Some(3), "not found");
+    let stderr = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(stderr.contains("--to `"), "{stderr}");
+    assert!(!missing.exists(), "nothing created");
+}
+
 /// The operator's round on an `s3://` root (SeaweedFS): list, du, verify, restore, gc. The
 /// transcript is printed (`--nocapture`).
 #[test]
