@@ -328,3 +328,55 @@ async fn gc_running_during_the_export_never_breaks_it() -> TestResult {
     assert_eq!(savepoints(&*target, "job").await?.len(), 3);
     Ok(())
 }
+
+/// An export takes its id from the record's `next_id` (X1), right after the live coordinator's
+/// block. The coordinator then checkpoints past the end of that block: it never hands out the
+/// export's id (its blocks are only what its own swaps reserved), so `chk-<id>` never sits next
+/// to `sp-<id>`. Before the fix, adopting the record the export changed made the id its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_coordinator_never_hands_out_the_id_an_export_took() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let source = local_store(&dir.path().join("source"))?;
+    let target = local_store(&dir.path().join("target"))?;
+    let c =
+        CheckpointCoordinator::open(source.clone(), "src", CheckpointSettings::default()).await?;
+    let job = TestJob::open(&dir.path().join("job"), 1, 10)?;
+    job.backends[0].state(&VALUES)?.put(&1, &vec![1])?;
+    let savepoint = c.savepoint(&job.refs()).await?;
+
+    let settings = CheckpointSettings {
+        retained: 1,
+        ..CheckpointSettings::default()
+    };
+    let live = CheckpointCoordinator::open(target.clone(), "job", settings).await?;
+    let running = TestJob::open(&dir.path().join("running"), 1, 10)?;
+    let block_end = rockpoint::admin::job_record(&*target, "job")
+        .await?
+        .expect("a record")
+        .next_id;
+    let report = export_snapshot(
+        &*source,
+        &metadata(&savepoint.path()),
+        &*target,
+        Some("job"),
+        2,
+        None,
+    )
+    .await?;
+    assert_eq!(
+        report.metadata_path,
+        format!("jobs/job/sp-{block_end:020}/_metadata")
+    );
+    let mut ids = Vec::new();
+    while ids.last().is_none_or(|&id| id <= block_end) {
+        let done = live.checkpoint(&running.refs()).await?;
+        ids.push(done.id());
+    }
+    assert!(
+        !ids.contains(&block_end),
+        "the export's id {block_end} was handed out again"
+    );
+    assert_eq!(ids[ids.len() - 2..], [block_end - 1, block_end + 1]);
+    live.shutdown(JobEnd::Suspended).await?;
+    Ok(())
+}

@@ -208,6 +208,7 @@ struct PendingEntry {
     knows_restore: bool,
 }
 
+#[derive(Default)]
 struct CoordState {
     /// The next id to hand out; below the record's `next_id`.
     next_id: u64,
@@ -267,6 +268,31 @@ impl CoordState {
             None if self.reserved_until == start => self.reserved_until = end,
             None => self.later_blocks.push_back((start, end)),
         }
+    }
+}
+
+#[cfg(test)]
+mod id_block_tests {
+    use super::CoordState;
+
+    /// An export took id 1025 from the record between this coordinator's first block
+    /// `[1, 1025)` and its next swap, which reserved `[1026, 2050)`: 1025 is never handed out.
+    #[test]
+    fn ids_another_writer_took_from_the_record_are_never_handed_out() {
+        let mut state = CoordState {
+            next_id: 1,
+            reserved_until: 1025,
+            ..CoordState::default()
+        };
+        state.reserve(1026, 2050);
+        // A contiguous extension joins the block it continues.
+        state.reserve(2050, 3074);
+        let ids: Vec<u64> = std::iter::from_fn(|| state.take_id()).collect();
+        assert_eq!(ids.len(), 1024 + 2048);
+        assert!(!ids.contains(&1025));
+        assert_eq!(ids[1023..1026], [1024, 1026, 1027]);
+        assert_eq!(*ids.last().unwrap(), 3073);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 }
 
