@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rockpoint::admin::{RootView, inspect_root};
+use rockpoint::restore::RestoreRoute;
 use rockpoint::{
     BackendSettings, GcOptions, KeyGroupRange, RestoreSource, RestoreTarget, RootOptions, Store,
     SweepMode, open_root,
@@ -76,7 +77,8 @@ enum Command {
         /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path, or a
         /// checkpoint directory.
         checkpoint: String,
-        /// The backend's key groups, `START..END` (end exclusive).
+        /// The backend's key groups, `START..END` (end exclusive): any range the snapshot's
+        /// backends cover together (a rescaling restore clips or merges them).
         #[arg(long)]
         key_groups: String,
         /// The directory to create.
@@ -429,8 +431,14 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
             let source = RestoreSource::parse(&checkpoint)?;
             let (_, metadata) = rockpoint::restore::read_metadata(&*store, &source).await?;
             let range = parse_range(&key_groups)?;
-            let handle = rockpoint::restore::backend_for(&metadata, range)?;
-            let progress = bar(handle.full_size_bytes(), "restoring");
+            let route = rockpoint::restore::plan_restore(&metadata, range)?;
+            let bytes: u64 = route
+                .sources(range)
+                .into_iter()
+                .filter_map(|r| rockpoint::restore::backend_for(&metadata, r).ok())
+                .map(|h| h.full_size_bytes())
+                .sum();
+            let progress = bar(bytes, "restoring");
             let callback = {
                 let progress = progress.clone();
                 Arc::new(move |n: u64| progress.inc(n)) as rockpoint::Progress
@@ -444,8 +452,20 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 rockpoint::restore_backend(&*store, &source, &target, 8, Some(callback)).await?;
             progress.finish();
             let states: Vec<String> = backend.states().into_iter().map(|s| s.name).collect();
+            let how = match &route {
+                RestoreRoute::Exact => String::new(),
+                RestoreRoute::Clip { source } => format!(" (clipped from backend {source})"),
+                RestoreRoute::Merge { base, copied } => {
+                    let copied: Vec<String> = copied.iter().map(|r| r.to_string()).collect();
+                    format!(" (backend {base} merged with {})", copied.join(", "))
+                }
+                RestoreRoute::Load { sources } => {
+                    let sources: Vec<String> = sources.iter().map(|r| r.to_string()).collect();
+                    format!(" (loaded from canonical streams {})", sources.join(", "))
+                }
+            };
             out!(
-                "restored {} into {} with states {states:?}",
+                "restored {} key groups {range} into {}{how} with states {states:?}",
                 metadata.metadata_path(),
                 target.dir.display()
             );
