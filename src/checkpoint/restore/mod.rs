@@ -185,18 +185,23 @@ pub fn backend_for(
         .iter()
         .find(|b| b.key_groups == key_groups)
         .ok_or_else(|| {
-            let ranges: Vec<String> = metadata
-                .backends
-                .iter()
-                .map(|b| b.key_groups.to_string())
-                .collect();
             Error::invalid(format!(
                 "checkpoint {} of job `{}` has no backend for key groups {key_groups}; it has {}",
                 metadata.checkpoint_id,
                 metadata.job_id,
-                ranges.join(", ")
+                backend_ranges(metadata)
             ))
         })
+}
+
+/// The key-group ranges of a snapshot's backends, for messages (`[0, 64), [64, 128)`).
+fn backend_ranges(metadata: &CheckpointMetadata) -> String {
+    let ranges: Vec<String> = metadata
+        .backends
+        .iter()
+        .map(|b| b.key_groups.to_string())
+        .collect();
+    ranges.join(", ")
 }
 
 /// Restores the backend of `target.key_groups` from `source` into `target` and opens it, outside

@@ -60,11 +60,6 @@ pub fn plan_restore(
     key_groups: KeyGroupRange,
 ) -> Result<RestoreRoute> {
     let refuse = |why: String| {
-        let ranges: Vec<String> = metadata
-            .backends
-            .iter()
-            .map(|b| b.key_groups.to_string())
-            .collect();
         Error::invalid(format!(
             "{} {} of job `{}` cannot restore key groups {key_groups}: {why}; it has {} of \
              max_parallelism {}",
@@ -74,7 +69,7 @@ pub fn plan_restore(
             },
             metadata.checkpoint_id,
             metadata.job_id,
-            ranges.join(", "),
+            backend_ranges(metadata),
             metadata.max_parallelism
         ))
     };
@@ -194,6 +189,29 @@ pub(super) fn hashes_read(
     hashes
 }
 
+/// What a restore in progress has created: removed when it is dropped (the scratch downloads
+/// always, the restored targets unless the restore succeeded), so a failure or a dropped restore
+/// future leaves nothing behind.
+#[derive(Default)]
+struct Leftovers {
+    done: Vec<PathBuf>,
+    scratch: Option<PathBuf>,
+    succeeded: bool,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if let Some(scratch) = &self.scratch {
+            let _ = std::fs::remove_dir_all(scratch);
+        }
+        if !self.succeeded {
+            for dir in &self.done {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
 /// R5 for every target, all or nothing: on any failure, the targets already restored are removed
 /// again and the error is returned. Each source backend is downloaded once: straight into its
 /// target for `Exact`; otherwise into a scratch directory next to the first such target, from
@@ -206,41 +224,7 @@ pub(super) async fn restore_all(
     parallelism: usize,
     progress: Option<Progress>,
 ) -> Result<Vec<DownloadReport>> {
-    let mut done: Vec<PathBuf> = Vec::new();
-    let mut scratch: Option<PathBuf> = None;
-    let result = restore_each(
-        store,
-        metadata,
-        targets,
-        routes,
-        parallelism,
-        progress,
-        &mut done,
-        &mut scratch,
-    )
-    .await;
-    if let Some(scratch) = scratch {
-        let _ = std::fs::remove_dir_all(scratch);
-    }
-    if result.is_err() {
-        for dir in done {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn restore_each(
-    store: &dyn Store,
-    metadata: &CheckpointMetadata,
-    targets: &[RestoreTarget],
-    routes: &[RestoreRoute],
-    parallelism: usize,
-    progress: Option<Progress>,
-    done: &mut Vec<PathBuf>,
-    scratch: &mut Option<PathBuf>,
-) -> Result<Vec<DownloadReport>> {
+    let mut left = Leftovers::default();
     // Every target is checked before anything is downloaded.
     let dirs: Vec<PathBuf> = targets
         .iter()
@@ -259,10 +243,11 @@ async fn restore_each(
             let handle = handle_of(metadata, target.key_groups);
             reports[i] =
                 download_backend(store, handle, &dirs[i], parallelism, progress.clone()).await?;
-            done.push(dirs[i].clone());
+            left.done.push(dirs[i].clone());
             continue;
         }
-        let scratch_dir = scratch
+        let scratch_dir = left
+            .scratch
             .get_or_insert_with(|| {
                 let parent = temps[i].parent().expect("a temporary has a parent");
                 parent.join(format!(".rockpoint-rescale-{}", crate::util::nonce()))
@@ -339,7 +324,7 @@ async fn restore_each(
     let mut failure = None;
     for (i, built) in futures::future::join_all(builds).await {
         match built {
-            Ok(()) => done.push(dirs[i].clone()),
+            Ok(()) => left.done.push(dirs[i].clone()),
             Err(e) => {
                 failure.get_or_insert(e);
             }
@@ -347,7 +332,10 @@ async fn restore_each(
     }
     match failure {
         Some(e) => Err(e),
-        None => Ok(reports),
+        None => {
+            left.succeeded = true;
+            Ok(reports)
+        }
     }
 }
 
