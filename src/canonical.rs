@@ -81,8 +81,11 @@ pub struct CanonicalEntry {
 }
 
 /// What writing a canonical savepoint produced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanonicalSummary {
+    /// The states the stream holds (its header's): what a savepoint records for the backend,
+    /// even if a state was registered while the stream was written.
+    pub states: Vec<StateInfo>,
     /// Size of the file.
     pub bytes: u64,
     /// Entries written, over all states.
@@ -208,6 +211,7 @@ fn write_into(engine: &Engine, file: File, out: &Path) -> Result<CanonicalSummar
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("syncing the directory of a canonical savepoint", dir, e))?;
     Ok(CanonicalSummary {
+        states: header.states,
         bytes,
         entries,
         hash,

@@ -200,9 +200,6 @@ impl BackendHandle {
         format: SnapshotFormat,
     ) -> Result<()> {
         check_max_parallelism(self.max_parallelism)?;
-        if format == SnapshotFormat::Canonical {
-            return self.validate_canonical(job_id, kind, id);
-        }
         if self.key_groups.end() > self.max_parallelism {
             return Err(Error::corruption(format!(
                 "backend {} exceeds max_parallelism {}",
@@ -215,6 +212,9 @@ impl BackendHandle {
                 "backend {} lists {files} files",
                 self.key_groups
             )));
+        }
+        if format == SnapshotFormat::Canonical {
+            return self.validate_canonical(job_id, kind, id);
         }
         let mut names = HashSet::new();
         let mut unique = |name: &str| -> Result<()> {

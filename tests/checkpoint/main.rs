@@ -18,6 +18,7 @@ mod multihost;
 mod multiwriter;
 mod relocate;
 mod rescale;
+mod rescale_attack;
 mod resume_loop;
 mod s3_attack;
 mod savepoints;

@@ -773,7 +773,8 @@ impl CheckpointCoordinator {
             let handle = BackendHandle {
                 key_groups: backend.key_groups(),
                 max_parallelism: backend.max_parallelism(),
-                states: backend.states(),
+                // The stream's own states: a state registered while it was written is not in it.
+                states: summary.states,
                 shared_files: Vec::new(),
                 log_files: Vec::new(),
                 private_files: vec![PrivateFile {

@@ -48,29 +48,42 @@ impl CheckpointCoordinator {
             store.delete(&pin_path).await.ok();
             return Err(self.explain_download_failure(&metadata, e).await);
         }
-        let done: Vec<PathBuf> = targets.iter().map(|t| t.dir.clone()).collect();
+        // R7 before the restore takes effect: a backend that does not open (its files do not
+        // hold the states the record names) fails the whole restore and leaves nothing.
+        let remove_targets = || {
+            for target in targets {
+                let _ = std::fs::remove_dir_all(&target.dir);
+            }
+        };
+        let opened: Result<Vec<KeyedStateBackend>> = routes
+            .iter()
+            .zip(targets)
+            .map(|(route, target)| open_restored(&metadata, route, target))
+            .collect();
+        let backends = match opened {
+            Ok(backends) => backends,
+            Err(e) => {
+                remove_targets();
+                store.delete(&pin_path).await.ok();
+                return Err(e);
+            }
+        };
         match mode {
             ClaimMode::NoClaim => self.add_restore_pin(pin_path, hashes.iter().copied()),
             // R6: the reader pin protects every file until this job's record references them.
             ClaimMode::Claim => {
-                let claimed = self.claim_checkpoint(&metadata, targets).await;
+                let claimed = self.claim_checkpoint(&metadata).await;
                 store.delete(&pin_path).await.ok();
                 if let Err(e) = claimed {
-                    for dir in done {
-                        let _ = std::fs::remove_dir_all(dir);
-                    }
+                    drop(backends);
+                    remove_targets();
                     return Err(e);
                 }
                 self.release_source(&metadata).await?;
             }
         }
         self.set_restored_from(metadata.metadata_path());
-        // R7
-        routes
-            .iter()
-            .zip(targets)
-            .map(|(route, target)| open_restored(&metadata, route, target))
-            .collect()
+        Ok(backends)
     }
 
     /// A file missing under a restore whose pin was live is damage; but the pin dies when this
@@ -105,58 +118,44 @@ impl CheckpointCoordinator {
         }
     }
 
-    pub(super) async fn claim_checkpoint(
-        &self,
-        metadata: &CheckpointMetadata,
-        targets: &[RestoreTarget],
-    ) -> Result<()> {
+    pub(super) async fn claim_checkpoint(&self, metadata: &CheckpointMetadata) -> Result<()> {
         let id = self.allocate_id()?;
-        let claimed = self.claim_checkpoint_as(metadata, targets, id).await;
+        let claimed = self.claim_checkpoint_as(metadata, id).await;
         self.end_claim(id);
         claimed
     }
 
-    async fn claim_checkpoint_as(
-        &self,
-        metadata: &CheckpointMetadata,
-        targets: &[RestoreTarget],
-        id: u64,
-    ) -> Result<()> {
+    async fn claim_checkpoint_as(&self, metadata: &CheckpointMetadata, id: u64) -> Result<()> {
         let store = &**self.store();
         let mut adopted = metadata.clone();
         adopted.job_id = self.job_id().to_owned();
         adopted.checkpoint_id = id;
         adopted.claimed_from = Some(metadata.metadata_path());
-        // Private files move with the record: the old job's directory will be cleaned up.
+        // Private files move with the record: the old job's directory will be cleaned up. Each is
+        // copied from the store and checked against its recorded size and hash first (the
+        // restored directories may already have replaced theirs), so a damaged one is refused,
+        // not adopted.
         for backend in &mut adopted.backends {
             let tag = backend.tag();
-            let local_dir = targets
-                .iter()
-                .find(|t| t.key_groups == backend.key_groups)
-                .map(|t| t.dir.join(DB_DIR));
             for private in &mut backend.private_files {
                 let path = format!(
                     "{}/{tag}/{}",
                     checkpoint_dir(self.job_id(), SnapshotKind::Checkpoint, id),
                     private.local_name
                 );
-                match &local_dir {
-                    Some(dir) => {
-                        store
-                            .put_file(
-                                &path,
-                                &dir.join(&private.local_name),
-                                0,
-                                private.size,
-                                private.hash,
-                            )
-                            .await?
-                    }
-                    None => {
-                        let bytes = store.get(&private.path).await?;
-                        store.put(&path, bytes, WriteMode::Replace).await?;
-                    }
-                }
+                let bytes = store
+                    .get(&private.path)
+                    .await
+                    .map_err(|e| missing_as_corruption(e, &private.path, &private.local_name))?;
+                let mut verifier = Verifier::new(
+                    format!("{} ({})", private.path, private.local_name),
+                    private.hash,
+                    private.size,
+                );
+                verifier.size_is(bytes.len() as u64)?;
+                verifier.update(&bytes)?;
+                verifier.finish()?;
+                store.put(&path, bytes, WriteMode::Replace).await?;
                 private.path = path;
             }
         }

@@ -228,7 +228,11 @@ pub async fn restore_backend(
         restore_all(store, &metadata, targets, &routes, parallelism, progress),
     )
     .await?;
-    open_restored(&metadata, &routes[0], target)
+    // A backend that does not open (its files do not hold the states the record names) is not
+    // left behind.
+    open_restored(&metadata, &routes[0], target).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&target.dir);
+    })
 }
 
 /// [`check_restorable`] for every backend the routes read.
@@ -303,7 +307,7 @@ fn open_restored(
         return Err(Error::corruption(format!(
             "restored backend {} does not hold the states the checkpoint recorded: it holds {:?}, \
              the checkpoint recorded {:?}",
-            handle.key_groups,
+            target.key_groups,
             describe(&found),
             describe(&recorded)
         )));
@@ -320,7 +324,7 @@ fn open_restored(
         backend.seed_log_chains(&handle.log_files);
     }
     tracing::debug!(
-        key_groups = %handle.key_groups,
+        key_groups = %target.key_groups,
         open_us = started.elapsed().as_micros() as u64,
         "restored backend opened"
     );

@@ -194,6 +194,9 @@ pub(super) fn hashes_read(
 /// future leaves nothing behind.
 #[derive(Default)]
 struct Leftovers {
+    /// Temporary directories of targets being assembled.
+    temps: Vec<PathBuf>,
+    /// Targets renamed into place.
     done: Vec<PathBuf>,
     scratch: Option<PathBuf>,
     succeeded: bool,
@@ -204,6 +207,9 @@ impl Drop for Leftovers {
         if let Some(scratch) = &self.scratch {
             let _ = std::fs::remove_dir_all(scratch);
         }
+        for temp in &self.temps {
+            let _ = std::fs::remove_dir_all(temp);
+        }
         if !self.succeeded {
             for dir in &self.done {
                 let _ = std::fs::remove_dir_all(dir);
@@ -212,10 +218,12 @@ impl Drop for Leftovers {
     }
 }
 
-/// R5 for every target, all or nothing: on any failure, the targets already restored are removed
-/// again and the error is returned. Each source backend is downloaded once: straight into its
-/// target for `Exact`; otherwise into a scratch directory next to the first such target, from
-/// which each target takes hard links of the SSTs (copies if links fail) and copies of the rest.
+/// R5 for every target, all or nothing: every target is assembled in its temporary directory and
+/// renamed into place only once all are complete; on any failure, or when the future is dropped,
+/// everything created is removed and the error returned. Each source backend is downloaded once:
+/// into its target's temporary for `Exact`; otherwise into a scratch directory next to the first
+/// such target, from which each target takes hard links of the SSTs (copies if links fail) and
+/// copies of the rest.
 pub(super) async fn restore_all(
     store: &dyn Store,
     metadata: &CheckpointMetadata,
@@ -235,22 +243,27 @@ pub(super) async fn restore_all(
         .map(|d| temporary_for(d))
         .collect::<Result<_>>()?;
     let mut reports = vec![DownloadReport::default(); targets.len()];
-    // Downloads: exact targets straight into place, every other source once into the scratch
-    // directory (next to the first target that needs one).
+    // Downloads: exact targets into their temporaries, every other source once into the scratch
+    // directory (named after the first target that needs one, so that a retry into that target
+    // sweeps it up if this restore is killed).
     let mut downloaded: BTreeMap<(u32, u32), PathBuf> = BTreeMap::new();
     for (i, (target, route)) in targets.iter().zip(routes).enumerate() {
         if *route == RestoreRoute::Exact {
             let handle = handle_of(metadata, target.key_groups);
-            reports[i] =
-                download_backend(store, handle, &dirs[i], parallelism, progress.clone()).await?;
-            left.done.push(dirs[i].clone());
+            left.temps.push(temps[i].clone());
+            let db = temps[i].join(DB_DIR);
+            std::fs::create_dir_all(&db).map_err(|e| Error::io("creating", &db, e))?;
+            reports[i] = fill(store, handle, &db, parallelism, progress.clone()).await?;
             continue;
         }
         let scratch_dir = left
             .scratch
             .get_or_insert_with(|| {
-                let parent = temps[i].parent().expect("a temporary has a parent");
-                parent.join(format!(".rockpoint-rescale-{}", crate::util::nonce()))
+                let name = temps[i].file_name().expect("a temporary has a name");
+                let name = name
+                    .to_string_lossy()
+                    .replacen(".restore-", ".restore-scratch-", 1);
+                temps[i].with_file_name(name)
             })
             .clone();
         for range in route.sources(target.key_groups) {
@@ -272,8 +285,7 @@ pub(super) async fn restore_all(
         }
     }
     // Builds: every other target at once (CPU-bound: clipping, copying, loading), each on a
-    // blocking thread. All are awaited, so that none renames its directory into place after a
-    // failure was reported and the restored targets removed.
+    // blocking thread into its temporary. All are awaited before anything is renamed.
     let builds = targets
         .iter()
         .zip(routes)
@@ -291,20 +303,15 @@ pub(super) async fn restore_all(
                 target.settings.clone(),
                 target.key_groups,
             );
-            let (temp, dir) = (temps[i].clone(), dirs[i].clone());
+            let temp = temps[i].clone();
+            left.temps.push(temp.clone());
             let task = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
                 let built = if load {
                     build_loaded(&temp, &sources, max_parallelism, &settings, to)
                 } else {
                     build_rescoped(&temp, &sources, max_parallelism, &settings, to)
-                }
-                .and_then(|()| {
-                    fs::rename_dir_durable(&StdFs, &temp, &dir).map_err(DurableError::into_error)
-                });
-                if built.is_err() {
-                    let _ = std::fs::remove_dir_all(&temp);
-                }
+                };
                 tracing::debug!(
                     key_groups = %to,
                     build_us = started.elapsed().as_micros() as u64,
@@ -314,29 +321,29 @@ pub(super) async fn restore_all(
                 built
             });
             async move {
-                let built = task
-                    .await
+                task.await
                     .map_err(|e| Error::task("rescaling restore", e))
-                    .and_then(|r| r);
-                (i, built)
+                    .and_then(|r| r)
             }
-        });
+        })
+        .collect::<Vec<_>>();
     let mut failure = None;
-    for (i, built) in futures::future::join_all(builds).await {
-        match built {
-            Ok(()) => left.done.push(dirs[i].clone()),
-            Err(e) => {
-                failure.get_or_insert(e);
-            }
+    for built in futures::future::join_all(builds).await {
+        if let Err(e) = built {
+            failure.get_or_insert(e);
         }
     }
-    match failure {
-        Some(e) => Err(e),
-        None => {
-            left.succeeded = true;
-            Ok(reports)
-        }
+    if let Some(e) = failure {
+        return Err(e);
     }
+    // Every target is complete: rename them into place, one after the other (a crash in between
+    // leaves the first ones restored; a retry refuses them as not empty).
+    for (temp, dir) in temps.iter().zip(&dirs) {
+        fs::rename_dir_durable(&StdFs, temp, dir).map_err(DurableError::into_error)?;
+        left.done.push(dir.clone());
+    }
+    left.succeeded = true;
+    Ok(reports)
 }
 
 /// Downloads the one stream of a canonical backend into `into/CANONICAL_FILE`, verified.
