@@ -389,7 +389,9 @@ fn orphaned_records(
         let owner_live =
             record.owner.is_some() && record.lease_until_ms.saturating_add(margin_ms) >= now_ms;
         // Ids below `finished_below` ended: their leftovers are GC's even while the owner lives.
+        // An export's id is never the owner's: its leftovers are held only by the export's pin.
         let owners_business = owner_live
+            && !record.exporting.contains(&id)
             && ((id >= record.epoch_first_id && id >= record.finished_below)
                 || record.discarding.contains(&id));
         if complete

@@ -61,6 +61,11 @@ pub struct JobRecord {
     /// the coordinator gave up on it). Written at every record swap; 0 in records written before it.
     #[serde(default)]
     pub finished_below: u64,
+    /// Ids taken by exports (X1 of `docs/protocols.md`, "Export") that are not committed yet:
+    /// never the owner's, so GC collects their leftovers once their pin is gone, even while the
+    /// owner lives. Ascending; absent in records written before exports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exporting: Vec<u64>,
 }
 
 impl JobRecord {
@@ -77,6 +82,7 @@ impl JobRecord {
             discarding: Vec::new(),
             updated_at_ms: 0,
             finished_below: 0,
+            exporting: Vec::new(),
         }
     }
 
@@ -104,7 +110,13 @@ impl JobRecord {
             && bounded(&self.retained)
             && bounded(&self.savepoints)
             && bounded(&self.discarding)
-            && self.retained.len() + self.savepoints.len() + self.discarding.len() <= 1_000_000;
+            && sorted(&self.exporting)
+            && bounded(&self.exporting)
+            && self.retained.len()
+                + self.savepoints.len()
+                + self.discarding.len()
+                + self.exporting.len()
+                <= 1_000_000;
         if ok {
             Ok(())
         } else {

@@ -137,9 +137,18 @@ impl Export<'_> {
     async fn attempt(&self, id: u64, temp: &Path) -> Result<Attempt> {
         // X2: the pin first, then the intents (reuser rule); only then HEAD and copy.
         let pin_path = layout::reader_pin_path(self.job, SnapshotKind::Savepoint, id);
-        self.to
+        if let Err(e) = self
+            .to
             .put(&pin_path, self.pin(id)?, WriteMode::CreateOnly)
-            .await?;
+            .await
+        {
+            // The put may have landed (reported failed): a pin left behind would hold every hash
+            // for an hour. Nothing else of the attempt exists yet.
+            if self.to.delete(&pin_path).await.is_ok() {
+                forget_export(self.to, self.job, id).await;
+            }
+            return Err(e);
+        }
         let work = async {
             let wanted = self.hashes.iter().copied().collect();
             job::wait_for_intents(self.to, &wanted, &|| Ok(())).await?;
@@ -178,13 +187,15 @@ impl Export<'_> {
             // the record before the commit must still find it).
             Ok(true) => Ok(Attempt::Committed),
             Ok(false) => {
-                self.remove_attempt(id, &pin_path).await;
+                if settle(self.to, self.job, id).await == Some(false) {
+                    self.remove_attempt(id, &pin_path).await;
+                }
                 Ok(Attempt::Restart)
             }
             Err(e) => {
-                // An error of X6 itself may hide a swap that happened (`swap_job` resolves what it
-                // can): then the records stay, listed or swept as orphans later.
-                if committed(self.to, self.job, id).await == Some(false) {
+                // An error of X6 itself may hide a swap still in flight: the records are removed
+                // only once a swap of the record settled that `id` is not committed.
+                if settle(self.to, self.job, id).await == Some(false) {
                     self.remove_attempt(id, &pin_path).await;
                 }
                 Err(e)
@@ -215,7 +226,9 @@ impl Export<'_> {
             }
         }
         removed &= self.to.delete(pin_path).await.is_ok();
-        if !removed {
+        if removed {
+            forget_export(self.to, self.job, id).await;
+        } else {
             tracing::warn!(
                 job = self.job,
                 savepoint = id,
@@ -388,6 +401,7 @@ async fn allocate_id(store: &dyn Store, job: &str) -> Result<u64> {
         let id = record.next_id;
         let mut next = record;
         next.next_id = id + 1;
+        next.exporting.push(id);
         next.updated_at_ms = crate::util::now_ms();
         if job::swap_job(store, &next, version.as_ref())
             .await?
@@ -449,6 +463,7 @@ async fn commit(store: &dyn Store, job: &str, id: u64) -> Result<bool> {
         let mut next = record;
         next.savepoints.push(id);
         next.savepoints.sort_unstable();
+        next.exporting.retain(|&e| e != id);
         next.updated_at_ms = crate::util::now_ms();
         if job::swap_job(store, &next, Some(&version)).await?.is_some() {
             return Ok(true);
@@ -460,14 +475,66 @@ async fn commit(store: &dyn Store, job: &str, id: u64) -> Result<bool> {
     )))
 }
 
-/// Whether the job's record lists savepoint `id` (`None`: the record cannot be read, so nothing
-/// written may be removed).
-async fn committed(store: &dyn Store, job: &str, id: u64) -> Option<bool> {
-    match job::read_job(store, job).await {
-        Ok(Some((record, _))) => Some(record.savepoints.contains(&id)),
-        Ok(None) => Some(false),
-        Err(_) => None,
+/// After an X6 that failed or was not reached: whether savepoint `id` is committed, settled so that
+/// it cannot change any more. `Some(false)` only after a swap of the record (a no-op but for its
+/// time) succeeded from a version that does not list `id`: an X6 swap still in flight (sent,
+/// reported failed, landing later) was conditioned on an older version and can no longer land, so
+/// the attempt's records may be removed. `None`: unknown (the record cannot be read or swapped),
+/// so nothing written may be removed; GC collects it once the pin expired (the id stays in
+/// `exporting`, so it is never taken for the owner's).
+async fn settle(store: &dyn Store, job: &str, id: u64) -> Option<bool> {
+    update_record(store, job, |record| {
+        if record.savepoints.contains(&id) {
+            return Some(true);
+        }
+        record.updated_at_ms = crate::util::now_ms();
+        None
+    })
+    .await
+    .map(|listed| listed.unwrap_or(false))
+}
+
+/// Drops `id` from the record's `exporting` once nothing of its attempt is left (best effort: an
+/// id left there only makes GC treat its leftovers as the export's, which they are).
+async fn forget_export(store: &dyn Store, job: &str, id: u64) {
+    let forgotten = update_record(store, job, |record| {
+        record.exporting.retain(|&e| e != id);
+        None::<()>
+    })
+    .await;
+    if forgotten.is_none() {
+        tracing::warn!(
+            job,
+            savepoint = id,
+            "an export's id stays listed as exporting"
+        );
     }
+}
+
+/// Applies `change` to the job's record by compare-and-swap until a swap succeeds (`Some(None)`),
+/// or `change` answers without a swap (`Some(Some(answer))`); `None` when the record cannot be
+/// read or swapped. A record that is gone takes no swap (`Some(None)`).
+async fn update_record<T>(
+    store: &dyn Store,
+    job: &str,
+    change: impl Fn(&mut JobRecord) -> Option<T>,
+) -> Option<Option<T>> {
+    for _ in 0..SWAPS {
+        let (mut record, version) = match job::read_job(store, job).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return Some(None),
+            Err(_) => return None,
+        };
+        if let Some(answer) = change(&mut record) {
+            return Some(Some(answer));
+        }
+        match job::swap_job(store, &record, Some(&version)).await {
+            Ok(Some(_)) => return Some(None),
+            Ok(None) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// A private temporary directory for downloads, removed when dropped.

@@ -381,6 +381,7 @@ async fn job_record_at_the_largest_epoch_panics_open_and_gc() -> TestResult {
         discarding: vec![],
         updated_at_ms: 1,
         finished_below: 0,
+        exporting: vec![],
     };
     store
         .put("jobs/x/_job", seal_job(&record)?, WriteMode::CreateOnly)

@@ -10,6 +10,7 @@ mod cancellation;
 mod concurrency;
 mod corruption;
 mod cost;
+mod export_attack;
 mod finished_attack;
 mod gc;
 mod hostile;

@@ -104,8 +104,16 @@ impl CheckpointCoordinator {
                 .ok_or_else(|| Error::invalid("the coordinator has not claimed its job"))?;
             let mut next = current.record.clone();
             change(&mut next)?;
-            let (done, next_id, finished_below) = {
+            let (done, finished_below, own_left) = {
                 let state = self.lock();
+                // The ids left in this coordinator's own blocks (ids other writers took from the
+                // record are not its reserve).
+                let own_left = state.reserved_until.saturating_sub(state.next_id)
+                    + state
+                        .later_blocks
+                        .iter()
+                        .map(|(start, end)| end - start)
+                        .sum::<u64>();
                 // Every id below the smallest in flight (or below the next to hand out) ended.
                 let finished_below = state
                     .pending
@@ -114,11 +122,11 @@ impl CheckpointCoordinator {
                     .min()
                     .copied()
                     .unwrap_or(state.next_id);
-                (state.discarded.clone(), state.next_id, finished_below)
+                (state.discarded.clone(), finished_below, own_left)
             };
             next.finished_below = next.finished_below.max(finished_below.min(next.next_id));
             next.discarding.retain(|id| !done.contains(id));
-            if next.next_id.saturating_sub(next_id) < ID_LOW_WATER {
+            if own_left < ID_LOW_WATER {
                 next.next_id += ID_BLOCK;
             }
             next.updated_at_ms = crate::util::now_ms();

@@ -92,13 +92,18 @@ pub(crate) async fn pin_for_reading(
         hashes: hashes.to_vec(),
         owner,
     };
-    store
+    if let Err(e) = store
         .put(
             &path,
             Bytes::from(metadata::encode_pin(&pin)?),
             WriteMode::CreateOnly,
         )
-        .await?;
+        .await
+    {
+        // The put may have landed though reported failed: do not leave a live pin behind.
+        store.delete(&path).await.ok();
+        return Err(e);
+    }
     let checked = async {
         ensure_complete(store, metadata).await.map_err(|e| {
             if e.kind() == ErrorKind::NotFound {
