@@ -573,6 +573,7 @@ fn copy_range(
     read_opts.set_iterate_lower_bound(low);
     read_opts.set_iterate_upper_bound(high);
     read_opts.fill_cache(false);
+    read_opts.set_readahead_size(4 << 20);
     let file = staging.join(format!("copy-{}.sst", crate::util::nonce()));
     let mut writer = rocksdb::SstFileWriter::create(cf_options);
     writer

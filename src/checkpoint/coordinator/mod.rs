@@ -728,35 +728,61 @@ impl CheckpointCoordinator {
             return Err(Error::invalid("a savepoint needs at least one backend"));
         }
         let store = self.st();
+        // Every backend's writer starts at once, so their snapshots are taken close together (as
+        // the synchronous phases of a checkpoint are); all are awaited before anything is judged,
+        // so that no stream is still being written when the files are removed.
+        let started = Instant::now();
+        let writers: Vec<_> = backends
+            .iter()
+            .map(|backend| {
+                let engine = backend.inner.clone();
+                let staging = engine.dir.join(crate::engine::STAGING_DIR);
+                let local = staging.join(format!("canonical-{}.rkpc", crate::util::nonce()));
+                let file = local.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&staging)
+                        .map_err(|e| Error::io("creating", &staging, e))?;
+                    crate::canonical::write_canonical(&engine, &file)
+                });
+                (local, task)
+            })
+            .collect();
+        let mut locals = Vec::with_capacity(writers.len());
+        let mut summaries = Vec::with_capacity(writers.len());
+        let mut failure = None;
+        for (local, task) in writers {
+            match task.await {
+                Ok(Ok(summary)) => summaries.push(summary),
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(e) => {
+                    failure.get_or_insert(Error::task("writing a canonical savepoint", e));
+                }
+            }
+            locals.push(local);
+        }
+        // Every stream goes, uploaded or not.
+        struct Remove(Vec<std::path::PathBuf>);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                for local in &self.0 {
+                    let _ = std::fs::remove_file(local);
+                }
+            }
+        }
+        let locals = Remove(locals);
+        if let Some(e) = failure {
+            return Err(e);
+        }
         let mut handles = Vec::with_capacity(backends.len());
-        for backend in backends {
+        for ((backend, local), summary) in backends.iter().zip(&locals.0).zip(summaries) {
             if ticket.is_cancelled() {
                 return Err(Error::cancelled(format!(
                     "savepoint {} of job `{}` was aborted",
                     ticket.checkpoint_id, ticket.job_id
                 )));
             }
-            let engine = backend.inner.clone();
-            let staging = engine.dir.join(crate::engine::STAGING_DIR);
-            let local = staging.join(format!("canonical-{}.rkpc", crate::util::nonce()));
-            let started = Instant::now();
-            let written = {
-                let local = local.clone();
-                tokio::task::spawn_blocking(move || {
-                    std::fs::create_dir_all(&staging)
-                        .map_err(|e| Error::io("creating", &staging, e))?;
-                    crate::canonical::write_canonical(&engine, &local)
-                })
-                .await
-                .map_err(|e| Error::task("writing a canonical savepoint", e))?
-            };
-            let summary = match written {
-                Ok(summary) => summary,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&local);
-                    return Err(e);
-                }
-            };
             let tag = crate::layout::backend_tag(backend.key_groups());
             let path = crate::layout::private_file_path(
                 &ticket.job_id,
@@ -765,11 +791,9 @@ impl CheckpointCoordinator {
                 &tag,
                 CANONICAL_FILE,
             );
-            let uploaded = store
-                .put_file(&path, &local, 0, summary.bytes, summary.hash)
-                .await;
-            let _ = std::fs::remove_file(&local);
-            uploaded?;
+            store
+                .put_file(&path, local, 0, summary.bytes, summary.hash)
+                .await?;
             let handle = BackendHandle {
                 key_groups: backend.key_groups(),
                 max_parallelism: backend.max_parallelism(),
@@ -799,6 +823,7 @@ impl CheckpointCoordinator {
                 .push((handle.clone(), crate::store::address(store)));
             handles.push(handle);
         }
+        drop(locals);
         self.complete(ticket, handles).await
     }
 

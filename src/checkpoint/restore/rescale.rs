@@ -247,87 +247,69 @@ pub(super) async fn restore_all(
     // directory (named after the first target that needs one, so that a retry into that target
     // sweeps it up if this restore is killed).
     let mut downloaded: BTreeMap<(u32, u32), PathBuf> = BTreeMap::new();
-    for (i, (target, route)) in targets.iter().zip(routes).enumerate() {
-        if *route == RestoreRoute::Exact {
-            let handle = handle_of(metadata, target.key_groups);
+    // Builds (CPU-bound: clipping, copying, loading) run on blocking threads into their
+    // temporaries, each started as soon as its sources are downloaded, so that they overlap the
+    // downloads of the next targets. All are awaited, also after a failed download, before
+    // anything is renamed or removed.
+    let mut builds = Vec::new();
+    let downloads: Result<()> = async {
+        for (i, (target, route)) in targets.iter().zip(routes).enumerate() {
             left.temps.push(temps[i].clone());
-            let db = temps[i].join(DB_DIR);
-            std::fs::create_dir_all(&db).map_err(|e| Error::io("creating", &db, e))?;
-            reports[i] = fill(store, handle, &db, parallelism, progress.clone()).await?;
-            continue;
-        }
-        let scratch_dir = left
-            .scratch
-            .get_or_insert_with(|| {
-                let name = temps[i].file_name().expect("a temporary has a name");
-                let name = name
-                    .to_string_lossy()
-                    .replacen(".restore-", ".restore-scratch-", 1);
-                temps[i].with_file_name(name)
-            })
-            .clone();
-        for range in route.sources(target.key_groups) {
-            let key = (range.start(), range.end());
-            if downloaded.contains_key(&key) {
+            if *route == RestoreRoute::Exact {
+                let handle = handle_of(metadata, target.key_groups);
+                let db = temps[i].join(DB_DIR);
+                std::fs::create_dir_all(&db).map_err(|e| Error::io("creating", &db, e))?;
+                reports[i] = fill(store, handle, &db, parallelism, progress.clone()).await?;
                 continue;
             }
-            let handle = handle_of(metadata, range);
-            let into = scratch_dir.join(handle.tag());
-            let got = match route {
-                RestoreRoute::Load { .. } => {
-                    download_stream(store, handle, &into, progress.clone()).await?
+            let scratch_dir = left
+                .scratch
+                .get_or_insert_with(|| {
+                    let name = temps[i].file_name().expect("a temporary has a name");
+                    let name = name
+                        .to_string_lossy()
+                        .replacen(".restore-", ".restore-scratch-", 1);
+                    temps[i].with_file_name(name)
+                })
+                .clone();
+            for range in route.sources(target.key_groups) {
+                let key = (range.start(), range.end());
+                if downloaded.contains_key(&key) {
+                    continue;
                 }
-                _ => download_backend(store, handle, &into, parallelism, progress.clone()).await?,
-            };
-            reports[i].files += got.files;
-            reports[i].bytes += got.bytes;
-            downloaded.insert(key, into);
-        }
-    }
-    // Builds: every other target at once (CPU-bound: clipping, copying, loading), each on a
-    // blocking thread into its temporary. All are awaited before anything is renamed.
-    let builds = targets
-        .iter()
-        .zip(routes)
-        .enumerate()
-        .filter(|(_, (_, route))| **route != RestoreRoute::Exact)
-        .map(|(i, (target, route))| {
+                let handle = handle_of(metadata, range);
+                let into = scratch_dir.join(handle.tag());
+                let got = match route {
+                    RestoreRoute::Load { .. } => {
+                        download_stream(store, handle, &into, progress.clone()).await?
+                    }
+                    _ => {
+                        download_backend(store, handle, &into, parallelism, progress.clone())
+                            .await?
+                    }
+                };
+                reports[i].files += got.files;
+                reports[i].bytes += got.bytes;
+                downloaded.insert(key, into);
+            }
             let sources: Vec<(KeyGroupRange, PathBuf)> = route
                 .sources(target.key_groups)
                 .into_iter()
                 .map(|r| (r, downloaded[&(r.start(), r.end())].clone()))
                 .collect();
-            let load = matches!(route, RestoreRoute::Load { .. });
-            let (max_parallelism, settings, to) = (
+            builds.push(spawn_build(
+                temps[i].clone(),
+                sources,
                 metadata.max_parallelism,
                 target.settings.clone(),
                 target.key_groups,
-            );
-            let temp = temps[i].clone();
-            left.temps.push(temp.clone());
-            let task = tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                let built = if load {
-                    build_loaded(&temp, &sources, max_parallelism, &settings, to)
-                } else {
-                    build_rescoped(&temp, &sources, max_parallelism, &settings, to)
-                };
-                tracing::debug!(
-                    key_groups = %to,
-                    build_us = started.elapsed().as_micros() as u64,
-                    ok = built.is_ok(),
-                    "rescaled backend built"
-                );
-                built
-            });
-            async move {
-                task.await
-                    .map_err(|e| Error::task("rescaling restore", e))
-                    .and_then(|r| r)
-            }
-        })
-        .collect::<Vec<_>>();
-    let mut failure = None;
+                matches!(route, RestoreRoute::Load { .. }),
+            ));
+        }
+        Ok(())
+    }
+    .await;
+    let mut failure = downloads.err();
     for built in futures::future::join_all(builds).await {
         if let Err(e) = built {
             failure.get_or_insert(e);
@@ -344,6 +326,39 @@ pub(super) async fn restore_all(
     }
     left.succeeded = true;
     Ok(reports)
+}
+
+/// Starts building one target in its temporary directory on a blocking thread (now, not when the
+/// returned future is first polled): loaded from canonical streams, or clipped and merged from
+/// downloaded backends.
+fn spawn_build(
+    temp: PathBuf,
+    sources: Vec<(KeyGroupRange, PathBuf)>,
+    max_parallelism: u32,
+    settings: BackendSettings,
+    to: KeyGroupRange,
+    load: bool,
+) -> impl std::future::Future<Output = Result<()>> {
+    let task = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let built = if load {
+            build_loaded(&temp, &sources, max_parallelism, &settings, to)
+        } else {
+            build_rescoped(&temp, &sources, max_parallelism, &settings, to)
+        };
+        tracing::debug!(
+            key_groups = %to,
+            build_us = started.elapsed().as_micros() as u64,
+            ok = built.is_ok(),
+            "rescaled backend built"
+        );
+        built
+    });
+    async move {
+        task.await
+            .map_err(|e| Error::task("rescaling restore", e))
+            .and_then(|r| r)
+    }
 }
 
 /// Downloads the one stream of a canonical backend into `into/CANONICAL_FILE`, verified.
