@@ -758,17 +758,17 @@ async fn a_late_landing_x6_swap_after_the_failed_export_cleaned_up_commits_a_sav
                     path,
                     data,
                     expected,
-                } if path.ends_with("/_job") => {
-                    if self.put_ifs.fetch_add(1, Ordering::SeqCst) == 1 {
-                        *self.stashed.lock().unwrap() =
-                            Some((path.to_owned(), data.clone(), expected.cloned()));
-                        self.fail_read.store(true, Ordering::SeqCst);
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "X6 swap timed out (still in flight)",
-                        )
-                        .into());
-                    }
+                } if path.ends_with("/_job")
+                    && self.put_ifs.fetch_add(1, Ordering::SeqCst) == 1 =>
+                {
+                    *self.stashed.lock().unwrap() =
+                        Some((path.to_owned(), data.clone(), expected.cloned()));
+                    self.fail_read.store(true, Ordering::SeqCst);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "X6 swap timed out (still in flight)",
+                    )
+                    .into());
                 }
                 Op::GetVersioned { path }
                     if path.ends_with("/_job") && self.fail_read.swap(false, Ordering::SeqCst) =>

@@ -242,8 +242,7 @@ async fn download_backend_refuses_a_canonical_handle_and_writes_nothing() -> Tes
     let err =
         rockpoint::restore::download_backend(&*store, &done.metadata.backends[0], &target, 4, None)
             .await
-            .err()
-            .expect("a canonical handle is not downloadable as RocksDB files");
+            .expect_err("a canonical handle is not downloadable as RocksDB files");
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
     assert!(!target.exists());
     assert!(dot_entries(dir.path()).is_empty());
@@ -264,10 +263,9 @@ async fn ambiguous_canonical_stream_upload_leaves_nothing_after_abort_and_gc() -
     faults
         .ambiguous_uploads
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    c.savepoint_canonical(&job.refs())
-        .await
-        .err()
-        .expect("the upload reported failure");
+    let Err(_) = c.savepoint_canonical(&job.refs()).await else {
+        panic!("the upload reported failure");
+    };
     faults
         .ambiguous_uploads
         .store(false, std::sync::atomic::Ordering::SeqCst);
