@@ -46,23 +46,6 @@ fn dot_entries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Every row of each backend lies in its own key groups.
-fn assert_in_range(backends: &[KeyedStateBackend]) -> TestResult {
-    for backend in backends {
-        for (state, rows) in backend.scan_raw()? {
-            for (key, _) in rows {
-                let group = u32::from(u16::from_be_bytes([key[0], key[1]]));
-                assert!(
-                    backend.key_groups().contains(group),
-                    "state `{state}`: key group {group} leaked into backend {}",
-                    backend.key_groups()
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Restores `source` into `targets` (one `restore_backend` each, outside any job).
 async fn restore_ranges(
     store: &dyn Store,
@@ -512,7 +495,7 @@ async fn concurrent_rescaling_restores_into_siblings_do_not_clash() -> TestResul
         .await
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
-    assert_in_range(&backends)?;
+    assert_in_own_key_groups(&backends)?;
     assert!(scan_backends(&backends)? == oracle);
     assert!(dot_entries(&base).is_empty(), "{:?}", dot_entries(&base));
     Ok(())
@@ -604,7 +587,7 @@ async fn rescaling_restore_survives_subsumption_and_gc_at_grace_zero_mid_downloa
     let (restored, meanwhile) = tokio::join!(restore, meanwhile);
     meanwhile?;
     let restored = restored?;
-    assert_in_range(&restored)?;
+    assert_in_own_key_groups(&restored)?;
     assert!(scan_backends(&restored)? == oracle);
     Ok(())
 }
@@ -661,7 +644,7 @@ async fn stale_rows_under_clip_tombstones_never_resurface_through_later_merges()
         vec![kg(0, 63), kg(63, 65), kg(65, 128)],
     ] {
         let restored = restore_ranges(&*store, &source2, dir.path(), &layout).await?;
-        assert_in_range(&restored)?;
+        assert_in_own_key_groups(&restored)?;
         assert!(
             scan_backends(&restored)? == oracle,
             "restored as {layout:?}, the checkpoint differs from its state"
@@ -695,7 +678,7 @@ async fn stale_rows_under_clip_tombstones_never_resurface_through_later_merges()
         &[kg(0, 50), kg(50, 128)],
     )
     .await?;
-    assert_in_range(&restored)?;
+    assert_in_own_key_groups(&restored)?;
     assert!(scan_backends(&restored)? == oracle3);
     Ok(())
 }

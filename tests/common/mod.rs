@@ -165,6 +165,24 @@ pub fn scan_backends(backends: &[KeyedStateBackend]) -> TestResult<Scan> {
     Ok(all)
 }
 
+/// Every row of each backend lies in the backend's own key groups: a key group a rescaling restore
+/// clipped away, or that leaked into a neighbour, fails here.
+pub fn assert_in_own_key_groups(backends: &[KeyedStateBackend]) -> TestResult {
+    for backend in backends {
+        for (state, rows) in backend.scan_raw()? {
+            for (key, _) in rows {
+                let group = u32::from(u16::from_be_bytes([key[0], key[1]]));
+                assert!(
+                    backend.key_groups().contains(group),
+                    "state `{state}`: key group {group} leaked into backend {}",
+                    backend.key_groups()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Restores every backend of the checkpoint at `path` (outside any job) and scans them.
 pub async fn restore_scan(store: &dyn Store, path: &str, base: &Path) -> TestResult<Scan> {
     let (_, metadata) =
