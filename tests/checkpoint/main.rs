@@ -19,6 +19,8 @@ mod multihost;
 mod multiwriter;
 mod relocate;
 mod rescale;
+mod root_marker;
+mod metrics;
 mod rescale_attack;
 mod resume_loop;
 mod s3_attack;
