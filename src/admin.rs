@@ -6,16 +6,22 @@
 //! metadata record; it writes nothing. A record that cannot be read is reported in
 //! [`RootView::unreadable`] and leaves the rest of the view intact; a record that vanishes between
 //! the listing and its read (a job discarding it meanwhile) is simply not in the view.
+//!
+//! Whether a location is a root at all ([`root_status`]: its `rockpoint-root` marker, or the job
+//! records of a root older than markers) is asked before anything else; [`mark_root`] is the one
+//! writer here, for tools that create a root (an export into an empty location).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::checkpoint::gc::{RootStatus, mark_root, root_status};
 use crate::checkpoint::job;
 pub use crate::checkpoint::job::{JobRecord, job_record};
 use crate::checkpoint::metadata::{self, CheckpointMetadata};
 use crate::error::{ErrorKind, Result};
 use crate::hash::ContentHash;
+pub use crate::layout::RootMarker;
 use crate::layout::{self, SnapshotKind};
 use crate::store::Store;
 

@@ -31,6 +31,8 @@ const LAYERS: &[&str] = &[
     "state",
     "descriptor",
     "backend",
+    // What checkpoints, restores and GC publish (names and recording; knows no checkpoint).
+    "metrics",
     // Checkpoints: snapshot, coordinator, restore, GC.
     "checkpoint",
     // Operators' read-only view of a root.

@@ -788,6 +788,8 @@ fn msgpack_len(bytes: &[u8]) -> Option<usize> {
 
 /// Decodes exactly one MessagePack value filling `bytes`.
 fn decode_exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
+    // Before the decoder pre-sizes a collection by a length the frame declares.
+    codec::check_declared_lengths(bytes)?;
     let mut rest = bytes;
     let value = rmp_serde::decode::from_read(&mut rest).map_err(|e| e.to_string())?;
     if !rest.is_empty() {

@@ -160,3 +160,106 @@ pub(crate) fn decode_error(state: &str, what: &'static str, reason: String) -> E
     }
     .into()
 }
+
+/// Checks that every length a MessagePack value declares (of arrays, maps, strings, binaries and
+/// extensions) fits in the bytes that follow it, without decoding anything. Run on records read
+/// from storage before they are decoded: a decoder pre-sizes collections by their declared length
+/// (serde caps that at 1 MiB per collection), so a 100-byte record declaring 2^32 elements would
+/// otherwise cost megabytes before the first element fails. After this check a declared count is
+/// at most the record's length. Walks iteratively (no recursion, whatever the nesting); bytes after
+/// the first value are left to the decoder.
+pub(crate) fn check_declared_lengths(bytes: &[u8]) -> std::result::Result<(), String> {
+    let mut pos = 0usize;
+    let mut pending: u64 = 1;
+    let take = |pos: &mut usize, n: usize| -> std::result::Result<u64, String> {
+        let end = pos
+            .checked_add(n)
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| format!("truncated at byte {}", *pos))?;
+        let value = bytes[*pos..end]
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+        *pos = end;
+        Ok(value)
+    };
+    while pending > 0 {
+        let marker = *bytes
+            .get(pos)
+            .ok_or_else(|| format!("truncated at byte {pos}"))?;
+        pos += 1;
+        pending -= 1;
+        // (elements to add, bytes to skip)
+        let (children, skip): (u64, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (2 * u64::from(marker & 0x0f), 0),
+            0x90..=0x9f => (u64::from(marker & 0x0f), 0),
+            0xa0..=0xbf => (0, u64::from(marker & 0x1f)),
+            0xc4 | 0xd9 => (0, take(&mut pos, 1)?),
+            0xc5 | 0xda => (0, take(&mut pos, 2)?),
+            0xc6 | 0xdb => (0, take(&mut pos, 4)?),
+            0xc7 => (0, take(&mut pos, 1)? + 1),
+            0xc8 => (0, take(&mut pos, 2)? + 1),
+            0xc9 => (0, take(&mut pos, 4)? + 1),
+            0xca | 0xce | 0xd2 => (0, 4),
+            0xcb | 0xcf | 0xd3 => (0, 8),
+            0xcc | 0xd0 => (0, 1),
+            0xcd | 0xd1 => (0, 2),
+            0xd4 => (0, 2),
+            0xd5 => (0, 3),
+            0xd6 => (0, 5),
+            0xd7 => (0, 9),
+            0xd8 => (0, 17),
+            0xdc => (take(&mut pos, 2)?, 0),
+            0xdd => (take(&mut pos, 4)?, 0),
+            0xde => (2 * take(&mut pos, 2)?, 0),
+            0xdf => (2 * take(&mut pos, 4)?, 0),
+            0xc1 => return Err(format!("reserved marker 0xc1 at byte {}", pos - 1)),
+        };
+        let left = (bytes.len() - pos) as u64;
+        if skip > left {
+            return Err(format!(
+                "a value at byte {} declares {skip} bytes, {left} follow",
+                pos - 1
+            ));
+        }
+        pos += skip as usize;
+        // Every element takes at least one byte.
+        pending = pending
+            .checked_add(children)
+            .filter(|&p| p <= (bytes.len() - pos) as u64)
+            .ok_or_else(|| {
+                format!(
+                    "a collection at byte {} declares more elements than bytes follow",
+                    pos - 1
+                )
+            })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod declared_length_tests {
+    use super::check_declared_lengths;
+
+    #[test]
+    fn declared_lengths_must_fit_in_what_follows() {
+        let valid = rmp_serde::to_vec_named(&(vec![1u32, 2, 3], "abc", vec![vec![0u8; 40]]))
+            .expect("encodes");
+        check_declared_lengths(&valid).unwrap();
+        // An array of 2^32 - 1 elements in a few bytes, a string longer than the record, a map
+        // of 65535 pairs: refused without decoding.
+        for crafted in [
+            &[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01][..],
+            &[0xdb, 0x00, 0x01, 0x00, 0x00, b'a'][..],
+            &[0xde, 0xff, 0xff, 0x01, 0x02][..],
+            &[0x92, 0x01][..],
+            &[0xc1][..],
+            &[][..],
+        ] {
+            assert!(check_declared_lengths(crafted).is_err(), "{crafted:x?}");
+        }
+        // Deep nesting is walked without recursion.
+        let deep: Vec<u8> = std::iter::repeat_n(0x91u8, 100_000).chain([0x01]).collect();
+        check_declared_lengths(&deep).unwrap();
+    }
+}

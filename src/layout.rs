@@ -8,9 +8,14 @@
 //! pins/<job>/<chk|sp>-<id:020>-kg-<s>-<e>           the pin of one backend's in-flight snapshot
 //! pins/<src>/read-<chk|sp>-<id:020>-<nonce>         a reader's pin on a checkpoint of job <src>
 //! gc/<nonce>                                        a GC pass's deletion intent
+//! uploads/<nonce>                                   an object store's multipart upload in progress
+//! probes/conditional-put-<nonce>                    an object store's startup probe
+//! rockpoint-root                                    the root marker: "this is a rockpoint root"
 //! ```
 //!
 //! Nothing else in the crate spells a path; `docs/protocols.md` describes what each object means.
+//! The root marker's record is small text, so it is spelled here too ([`RootMarker`]): anything
+//! outside these prefixes and the marker is not the engine's, and nothing may list or delete it.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,12 +34,123 @@ pub(crate) const INTENTS: &str = "gc/";
 /// Where an object store keeps the records of its multipart uploads in progress (store-internal:
 /// GC's sweep of incomplete writes aborts the uploads whose record outlived the grace period).
 pub(crate) const UPLOADS: &str = "uploads/";
+/// Where an object store's startup probe writes its object (deleted at once; swept if left).
+pub(crate) const PROBES: &str = "probes/";
+/// The root marker: an object at the top of the root saying it is one (see [`RootMarker`]).
+pub(crate) const ROOT_MARKER: &str = "rockpoint-root";
+/// Every prefix the engine writes under. GC and the sweep of incomplete writes list, delete and
+/// remove directories only under these (and the marker's own temporaries): a root may sit in a
+/// directory or bucket that holds other things, and those are never the engine's.
+pub(crate) const LAYOUT_PREFIXES: [&str; 6] = [JOBS, SHARED, PINS, INTENTS, UPLOADS, PROBES];
 /// The name of a commit record inside its checkpoint's directory.
 pub(crate) const METADATA: &str = "_metadata";
 /// The name of the job record inside its job's directory.
 const JOB_RECORD: &str = "_job";
 /// Marks a reader pin among a job's pins.
 const READER_PIN: &str = "read-";
+
+/// Whether `path` lies under one of the layout's prefixes (or is the root marker).
+pub(crate) fn is_layout_path(path: &str) -> bool {
+    path == ROOT_MARKER
+        || LAYOUT_PREFIXES
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+}
+
+/// The version of the root marker's format this build writes.
+pub(crate) const ROOT_MARKER_FORMAT: u32 = 1;
+/// The first line of a root marker.
+const ROOT_MARKER_MAGIC: &str = "rockpoint-root";
+/// A root marker is a few lines; anything larger is not one.
+const ROOT_MARKER_MAX_BYTES: usize = 4096;
+
+/// The record of the root marker `rockpoint-root`: what says a location is a rockpoint root.
+/// Written create-only by the first writer that creates content in the root and never changed.
+///
+/// Its bytes are UTF-8 text, one `key: value` per line after the line `rockpoint-root`:
+///
+/// ```text
+/// rockpoint-root
+/// format_version: 1
+/// created_at_ms: 1712345678901
+/// created_by: rockpoint 0.1.0
+/// ```
+///
+/// Readers need only the first line and `format_version`; unknown keys are ignored (a newer
+/// format may add lines).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootMarker {
+    /// The marker's format version (1).
+    pub format_version: u32,
+    /// When the root was marked, in milliseconds since the Unix epoch (0 if not recorded).
+    pub created_at_ms: u64,
+    /// Who marked it, e.g. `rockpoint 0.1.0` (empty if not recorded).
+    pub created_by: String,
+}
+
+impl RootMarker {
+    /// A marker for a root created now by this build.
+    pub(crate) fn new_now() -> Self {
+        RootMarker {
+            format_version: ROOT_MARKER_FORMAT,
+            created_at_ms: crate::util::now_ms(),
+            created_by: format!("rockpoint {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// The marker's bytes.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let created_by: String = self
+            .created_by
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        format!(
+            "{ROOT_MARKER_MAGIC}\nformat_version: {}\ncreated_at_ms: {}\ncreated_by: {created_by}\n",
+            self.format_version, self.created_at_ms
+        )
+        .into_bytes()
+    }
+
+    /// Decodes a marker read from the root; `Corruption` for anything that is not one.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+        let bad =
+            |why: &str| Error::corruption(format!("`{ROOT_MARKER}` is not a root marker: {why}"));
+        if bytes.len() > ROOT_MARKER_MAX_BYTES {
+            return Err(bad("too large"));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8 text"))?;
+        let mut lines = text.lines();
+        if lines.next().map(str::trim_end) != Some(ROOT_MARKER_MAGIC) {
+            return Err(bad("its first line is not `rockpoint-root`"));
+        }
+        let (mut format_version, mut created_at_ms, mut created_by) = (None, 0, String::new());
+        for line in lines {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            match key.trim() {
+                "format_version" => {
+                    format_version = Some(value.parse().map_err(|_| bad("bad `format_version`"))?)
+                }
+                "created_at_ms" => {
+                    created_at_ms = value.parse().map_err(|_| bad("bad `created_at_ms`"))?
+                }
+                "created_by" => created_by = value.to_owned(),
+                _ => {}
+            }
+        }
+        match format_version {
+            Some(format_version) if format_version >= 1 => Ok(RootMarker {
+                format_version,
+                created_at_ms,
+                created_by,
+            }),
+            _ => Err(bad("no `format_version`")),
+        }
+    }
+}
 
 /// Whether a snapshot is a checkpoint (owned by the engine) or a savepoint (owned by the user).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -287,6 +403,25 @@ mod tests {
         assert_eq!(parse_job_record_path(&job_record_path("j")), Some("j"));
         assert_eq!(parse_job_record_path("jobs/a/b/_job"), None);
         validate_object_path(&intent_path()).unwrap();
+    }
+
+    #[test]
+    fn root_marker_round_trips_and_refuses_other_bytes() {
+        let marker = RootMarker::new_now();
+        assert_eq!(RootMarker::decode(&marker.encode()).unwrap(), marker);
+        let newer = b"rockpoint-root\nformat_version: 7\nsomething_new: x\n";
+        assert_eq!(RootMarker::decode(newer).unwrap().format_version, 7);
+        for bad in [
+            &b""[..],
+            b"hello",
+            b"rockpoint-root\n",
+            b"rockpoint-root\nformat_version: x\n",
+            b"\xff\xfe",
+        ] {
+            assert!(RootMarker::decode(bad).is_err(), "{bad:?}");
+        }
+        assert!(is_layout_path("jobs/j/_job") && is_layout_path(ROOT_MARKER));
+        assert!(!is_layout_path("data/x") && !is_layout_path("jobsx/y"));
     }
 
     #[test]

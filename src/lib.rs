@@ -68,6 +68,7 @@ mod fs;
 mod hash;
 mod keygroup;
 mod layout;
+pub mod metrics;
 mod settings;
 mod state;
 mod state_info;

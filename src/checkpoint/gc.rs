@@ -9,6 +9,11 @@
 //! not passed. A record GC cannot read could reference anything: it is
 //! reported, and it blocks every shared-file deletion of the pass, nothing else. Dry run is the
 //! default.
+//!
+//! GC touches only the layout: it lists, deletes and sweeps only under the layout's prefixes, and
+//! it refuses a store that is not a root ([`root_status`]): one with neither the `rockpoint-root`
+//! marker nor a valid job record, unless it holds no object at all (a root nothing wrote to yet).
+//! A directory or bucket prefix given by mistake is refused rather than swept.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -17,10 +22,118 @@ use serde::{Deserialize, Serialize};
 
 use super::job::{self, CLOCK_MARGIN_MS, DeletionIntent, INTENT_LEASE, JobRecord};
 use super::metadata::{self, CheckpointMetadata, PinOwner, PinRecord};
+use crate::error::Error;
 use crate::error::{ErrorKind, Result};
 use crate::hash::ContentHash;
-use crate::layout::{self, SnapshotKind, parse_checkpoint_path, parse_shared_path};
+use crate::layout::{self, RootMarker, SnapshotKind, parse_checkpoint_path, parse_shared_path};
 use crate::store::{ObjectInfo, Store, SweepMode, WriteMode};
+
+/// Whether a store is a rockpoint root; see [`root_status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootStatus {
+    /// The root marker is there.
+    Marked(RootMarker),
+    /// No marker, but a valid job record under `jobs/*/_job`: a root written by a build older
+    /// than the marker. Writers add the marker.
+    Unmarked {
+        /// A job whose record was read.
+        job_id: String,
+    },
+    /// No marker and no object at all: nothing wrote here yet (not a root, but may become one).
+    Empty,
+    /// No marker, no valid job record, and objects: something else's location.
+    NotARoot {
+        /// Up to a few of the objects found, to name in messages.
+        found: Vec<String>,
+    },
+}
+
+impl RootStatus {
+    /// Whether the location is a root (marked, or an older root with job records).
+    pub fn is_root(&self) -> bool {
+        matches!(self, RootStatus::Marked(_) | RootStatus::Unmarked { .. })
+    }
+}
+
+/// Tells whether `store` is a rockpoint root: its `rockpoint-root` marker, or else (a root written
+/// before markers existed) a valid job record under `jobs/*/_job`, or else whether it is empty.
+/// Reads only; a marker that exists but does not decode is `Corruption`.
+pub async fn root_status(store: &dyn Store) -> Result<RootStatus> {
+    if let Some((bytes, _)) = store.get_versioned(layout::ROOT_MARKER).await? {
+        return Ok(RootStatus::Marked(RootMarker::decode(&bytes)?));
+    }
+    for object in store.list(layout::JOBS).await? {
+        let Some(job_id) = layout::parse_job_record_path(&object.path) else {
+            continue;
+        };
+        if layout::validate_job_id(job_id).is_err() {
+            continue;
+        }
+        if let Ok(Some(_)) = job::read_job(store, job_id).await {
+            return Ok(RootStatus::Unmarked {
+                job_id: job_id.to_owned(),
+            });
+        }
+    }
+    let found: Vec<String> = store
+        .list("")
+        .await?
+        .into_iter()
+        .take(3)
+        .map(|o| o.path)
+        .collect();
+    if found.is_empty() {
+        return Ok(RootStatus::Empty);
+    }
+    // Every writer marks a new root before it writes anything else: content that appeared since
+    // the first look came with a marker, which a second look finds.
+    if let Some((bytes, _)) = store.get_versioned(layout::ROOT_MARKER).await? {
+        return Ok(RootStatus::Marked(RootMarker::decode(&bytes)?));
+    }
+    Ok(RootStatus::NotARoot { found })
+}
+
+/// Writes the root marker if it is missing (create-only: an existing marker is kept, whoever
+/// wrote it). Every writer that creates root content calls this first: a coordinator's claim
+/// (O1), an export into a root (X1), GC of an older unmarked root.
+pub async fn mark_root(store: &dyn Store) -> Result<()> {
+    if store.get_versioned(layout::ROOT_MARKER).await?.is_some() {
+        return Ok(());
+    }
+    let marker = RootMarker::new_now();
+    match store
+        .put(
+            layout::ROOT_MARKER,
+            bytes::Bytes::from(marker.encode()),
+            WriteMode::CreateOnly,
+        )
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(root = store.describe(), "marked the root");
+            Ok(())
+        }
+        // Another writer marked it meanwhile: keep theirs.
+        Err(e) if e.kind() == ErrorKind::Conflict => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The message of a location that is not a root (the CLI prints it too).
+pub(crate) fn not_a_root_message(where_: &str, status: &RootStatus) -> String {
+    let found = match status {
+        RootStatus::NotARoot { found } => {
+            format!(" It holds other objects, e.g. {}.", found.join(", "))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{where_} is not a rockpoint root: no `{}` marker and no job records; check the path (a \
+         root is created by a job's coordinator or an export).{found}",
+        layout::ROOT_MARKER
+    )
+}
 
 /// What GC may remove.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +312,7 @@ impl View {
 }
 
 /// Sweeps `store` (G1–G4).
+#[tracing::instrument(name = "gc", skip_all, fields(mode = ?options.mode))]
 pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<GcReport> {
     let deleting = options.mode == SweepMode::Delete;
     let margin_ms = options.clock_margin.as_millis() as u64;
@@ -210,6 +324,23 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
         dry_run: !deleting,
         ..GcReport::default()
     };
+    // G0: only a root (or an empty store) is collected; an older root gets its marker.
+    report.requests += 2;
+    match root_status(store).await? {
+        RootStatus::Marked(_) | RootStatus::Empty => {}
+        RootStatus::Unmarked { .. } => {
+            if deleting {
+                report.requests += 2;
+                mark_root(store).await?;
+            }
+        }
+        status @ RootStatus::NotARoot { .. } => {
+            return Err(Error::invalid(not_a_root_message(
+                &store.describe(),
+                &status,
+            )));
+        }
+    }
     // G1
     let shared = store.list(layout::SHARED).await?;
     let intents = store.list(layout::INTENTS).await?;
@@ -299,6 +430,13 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
             options.mode,
         )
         .await?;
+    crate::metrics::gc_pass(
+        report.shared_files.len(),
+        report.private_files.len(),
+        report.pins.len(),
+        report.incomplete.len(),
+        report.reclaimed_bytes,
+    );
     Ok(report)
 }
 

@@ -514,6 +514,9 @@ pub(crate) fn unseal<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result
             "{what}: checksum mismatch (the body is corrupt)"
         )));
     }
+    // Before any decoder pre-sizes a collection by a length the body declares.
+    crate::codec::check_declared_lengths(body)
+        .map_err(|e| Error::corruption(format!("{what}: malformed body: {e}")))?;
     Ok(body)
 }
 

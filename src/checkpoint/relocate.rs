@@ -393,6 +393,9 @@ enum Copied {
 /// coordinator's claim does), without owner and with an expired lease: a later coordinator
 /// claims it normally.
 async fn allocate_id(store: &dyn Store, job: &str) -> Result<u64> {
+    // The target becomes (or stays) a root: its marker, create-only (docs/protocols.md, "Storage
+    // layout").
+    crate::checkpoint::gc::mark_root(store).await?;
     for _ in 0..SWAPS {
         let (record, version) = match job::read_job(store, job).await? {
             Some((record, version)) => (record, Some(version)),

@@ -21,6 +21,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::fs::{self, DurableError, Fs, FsEntry, Publish, StdFs};
 use crate::hash::{self, Verifier, copy_hashing};
+use crate::layout;
 
 const CHUNK_BYTES: usize = 1 << 20;
 /// The lock file of compare-and-swaps: housekeeping of this store, never listed as an object.
@@ -197,6 +198,15 @@ impl LocalStore {
                 self.walk(&path, visit)?;
             }
             visit(&path, &entry)?;
+        }
+        Ok(())
+    }
+
+    /// Reports (and with `Delete` removes) the temporary file `path` of an interrupted write.
+    fn sweep_temporary(&self, path: &Path, mode: SweepMode, swept: &mut Vec<String>) -> Result<()> {
+        swept.push(format!("temporary file {}", self.relative(path)));
+        if mode == SweepMode::Delete {
+            fs::remove_file_durable(&*self.fs, path).map_err(|e| self.durable_error(e))?;
         }
         Ok(())
     }
@@ -443,32 +453,49 @@ impl Store for LocalStore {
                 .checked_sub(older_than)
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             let mut swept = Vec::new();
-            let root = this.root.clone();
-            this.walk(&root, &mut |path, entry| {
-                if entry.modified > cutoff {
-                    return Ok(());
-                }
-                if entry.is_dir {
-                    // Directories are visited after their contents. Empty ones are housekeeping of
-                    // this store (object stores have no directories): removed, not reported.
-                    let empty = this
-                        .fs
-                        .read_dir(path)
-                        .map(|e| e.is_empty())
-                        .unwrap_or(false);
-                    if empty && mode == SweepMode::Delete {
-                        fs::remove_dir_if_empty_durable(&*this.fs, path)
-                            .map_err(|e| this.durable_error(e))?;
+            // Only under the layout's prefixes: the root may sit in a directory that holds other
+            // things (and a path given by mistake must lose nothing). Every temporary this store
+            // creates is next to its object, so under one of these — or, for the root marker,
+            // directly in the root, named after it.
+            for prefix in layout::LAYOUT_PREFIXES {
+                let dir = this.root.join(prefix.trim_end_matches('/'));
+                this.walk(&dir, &mut |path, entry| {
+                    if entry.modified > cutoff {
+                        return Ok(());
                     }
-                } else if fs::is_temporary_name(&entry.name) {
-                    swept.push(format!("temporary file {}", this.relative(path)));
-                    if mode == SweepMode::Delete {
-                        fs::remove_file_durable(&*this.fs, path)
-                            .map_err(|e| this.durable_error(e))?;
+                    if entry.is_dir {
+                        // Directories are visited after their contents. Empty ones below a prefix
+                        // are housekeeping of this store (object stores have no directories):
+                        // removed, not reported. The prefix directories themselves stay.
+                        let empty = this
+                            .fs
+                            .read_dir(path)
+                            .map(|e| e.is_empty())
+                            .unwrap_or(false);
+                        if empty && mode == SweepMode::Delete {
+                            fs::remove_dir_if_empty_durable(&*this.fs, path)
+                                .map_err(|e| this.durable_error(e))?;
+                        }
+                    } else if fs::is_temporary_name(&entry.name) {
+                        this.sweep_temporary(path, mode, &mut swept)?;
                     }
+                    Ok(())
+                })?;
+            }
+            let marker_temporary = format!(".{}.tmp-", layout::ROOT_MARKER);
+            let entries = match this.fs.read_dir(&this.root) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(Error::io("listing", &this.root, e)),
+            };
+            for entry in entries {
+                if !entry.is_dir
+                    && entry.modified <= cutoff
+                    && entry.name.starts_with(&marker_temporary)
+                {
+                    this.sweep_temporary(&this.root.join(&entry.name), mode, &mut swept)?;
                 }
-                Ok(())
-            })?;
+            }
             Ok(swept)
         })
         .await

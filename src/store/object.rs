@@ -26,7 +26,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::hash::Verifier;
-use crate::layout::UPLOADS;
+use crate::layout::{self, PROBES, UPLOADS};
 
 /// Files up to this size are uploaded with one request; larger ones in parts of this size, or
 /// larger where a file would need more than [`MAX_PARTS`] of them.
@@ -140,10 +140,10 @@ impl ObjectStoreStore {
     ///
     /// Fails with `Invalid`, naming what the store did, if it does not honour 1–2 or 3–4.
     pub async fn probe(&self) -> Result<()> {
-        let path = format!("probes/conditional-put-{}", crate::util::nonce());
+        let path = format!("{PROBES}conditional-put-{}", crate::util::nonce());
         let honoured = self.probe_conditional_writes(&path).await;
         let listed = self
-            .list("probes/")
+            .list(PROBES)
             .await
             .map(|found| found.iter().any(|o| o.path == path));
         self.delete(&path).await?;
@@ -156,7 +156,7 @@ impl ObjectStoreStore {
             )));
         }
         let still_there = self.head(&path).await?.is_some()
-            || self.list("probes/").await?.iter().any(|o| o.path == path);
+            || self.list(PROBES).await?.iter().any(|o| o.path == path);
         if still_there {
             return Err(Error::invalid(format!(
                 "store {} still shows `{path}` after deleting it: deletion needs \
@@ -404,6 +404,13 @@ impl ObjectStoreStore {
                 }
             };
             match UploadRecord::decode(&body) {
+                // An upload only ever targets an object of the layout: a record naming anything
+                // else is not this engine's, and aborting it could break someone else's upload.
+                Some(record) if !layout::is_layout_path(&record.path) => tracing::warn!(
+                    record = object.path,
+                    target = record.path,
+                    "upload record names an object outside the layout; left alone"
+                ),
                 Some(record) if record.lease_until_ms < now => out.push((object.path, record)),
                 Some(_) => {}
                 None => tracing::warn!(record = object.path, "not an upload record; left alone"),
@@ -727,7 +734,7 @@ impl Store for ObjectStoreStore {
     async fn sweep_incomplete(&self, older_than: Duration, mode: SweepMode) -> Result<Vec<String>> {
         // Probe objects of a process that died mid-probe (P2): nothing reads or references them.
         let mut swept = Vec::new();
-        for probe in self.list("probes/").await? {
+        for probe in self.list(PROBES).await? {
             // A probe takes a few requests; one older than this is surely dead.
             let dead_after = older_than.max(Duration::from_secs(300));
             if probe.modified.elapsed().unwrap_or_default() < dead_after {

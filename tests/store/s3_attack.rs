@@ -221,6 +221,8 @@ async fn upload_record_naming_a_location_outside_the_root_makes_gc_abort_another
 async fn stray_object_under_uploads_makes_every_gc_pass_fail() -> TestResult {
     let mem = Arc::new(InMemory::new());
     let store = ObjectStoreStore::new_unprobed(mem.clone(), "root").track_uploads(mem.clone());
+    // A root (GC refuses a location that is not one).
+    rockpoint::admin::mark_root(&store).await?;
     mem.put(
         &ObjectPath::from("root/uploads/notes copy.txt"),
         PutPayload::from_static(b"hello"),

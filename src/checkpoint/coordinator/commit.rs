@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tracing::Instrument;
 
 use crate::checkpoint::CheckpointTicket;
 use crate::checkpoint::metadata::{self, BackendHandle, CheckpointMetadata};
@@ -20,6 +21,23 @@ use super::{CheckpointCoordinator, CompletedCheckpoint};
 impl CheckpointCoordinator {
     /// Commits a checkpoint from its backends' handles (C1–C6) and applies retention.
     pub async fn complete(
+        &self,
+        ticket: &CheckpointTicket,
+        handles: Vec<BackendHandle>,
+    ) -> Result<CompletedCheckpoint> {
+        // The caller drives the ticket (trigger, snapshot, upload, complete): the commit gets a
+        // `checkpoint` span of its own (`checkpoint()` calls `complete_in` inside its span).
+        let span = tracing::info_span!(
+            "checkpoint",
+            job = %self.inner.job_id,
+            id = ticket.checkpoint_id,
+            kind = crate::metrics::kind_label(ticket.kind),
+        );
+        self.complete_in(ticket, handles).instrument(span).await
+    }
+
+    /// [`complete`](Self::complete) in the caller's span.
+    pub(super) async fn complete_in(
         &self,
         ticket: &CheckpointTicket,
         handles: Vec<BackendHandle>,
@@ -66,6 +84,14 @@ impl CheckpointCoordinator {
         };
         let result = self.commit(ticket, handles, triggered).await;
         guard.armed = false;
+        match &result {
+            Ok(_) => {
+                if let Some(entry) = self.lock().pending.get_mut(&id) {
+                    entry.committed = true;
+                }
+            }
+            Err(e) => self.note_failure(id, e),
+        }
         self.remove_pending(id);
         let released = self.release_ready().await;
         let done = result?;
@@ -103,9 +129,12 @@ impl CheckpointCoordinator {
             cleanup: triggered.elapsed() - committed_after,
             metadata,
         };
-        tracing::debug!(
+        tracing::info!(
             checkpoint = ticket.checkpoint_id,
-            committed_us = done.duration.as_micros() as u64,
+            duration_ms = done.duration.as_millis() as u64,
+            sync_pause_us = done.sync_pause.as_micros() as u64,
+            checkpointed_size_bytes = done.metadata.checkpointed_size_bytes,
+            full_size_bytes = done.metadata.full_size_bytes,
             "checkpoint committed"
         );
         self.record_metrics(&done);
@@ -350,12 +379,41 @@ impl CheckpointCoordinator {
             .uploaded_bytes
             .saturating_record(done.uploaded_bytes());
         metrics.completed += 1;
+        drop(metrics);
+        let backends = &done.metadata.backends;
+        let pauses: Vec<u64> = backends.iter().map(|b| b.sync_pause_us).collect();
+        crate::metrics::checkpoint_completed(
+            &self.inner.job_id,
+            done.metadata.kind,
+            &crate::metrics::CheckpointFigures {
+                duration: done.duration,
+                sync_pauses_us: &pauses,
+                checkpointed_size_bytes: done.metadata.checkpointed_size_bytes,
+                full_size_bytes: done.metadata.full_size_bytes,
+                uploaded_files: backends.iter().map(|b| b.uploaded_files).sum(),
+                reused_files: backends.iter().map(|b| b.reused_files).sum(),
+                uploaded_bytes: done.uploaded_bytes(),
+                reused_bytes: done.reused_bytes(),
+            },
+        );
     }
 
+    /// Ends a ticket's slot (idempotent). The first end of a ticket that did not commit publishes
+    /// its failure: the cause noted first, else `dropped` (its future was dropped) or `cancelled`
+    /// (aborted by the caller, cancel or subsumption).
     pub(super) fn remove_pending(&self, id: u64) {
+        let mut failed = None;
         {
             let mut state = self.lock();
             if let Some(entry) = state.pending.remove(&id) {
+                if !entry.committed {
+                    let reason = match entry.failure {
+                        Some(reason) => reason,
+                        None if entry.dropped => crate::metrics::DROPPED,
+                        None => crate::metrics::reason_label(crate::ErrorKind::Cancelled),
+                    };
+                    failed = Some((entry.kind, reason));
+                }
                 for known in entry.known_ids {
                     if let Some(users) = state.users.get_mut(&known) {
                         *users = users.saturating_sub(1);
@@ -363,6 +421,9 @@ impl CheckpointCoordinator {
                 }
             }
             state.users.retain(|_, users| *users > 0);
+        }
+        if let Some((kind, reason)) = failed {
+            crate::metrics::checkpoint_failed(&self.inner.job_id, kind, reason);
         }
         self.inner.pending_changed.notify_waiters();
     }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use super::job::JobRecord;
 use super::metadata::{
@@ -206,6 +207,10 @@ struct PendingEntry {
     known_ids: Vec<u64>,
     /// Whether the ticket was given the hashes of a restore without claim.
     knows_restore: bool,
+    /// Its commit succeeded (C4): its end is not a failure.
+    committed: bool,
+    /// Why it failed, as first seen (the `reason` its end is published with).
+    failure: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -481,6 +486,16 @@ impl CheckpointCoordinator {
             .clone()
     }
 
+    /// Records why an in-flight checkpoint failed, unless a cause was recorded first: its end
+    /// ([`remove_pending`](Self::remove_pending)) is published with it.
+    fn note_failure(&self, id: u64, error: &Error) {
+        if let Some(entry) = self.lock().pending.get_mut(&id) {
+            entry
+                .failure
+                .get_or_insert(crate::metrics::reason_label(error.kind()));
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, CoordState> {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -572,6 +587,8 @@ impl CheckpointCoordinator {
                 triggered: Instant::now(),
                 known_ids,
                 knows_restore,
+                committed: false,
+                failure: None,
             },
         );
         Ok(CheckpointTicket {
@@ -623,13 +640,44 @@ impl CheckpointCoordinator {
             .await
     }
 
+    /// One `checkpoint` span (job, id, kind) from trigger to commit, so that every log line of
+    /// the checkpoint names it.
     async fn snapshot_and_complete_as(
         &self,
         kind: SnapshotKind,
         format: SnapshotFormat,
         backends: &[&KeyedStateBackend],
     ) -> Result<CompletedCheckpoint> {
-        let ticket = self.trigger_driven(kind).await?;
+        let span = tracing::info_span!(
+            "checkpoint",
+            job = %self.inner.job_id,
+            id = tracing::field::Empty,
+            kind = crate::metrics::kind_label(kind),
+        );
+        self.snapshot_and_complete_in(kind, format, backends)
+            .instrument(span)
+            .await
+    }
+
+    async fn snapshot_and_complete_in(
+        &self,
+        kind: SnapshotKind,
+        format: SnapshotFormat,
+        backends: &[&KeyedStateBackend],
+    ) -> Result<CompletedCheckpoint> {
+        let ticket = match self.trigger_driven(kind).await {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                // No ticket, so no pending entry to publish its end: published here.
+                crate::metrics::checkpoint_failed(
+                    &self.inner.job_id,
+                    kind,
+                    crate::metrics::reason_label(e.kind()),
+                );
+                return Err(e);
+            }
+        };
+        tracing::Span::current().record("id", ticket.checkpoint_id);
         let mut guard = AbortOnDrop {
             coordinator: self.clone(),
             ticket: ticket.clone(),
@@ -643,6 +691,7 @@ impl CheckpointCoordinator {
             // The guard stays armed through the cleanup: a future dropped while it runs still
             // frees the slot (the spawned cleanup repeats the abort, which is idempotent).
             tracing::debug!(checkpoint = ticket.checkpoint_id, error = %e, "checkpoint failed; aborting it");
+            self.note_failure(ticket.checkpoint_id, e);
             if let Err(cleanup) = self.abort(&ticket).await {
                 tracing::warn!(error = %cleanup, "cleanup after a failed checkpoint failed; GC will finish it");
             }
@@ -714,7 +763,7 @@ impl CheckpointCoordinator {
         if let Some(e) = failure {
             return Err(e);
         }
-        self.complete(ticket, handles).await
+        self.complete_in(ticket, handles).await
     }
 
     /// The canonical counterpart of [`drive`](Self::drive): each backend's stream is written on a
@@ -824,7 +873,7 @@ impl CheckpointCoordinator {
             handles.push(handle);
         }
         drop(locals);
-        self.complete(ticket, handles).await
+        self.complete_in(ticket, handles).await
     }
 
     /// The metadata path this job's state was restored from, recorded in its checkpoints.

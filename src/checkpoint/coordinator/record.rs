@@ -14,9 +14,12 @@ use crate::layout::{self, SnapshotKind, parse_checkpoint_path};
 use super::{CheckpointCoordinator, RecordCell};
 
 impl CheckpointCoordinator {
-    /// O1: takes the job with a new epoch and a new block of ids.
+    /// O1: takes the job with a new epoch and a new block of ids. First marks the root (create-only:
+    /// a marker already there, new or from any earlier writer, is kept), so a root that holds a
+    /// job record written by this build always has its marker; an older root gets it here.
     pub(super) async fn claim(&self) -> Result<()> {
         let job = self.inner.job_id.clone();
+        crate::checkpoint::gc::mark_root(self.st()).await?;
         for _ in 0..32 {
             let (current, version) = match job::read_job(self.st(), &job).await? {
                 Some((record, version)) => (record, Some(version)),

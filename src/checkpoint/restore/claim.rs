@@ -9,12 +9,48 @@ impl CheckpointCoordinator {
     /// Restores this job's backends from `source` (R1–R7). Without claim, the source's files are
     /// pinned until this job's first checkpoint, which reuses them instead of uploading them again.
     /// With claim, the checkpoint becomes this job's own.
+    ///
+    /// Runs in a `restore` span (job, source, mode) and publishes its duration and bytes
+    /// ([`metrics`](crate::metrics), labelled with this coordinator's job).
     pub async fn restore(
         &self,
         source: &RestoreSource,
         targets: &[RestoreTarget],
         mode: ClaimMode,
     ) -> Result<Vec<KeyedStateBackend>> {
+        let span = tracing::info_span!(
+            "restore",
+            job = self.job_id(),
+            source = ?source,
+            mode = ?mode,
+        );
+        let started = std::time::Instant::now();
+        match self
+            .restore_in(source, targets, mode)
+            .instrument(span)
+            .await
+        {
+            Ok((backends, metadata, reports)) => {
+                publish_restore(self.job_id(), &metadata, started, &reports);
+                Ok(backends)
+            }
+            Err(e) => {
+                crate::metrics::restore_failed(self.job_id(), e.kind());
+                Err(e)
+            }
+        }
+    }
+
+    async fn restore_in(
+        &self,
+        source: &RestoreSource,
+        targets: &[RestoreTarget],
+        mode: ClaimMode,
+    ) -> Result<(
+        Vec<KeyedStateBackend>,
+        CheckpointMetadata,
+        Vec<DownloadReport>,
+    )> {
         let store = &**self.store();
         // R1, R2
         let (source_path, metadata) = read_metadata(store, source).await?;
@@ -43,11 +79,14 @@ impl CheckpointCoordinator {
         let pin_path = pin_for_reading(store, &metadata, &hashes, self.pin_owner()).await?;
         // R5, all or nothing.
         let parallelism = self.inner.settings.transfer_parallelism;
-        let restored = restore_all(store, &metadata, targets, &routes, parallelism, None).await;
-        if let Err(e) = restored {
-            store.delete(&pin_path).await.ok();
-            return Err(self.explain_download_failure(&metadata, e).await);
-        }
+        let reports = match restore_all(store, &metadata, targets, &routes, parallelism, None).await
+        {
+            Ok(reports) => reports,
+            Err(e) => {
+                store.delete(&pin_path).await.ok();
+                return Err(self.explain_download_failure(&metadata, e).await);
+            }
+        };
         // R7 before the restore takes effect: a backend that does not open (its files do not
         // hold the states the record names) fails the whole restore and leaves nothing.
         let remove_targets = || {
@@ -83,7 +122,7 @@ impl CheckpointCoordinator {
             }
         }
         self.set_restored_from(metadata.metadata_path());
-        Ok(backends)
+        Ok((backends, metadata, reports))
     }
 
     /// A file missing under a restore whose pin was live is damage; but the pin dies when this

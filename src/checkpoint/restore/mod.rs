@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::backend::KeyedStateBackend;
 use crate::checkpoint::coordinator::CheckpointCoordinator;
@@ -209,6 +210,9 @@ fn backend_ranges(metadata: &CheckpointMetadata) -> String {
 /// had: a rescaling restore clips or merges them ([`plan_restore`](crate::restore::plan_restore)).
 /// A reader pin, renewed while the download runs, keeps the files read from GC and from their
 /// job's discards; it is removed at the end.
+///
+/// Runs in a `restore` span (job, source, key groups) and publishes its duration and bytes
+/// ([`metrics`](crate::metrics), labelled with the restored checkpoint's job).
 pub async fn restore_backend(
     store: &dyn Store,
     source: &RestoreSource,
@@ -216,12 +220,42 @@ pub async fn restore_backend(
     parallelism: usize,
     progress: Option<Progress>,
 ) -> Result<KeyedStateBackend> {
+    let job = source_job(source);
+    let span = tracing::info_span!(
+        "restore",
+        job,
+        source = ?source,
+        key_groups = %target.key_groups,
+    );
+    let started = std::time::Instant::now();
+    let restored = restore_backend_in(store, source, target, parallelism, progress)
+        .instrument(span)
+        .await;
+    match restored {
+        Ok((backend, metadata, reports)) => {
+            publish_restore(&metadata.job_id, &metadata, started, &reports);
+            Ok(backend)
+        }
+        Err(e) => {
+            crate::metrics::restore_failed(job, e.kind());
+            Err(e)
+        }
+    }
+}
+
+async fn restore_backend_in(
+    store: &dyn Store,
+    source: &RestoreSource,
+    target: &RestoreTarget,
+    parallelism: usize,
+    progress: Option<Progress>,
+) -> Result<(KeyedStateBackend, CheckpointMetadata, Vec<DownloadReport>)> {
     let (_, metadata) = read_metadata(store, source).await?;
     let targets = std::slice::from_ref(target);
     let routes = plan_all(&metadata, targets)?;
     check_routes(&metadata, targets, &routes)?;
     let hashes = hashes_read(&metadata, targets, &routes);
-    with_reader_pin(
+    let reports = with_reader_pin(
         store,
         &metadata,
         &hashes,
@@ -230,9 +264,41 @@ pub async fn restore_backend(
     .await?;
     // A backend that does not open (its files do not hold the states the record names) is not
     // left behind.
-    open_restored(&metadata, &routes[0], target).inspect_err(|_| {
+    let backend = open_restored(&metadata, &routes[0], target).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&target.dir);
-    })
+    })?;
+    Ok((backend, metadata, reports))
+}
+
+/// The job a restore source names, for the labels of a restore that fails before its metadata
+/// is read.
+fn source_job(source: &RestoreSource) -> &str {
+    match source {
+        RestoreSource::Latest(job) => job,
+        RestoreSource::Metadata(path) | RestoreSource::Directory(path) => {
+            parse_checkpoint_path(path).map_or("unknown", |p| p.job)
+        }
+    }
+}
+
+/// Publishes a restore that succeeded (`job` is the label: the restoring job, or the source's).
+fn publish_restore(
+    job: &str,
+    metadata: &CheckpointMetadata,
+    started: std::time::Instant,
+    reports: &[DownloadReport],
+) {
+    let files = reports.iter().map(|r| r.files).sum::<u64>();
+    let bytes = reports.iter().map(|r| r.bytes).sum::<u64>();
+    let duration = started.elapsed();
+    tracing::info!(
+        checkpoint = metadata.checkpoint_id,
+        duration_ms = duration.as_millis() as u64,
+        files,
+        bytes,
+        "restore finished"
+    );
+    crate::metrics::restore_completed(job, metadata.kind, duration, files, bytes);
 }
 
 /// [`check_restorable`] for every backend the routes read.

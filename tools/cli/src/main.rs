@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use rockpoint::admin::{RootView, inspect_root};
+use rockpoint::admin::{RootStatus, RootView, inspect_root, mark_root, root_status};
 use rockpoint::restore::RestoreRoute;
 use rockpoint::{
     BackendSettings, GcOptions, KeyGroupRange, RestoreSource, RestoreTarget, RootOptions, Store,
@@ -24,7 +24,8 @@ use serde::Serialize;
     after_help = "Exit codes: 0 success; 1 internal error; 2 invalid input (usage, a bad \
                   --key-groups); 3 not found; 4 corruption (also: verify found a damaged \
                   checkpoint); 5 unavailable or busy (retry); 6 conflict or fenced (another writer \
-                  won); 7 cancelled or poisoned.\n\nLogs go to stderr: RUST_LOG overrides -v \
+                  won); 7 cancelled or poisoned; 8 not a rockpoint root (the location has no \
+                  `rockpoint-root` marker and no job records; nothing was created or deleted).\n\nLogs go to stderr: RUST_LOG overrides -v \
                   (info) and -vv (debug); warnings by default."
 )]
 struct Cli {
@@ -94,7 +95,9 @@ enum Command {
         /// checkpoint directory.
         checkpoint: String,
         /// The target root, as `--root` takes it (an existing local directory, `file://`,
-        /// `s3://BUCKET/PREFIX`, ...). Object stores read the same environment variables.
+        /// `s3://BUCKET/PREFIX`, ...): an existing root, or an empty location, which becomes a
+        /// root (its `rockpoint-root` marker is written). Object stores read the same environment
+        /// variables.
         #[arg(long, value_name = "ROOT-URL")]
         to: String,
         /// The job the savepoint belongs to in the target root (default: the source's job).
@@ -164,6 +167,69 @@ fn exit_code(kind: rockpoint::ErrorKind) -> u8 {
         Conflict | Fenced => 6,
         Cancelled | Poisoned => 7,
         _ => 1,
+    }
+}
+
+/// The exit code of a location that is not a rockpoint root (see `--help`).
+const NOT_A_ROOT: u8 = 8;
+
+/// Prints the error `message` as `main` prints errors, for a failure with its own exit code.
+fn fail(json: bool, kind: &str, message: &str, code: u8) -> ExitCode {
+    if json {
+        let error = serde_json::json!({ "error": { "kind": kind, "message": message } });
+        eprintln!("{error}");
+    } else {
+        eprintln!("error: {message}");
+    }
+    ExitCode::from(code)
+}
+
+/// The message of a location (`flag` `location`) that is not a root.
+fn not_a_root(flag: &str, location: &str, status: &RootStatus) -> String {
+    let found = match status {
+        RootStatus::NotARoot { found } => {
+            format!("; it holds other objects, e.g. {}", found.join(", "))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{flag} `{location}` is not a rockpoint root: no `rockpoint-root` marker and no job \
+         records; check the path (nothing was created or deleted){found}"
+    )
+}
+
+/// Whether the local directory `dir` holds nothing at all (the root's lock file aside): an empty
+/// location that an export may turn into a root. Temporary files and empty directories, which a
+/// store listing does not show, count: a directory holding them is someone's.
+fn local_dir_is_empty(dir: &std::path::Path) -> rockpoint::Result<bool> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        rockpoint::Error::with_source(
+            rockpoint::ErrorKind::Unavailable,
+            format!("listing `{}`", dir.display()),
+            e,
+        )
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|e| {
+            rockpoint::Error::with_source(
+                rockpoint::ErrorKind::Unavailable,
+                format!("listing `{}`", dir.display()),
+                e,
+            )
+        })?;
+        if entry.file_name() != ".rockpoint-cas.lock" {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The local directory `root` names (a path or a `file://` URL), if it names one.
+fn local_dir(root: &str) -> Option<PathBuf> {
+    match root.strip_prefix("file://") {
+        Some(_) => url::Url::parse(root).ok()?.to_file_path().ok(),
+        None if !root.contains("://") => Some(PathBuf::from(root)),
+        None => None,
     }
 }
 
@@ -350,8 +416,20 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
         Command::Gc { confirm, .. } => *confirm,
         Command::List { .. } | Command::Show { .. } | Command::Du => false,
     };
-    let store = open_store(&cli, writes).await?;
     let json = cli.json;
+    // Every command first checks that --root is a root, on a read-only open (which creates
+    // nothing and sends no probe); a command that writes then opens it again for writing.
+    let store = open_store(&cli, false).await?;
+    let status = root_status(&*store).await?;
+    if !status.is_root() {
+        let message = not_a_root("--root", &cli.root, &status);
+        return Ok(fail(json, "NotARoot", &message, NOT_A_ROOT));
+    }
+    let store = if writes {
+        open_store(&cli, true).await?
+    } else {
+        store
+    };
     match cli.command {
         Command::List { job } => {
             let view = inspect_root(&*store, job.as_deref()).await?;
@@ -479,7 +557,23 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
             let source = RestoreSource::parse(&checkpoint)?;
             let (source_path, metadata) =
                 rockpoint::restore::read_metadata(&*store, &source).await?;
+            // The target: an existing root, or an empty location that becomes one.
+            let probe = open_url(&to, "--to", &to_store_options, cli.single_writer, false).await?;
+            let status = root_status(&*probe).await?;
+            let empty = match (&status, local_dir(&to)) {
+                (RootStatus::Empty, Some(dir)) => local_dir_is_empty(&dir)?,
+                (RootStatus::Empty, None) => true,
+                _ => false,
+            };
+            if !status.is_root() && !empty {
+                let message = format!(
+                    "{}; an export needs an existing root or an empty location",
+                    not_a_root("--to", &to, &status)
+                );
+                return Ok(fail(json, "NotARoot", &message, NOT_A_ROOT));
+            }
             let target = open_url(&to, "--to", &to_store_options, cli.single_writer, true).await?;
+            mark_root(&*target).await?;
             // Each shared object once (as the export copies it), plus the private files.
             let mut distinct = std::collections::HashMap::new();
             let mut private_bytes = 0;

@@ -410,3 +410,163 @@ fn restore_rescales_to_any_covered_range() {
     );
     assert!(!target.exists());
 }
+
+/// Every file and directory under `dir`, relative, sorted (what "deleted nothing" compares).
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            out.push(path.strip_prefix(base).unwrap().display().to_string());
+            if path.is_dir() {
+                walk(base, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Someone else's files: a temporary-looking name and empty directories, all old.
+fn foreign_files(dir: &Path) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("data/.upload.tmp-42"), b"someone's upload").unwrap();
+    std::fs::create_dir_all(dir.join("project/build/cache")).unwrap();
+    std::fs::create_dir_all(dir.join("project/empty-mountpoint")).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86_400);
+    for path in [
+        "data/.upload.tmp-42",
+        "data",
+        "project/build/cache",
+        "project/build",
+        "project/empty-mountpoint",
+        "project",
+    ] {
+        let file = std::fs::File::open(dir.join(path)).unwrap();
+        file.set_modified(old).unwrap();
+    }
+}
+
+/// Issue 13: `gc --confirm` on a directory that is not a root deleted `data/.upload.tmp-42` and
+/// removed the empty directories `project/build/cache`, `project/build` and
+/// `project/empty-mountpoint`, exit 0. Now every command refuses it with exit 8, changing nothing.
+#[test]
+fn gc_confirm_on_a_directory_that_is_not_a_root_exits_8_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("not-a-root");
+    foreign_files(&foreign);
+    let before = tree(&foreign);
+    for command in [
+        &["gc", "--confirm", "--grace-secs", "0"][..],
+        &["gc"],
+        &["list"],
+        &["du"],
+        &["show", "job/1"],
+        &["verify", "job/1"],
+    ] {
+        let output = rockpoint(&foreign).args(command).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(8), "{command:?}: {stderr}");
+        assert!(
+            stderr
+                .contains("is not a rockpoint root: no `rockpoint-root` marker and no job records"),
+            "{command:?}: {stderr}"
+        );
+        assert_eq!(tree(&foreign), before, "{command:?} changed the directory");
+    }
+    let json = rockpoint(&foreign)
+        .args(["--json", "gc", "--confirm"])
+        .output()
+        .unwrap();
+    assert_eq!(json.status.code(), Some(8));
+    let error: serde_json::Value = serde_json::from_slice(&json.stderr).unwrap();
+    assert_eq!(error["error"]["kind"], "NotARoot", "{error}");
+    // An empty directory is not a root either (a wrong path that happens to exist).
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let output = rockpoint(&empty).args(["list"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(8));
+    assert_eq!(tree(&empty), Vec::<String>::new(), "nothing created");
+}
+
+/// A real root sharing its directory with other files: `gc --confirm` removes only what the
+/// layout holds, never a file or directory beside it.
+#[test]
+fn gc_confirm_of_a_root_leaves_foreign_files_beside_the_layout_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    root_with_checkpoints(dir.path(), 2).unwrap();
+    let root = dir.path().join("root");
+    assert!(root.join("rockpoint-root").is_file(), "the root is marked");
+    foreign_files(&root);
+    // And a leftover the layout does own, which GC must still sweep.
+    std::fs::write(root.join("shared/.x.tmp-7"), b"interrupted").unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86_400);
+    std::fs::File::open(root.join("shared/.x.tmp-7"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let output = rockpoint(&root)
+        .args(["gc", "--confirm", "--grace-secs", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        !root.join("shared/.x.tmp-7").exists(),
+        "the layout's temporary is swept"
+    );
+    for path in [
+        "data/.upload.tmp-42",
+        "project/build/cache",
+        "project/empty-mountpoint",
+    ] {
+        assert!(
+            root.join(path).exists(),
+            "gc removed `{path}` beside the layout"
+        );
+    }
+    let listed = rockpoint(&root).arg("list").output().unwrap();
+    assert_eq!(listed.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 2);
+}
+
+/// `export --to` takes an existing root or an empty directory (which it marks), and refuses a
+/// directory holding anything else with exit 8, writing nothing there.
+#[test]
+fn export_to_an_empty_directory_marks_it_and_refuses_a_foreign_one() {
+    let dir = tempfile::tempdir().unwrap();
+    root_with_checkpoints(dir.path(), 1).unwrap();
+    let root = dir.path().join("root");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let output = rockpoint(&root)
+        .args(["export", "job/1", "--to"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let marker = std::fs::read_to_string(empty.join("rockpoint-root")).unwrap();
+    assert!(
+        marker.starts_with("rockpoint-root\nformat_version: 1\n"),
+        "{marker}"
+    );
+
+    let foreign = dir.path().join("foreign");
+    foreign_files(&foreign);
+    let before = tree(&foreign);
+    let output = rockpoint(&root)
+        .args(["export", "job/1", "--to"])
+        .arg(&foreign)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(8), "{stderr}");
+    assert!(stderr.contains("--to `"), "{stderr}");
+    assert_eq!(
+        tree(&foreign),
+        before,
+        "nothing written to a foreign target"
+    );
+}

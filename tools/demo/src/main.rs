@@ -105,6 +105,14 @@ fn ranges() -> Vec<KeyGroupRange> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    // RUST_LOG selects what the library logs (default: warnings, e.g. cleanup that GC finishes).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let temp = tempfile::tempdir()?;
     let work = args
         .dir
@@ -142,13 +150,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let done = coordinator.checkpoint(&job.refs()).await?;
         expected_at.insert(done.path(), job.scan()?);
+        let files = |count: fn(&rockpoint::BackendHandle) -> u64| -> u64 {
+            done.metadata.backends.iter().map(count).sum()
+        };
         println!(
-            "checkpoint {:>2}: pause {:>6} us, uploaded {:>9} bytes, reused {:>9} bytes, full size {:>9} bytes",
+            "checkpoint {:>2}: {:>9} (pause {:>9}), uploaded {:>10} in {:>3} files, reused {:>10} in {:>3} files, full size {:>10}",
             done.id(),
-            done.sync_pause.as_micros(),
-            done.uploaded_bytes(),
-            done.reused_bytes(),
-            done.metadata.full_size_bytes
+            human_duration(done.duration),
+            human_duration(done.sync_pause),
+            human_bytes(done.uploaded_bytes()),
+            files(|b| b.uploaded_files),
+            human_bytes(done.reused_bytes()),
+            files(|b| b.reused_files),
+            human_bytes(done.metadata.full_size_bytes)
         );
         if round == args.rounds {
             // Work after the last checkpoint is lost in the crash, as it would be.
@@ -185,6 +199,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             settings: BackendSettings::default(),
         })
         .collect();
+    let started = std::time::Instant::now();
     let backends = restored_job
         .restore(
             &RestoreSource::Metadata(latest.clone()),
@@ -192,12 +207,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ClaimMode::NoClaim,
         )
         .await?;
+    let restore_time = started.elapsed();
     let job = Job::from_backends(backends)?;
     let restored = job.scan()?;
     let expected = &expected_at[&latest];
     let total: u64 = restored.values().sum();
     println!(
-        "restored {latest}: {} distinct words, {total} counted; top: {:?}",
+        "restored {latest} in {}: {} distinct words, {total} counted; top: {:?}",
+        human_duration(restore_time),
         restored.len(),
         top(&restored, 3)
     );
@@ -212,9 +229,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let after = restored_job.checkpoint(&job.refs()).await?;
     println!(
-        "first checkpoint after restore: uploaded {} bytes, reused {} bytes (only new files move)",
-        after.uploaded_bytes(),
-        after.reused_bytes()
+        "first checkpoint after restore: {}, uploaded {}, reused {} (only new files move)",
+        human_duration(after.duration),
+        human_bytes(after.uploaded_bytes()),
+        human_bytes(after.reused_bytes())
     );
     // Subsumption removed the records of checkpoints 1–5; their shared files are GC's (safe next
     // to the live job, at any grace period).
@@ -228,9 +246,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     println!(
-        "gc next to the live job: removed {} shared files ({} bytes) no checkpoint or pin references, in {} requests",
+        "gc next to the live job: removed {} shared files ({}) no checkpoint or pin references, in {} requests",
         gc.shared_files.len(),
-        gc.reclaimed_bytes,
+        human_bytes(gc.reclaimed_bytes),
         gc.requests
     );
     restored_job.shutdown(JobEnd::Cancelled).await?;
@@ -242,4 +260,31 @@ fn top(counts: &BTreeMap<String, u64>, n: usize) -> Vec<(&String, &u64)> {
     all.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     all.truncate(n);
     all
+}
+
+/// `1.5 KiB`, `12.0 MiB`: binary units, one decimal; plain bytes below 1 KiB.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `850 µs`, `12.3 ms`, `4.20 s`: three significant figures or so, in the unit that fits.
+fn human_duration(duration: std::time::Duration) -> String {
+    let us = duration.as_micros();
+    if us < 1_000 {
+        format!("{us} µs")
+    } else if us < 1_000_000 {
+        format!("{:.1} ms", us as f64 / 1_000.0)
+    } else {
+        format!("{:.2} s", duration.as_secs_f64())
+    }
 }

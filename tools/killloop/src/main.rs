@@ -583,7 +583,10 @@ async fn check_leftovers(
             && object.modified.elapsed().unwrap_or_default() < UPLOAD_RECORD_MAX_AGE
         {
             upload_records += 1;
-        } else if path != job_record && !checkpoint_dirs.iter().any(|d| path.starts_with(d)) {
+        } else if path != job_record
+            && path != "rockpoint-root"
+            && !checkpoint_dirs.iter().any(|d| path.starts_with(d))
+        {
             unexpected.push(path);
         }
     }
