@@ -527,8 +527,11 @@ pub fn sealed(rng: &mut Rng, record: &[u8], pool: &[Vec<u8>]) -> Vec<u8> {
 // = entry count u64 LE + BLAKE3 of every byte before the trailer's tag.
 // ---------------------------------------------------------------------------------------------
 
+/// A canonical stream taken apart: its preamble and its frames (tag, body) before the trailer.
+type Framed = (Vec<u8>, Vec<(u8, Vec<u8>)>);
+
 /// The preamble and the frames before the trailer; `None` if the framing does not parse.
-fn frames(data: &[u8]) -> Option<(Vec<u8>, Vec<(u8, Vec<u8>)>)> {
+fn frames(data: &[u8]) -> Option<Framed> {
     let preamble = data.get(..12)?.to_vec();
     let mut at = 12;
     let mut out = Vec::new();
