@@ -108,6 +108,16 @@ enum Command {
         #[arg(long = "to-store-option", value_name = "KEY=VALUE")]
         to_store_options: Vec<String>,
     },
+    /// Keep a checkpoint as a savepoint of its job (or of `--job`) in the same root: user-owned,
+    /// never discarded by retention, cancel or GC. Its files are shared, so nothing but its
+    /// metadata and private files is copied; prints its reference (`<job>/sp-<id>`).
+    Savepoint {
+        /// `<job>/<id>`, `latest:<job>`, a metadata path, or a checkpoint directory.
+        checkpoint: String,
+        /// The job the savepoint belongs to (default: the checkpoint's job).
+        #[arg(long)]
+        job: Option<String>,
+    },
     /// Find (and with --confirm delete) unreferenced shared files, leftovers of failed checkpoints,
     /// dead pins and temporary files older than the grace period. Safe against live jobs at any
     /// grace period: files that in-flight checkpoints and restores use are pinned, and a job whose
@@ -412,7 +422,10 @@ fn warn_unreadable(view: &RootView) {
 async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
     let writes = match &cli.command {
         // Restore, verify and export write a reader pin (GC keeps what they read).
-        Command::Restore { .. } | Command::Verify { .. } | Command::Export { .. } => true,
+        Command::Restore { .. }
+        | Command::Verify { .. }
+        | Command::Export { .. }
+        | Command::Savepoint { .. } => true,
         Command::Gc { confirm, .. } => *confirm,
         Command::List { .. } | Command::Show { .. } | Command::Du => false,
     };
@@ -627,6 +640,31 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                     report.objects_copied,
                     report.bytes_copied,
                     report.objects_present
+                );
+            }
+        }
+        Command::Savepoint { checkpoint, job } => {
+            let source = RestoreSource::parse(&checkpoint)?;
+            let report =
+                rockpoint::export_snapshot(&*store, &source, &*store, job.as_deref(), 8, None)
+                    .await?;
+            let reference = savepoint_reference(&report.metadata_path);
+            if json {
+                let value = serde_json::json!({
+                    "savepoint": reference,
+                    "metadata_path": report.metadata_path,
+                    "objects_copied": report.objects_copied,
+                    "bytes_copied": report.bytes_copied,
+                });
+                out!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).expect("serializable")
+                );
+            } else {
+                out!(
+                    "kept {checkpoint} as savepoint {reference} ({}; {} bytes copied, the rest shared)",
+                    report.metadata_path,
+                    report.bytes_copied
                 );
             }
         }

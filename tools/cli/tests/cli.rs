@@ -570,3 +570,92 @@ fn export_to_an_empty_directory_marks_it_and_refuses_a_foreign_one() {
         "nothing written to a foreign target"
     );
 }
+
+/// `savepoint` keeps a checkpoint as a savepoint of its job: after retention discarded the
+/// checkpoint and `gc --confirm --grace-secs 0` ran, the savepoint still restores to exactly the
+/// checkpoint's state (copying only its metadata and private files: the rest is shared).
+#[test]
+fn savepoint_keeps_a_checkpoint_past_retention_and_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    root_with_checkpoints(dir.path(), 2).unwrap();
+    let root = dir.path().join("root");
+    let kept = rockpoint(&root)
+        .args(["--json", "savepoint", "job/1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        kept.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&kept.stdout).unwrap();
+    let savepoint = report["savepoint"].as_str().unwrap().to_owned();
+    assert!(savepoint.starts_with("job/sp-"), "{report}");
+    // The job goes on with retention 1: checkpoints 1 and 2 are discarded, GC collects them.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(async {
+            let store: Arc<dyn Store> = Arc::new(LocalStore::new(&root)?);
+            let settings = CheckpointSettings {
+                retained: 1,
+                ..CheckpointSettings::default()
+            };
+            let c = CheckpointCoordinator::open(store, "job", settings).await?;
+            let backend = KeyedStateBackend::open(
+                dir.path().join("backend"),
+                16,
+                KeyGroupRange::all(16)?,
+                BackendSettings::default(),
+            )?;
+            let counts = backend.state(&COUNTS)?;
+            for round in 10..12u64 {
+                counts.put(&round, &round)?;
+                c.checkpoint(&[&backend]).await?;
+            }
+            c.shutdown(JobEnd::Suspended).await
+        })
+        .unwrap();
+    let gc = rockpoint(&root)
+        .args(["gc", "--confirm", "--grace-secs", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        gc.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    assert!(
+        !root
+            .join("jobs/job/chk-00000000000000000001/_metadata")
+            .exists()
+    );
+    let target = dir.path().join("from-savepoint");
+    let restored = rockpoint(&root)
+        .args(["restore", &savepoint, "--key-groups", "0..16", "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(
+        restored.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let backend = KeyedStateBackend::open(
+        &target,
+        16,
+        KeyGroupRange::all(16).unwrap(),
+        BackendSettings::default(),
+    )
+    .unwrap();
+    let counts = backend.state(&COUNTS).unwrap();
+    assert_eq!(counts.get(&0).unwrap(), Some(0), "checkpoint 1's state");
+    assert_eq!(
+        counts.get(&1).unwrap(),
+        None,
+        "checkpoint 1 did not hold key 1"
+    );
+    assert_eq!(counts.get(&10).unwrap(), None);
+}
