@@ -114,8 +114,12 @@ impl RootMarker {
 
     /// Decodes a marker read from the root; `Corruption` for anything that is not one.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        let bad =
-            |why: &str| Error::corruption(format!("`{ROOT_MARKER}` is not a root marker: {why}"));
+        let bad = |why: &str| {
+            Error::corruption(format!(
+                "`{ROOT_MARKER}` is not a root marker: {why}; if this location is a root, \
+                     delete that object and the next claim or `gc --confirm` writes a new one"
+            ))
+        };
         if bytes.len() > ROOT_MARKER_MAX_BYTES {
             return Err(bad("too large"));
         }
@@ -134,9 +138,10 @@ impl RootMarker {
                 "format_version" => {
                     format_version = Some(value.parse().map_err(|_| bad("bad `format_version`"))?)
                 }
-                "created_at_ms" => {
-                    created_at_ms = value.parse().map_err(|_| bad("bad `created_at_ms`"))?
-                }
+                // Informational: a value this build cannot read is "not recorded" (0), so that a
+                // marker written differently never stops GC (only the first line and the format
+                // version are required).
+                "created_at_ms" => created_at_ms = value.parse().unwrap_or(0),
                 "created_by" => created_by = value.to_owned(),
                 _ => {}
             }

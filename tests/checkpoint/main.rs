@@ -22,6 +22,7 @@ mod relocate;
 mod rescale;
 mod rescale_attack;
 mod resume_loop;
+mod root_attack;
 mod root_marker;
 mod s3_attack;
 mod savepoints;
