@@ -8,14 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use rockpoint::admin::{RootStatus, RootView, inspect_root, mark_root, root_status};
-use rockpoint::restore::RestoreRoute;
 use rockpoint::{
-    BackendSettings, GcOptions, KeyGroupRange, RestoreSource, RestoreTarget, RootOptions, Store,
-    SweepMode, open_root,
+    GcOptions, KeyGroupRange, RestoreSource, RootOptions, Store, SweepMode, open_root,
 };
 use serde::Serialize;
+
+#[macro_use]
+mod output;
+mod check;
+mod delete;
+mod restore;
+use output::{NOT_A_ROOT, bar, exit_code, fail};
 
 /// Inspect and maintain a rockpoint checkpoint root.
 #[derive(Parser)]
@@ -33,8 +37,9 @@ struct Cli {
     /// with the matching build features `gs://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`. Object
     /// stores read endpoint, region and credentials from the usual environment variables
     /// (AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP, ...).
-    #[arg(long, env = "ROCKPOINT_ROOT")]
-    root: String,
+    /// Every command but `completions` needs it.
+    #[arg(long, env = "ROCKPOINT_ROOT", global = true)]
+    root: Option<String>,
     /// An object store option over the environment, `KEY=VALUE` (e.g. `aws_endpoint=http://...`);
     /// repeatable.
     #[arg(long = "store-option", value_name = "KEY=VALUE", global = true)]
@@ -132,6 +137,21 @@ enum Command {
     },
     /// Checkpointed (new) and full size of every checkpoint, and the root's stored bytes.
     Du,
+    /// Read every record and every object of the root, hash each object once, and report which
+    /// checkpoints and savepoints a missing or damaged object affects (exit 4 if any).
+    Check(check::CheckArgs),
+    /// Delete a checkpoint or savepoint: its record leaves the job, its metadata and private files
+    /// are deleted, and `gc` frees the shared files nothing else references. Refuses what a job
+    /// recovers from or a reader (a restore, a job restored from it) still needs.
+    Delete(delete::DeleteArgs),
+    /// Delete checkpoints (and with --savepoints, savepoints) that a policy does not keep, through
+    /// the same checks as `delete`; a dry run unless --confirm.
+    Prune(delete::PruneArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Serialize)]
@@ -144,54 +164,6 @@ struct ListedCheckpoint {
     backends: usize,
     checkpointed_bytes: u64,
     full_bytes: u64,
-}
-
-/// Prints a line on stdout. A reader that went away (`rockpoint list | head -1`) ends the command
-/// quietly with success instead of a panic, as `head` expects of a producer.
-macro_rules! out {
-    ($($arg:tt)*) => {
-        emit(&format!($($arg)*))
-    };
-}
-
-fn emit(line: &str) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("error: writing to stdout: {e}");
-        std::process::exit(1);
-    }
-}
-
-/// The exit code of a failure, by what the caller should do about it (see `--help`).
-fn exit_code(kind: rockpoint::ErrorKind) -> u8 {
-    use rockpoint::ErrorKind::*;
-    match kind {
-        Invalid => 2,
-        NotFound => 3,
-        Corruption => 4,
-        Unavailable | Busy => 5,
-        Conflict | Fenced => 6,
-        Cancelled | Poisoned => 7,
-        _ => 1,
-    }
-}
-
-/// The exit code of a location that is not a rockpoint root (see `--help`).
-const NOT_A_ROOT: u8 = 8;
-
-/// Prints the error `message` as `main` prints errors, for a failure with its own exit code.
-fn fail(json: bool, kind: &str, message: &str, code: u8) -> ExitCode {
-    if json {
-        let error = serde_json::json!({ "error": { "kind": kind, "message": message } });
-        eprintln!("{error}");
-    } else {
-        eprintln!("error: {message}");
-    }
-    ExitCode::from(code)
 }
 
 /// The message of a location (`flag` `location`) that is not a root.
@@ -285,9 +257,9 @@ fn init_logging(verbose: u8) {
 /// root. An object store root is probed before a command that writes (`restore` and `verify`, which
 /// pin what they read, and `gc --confirm`); commands that only read open it read-only, without the
 /// probe, so read-only credentials can list, show and size a root.
-async fn open_store(cli: &Cli, writes: bool) -> rockpoint::Result<Arc<dyn Store>> {
+async fn open_store(cli: &Cli, root: &str, writes: bool) -> rockpoint::Result<Arc<dyn Store>> {
     open_url(
-        &cli.root,
+        root,
         "--root",
         &cli.store_options,
         cli.single_writer,
@@ -383,19 +355,6 @@ fn parse_range(text: &str) -> rockpoint::Result<KeyGroupRange> {
     KeyGroupRange::new(parse(start)?, parse(end)?)
 }
 
-fn bar(total: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_message(what.to_owned());
-    bar
-}
-
 /// `<job>/sp-<id>` of a savepoint's metadata path (`jobs/<job>/sp-<id:020>/_metadata`), the short
 /// reference the other commands take; the path itself if it is not one.
 fn savepoint_reference(metadata_path: &str) -> String {
@@ -420,6 +379,20 @@ fn warn_unreadable(view: &RootView) {
 }
 
 async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, "rockpoint", &mut script);
+        out!("{}", String::from_utf8_lossy(&script).trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(root) = cli.root.clone() else {
+        return Err(rockpoint::Error::new(
+            rockpoint::ErrorKind::Invalid,
+            "--root (or ROCKPOINT_ROOT) is required: the checkpoint root to work on",
+        ));
+    };
     let writes = match &cli.command {
         // Restore, verify and export write a reader pin (GC keeps what they read).
         Command::Restore { .. }
@@ -427,19 +400,22 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
         | Command::Export { .. }
         | Command::Savepoint { .. } => true,
         Command::Gc { confirm, .. } => *confirm,
-        Command::List { .. } | Command::Show { .. } | Command::Du => false,
+        Command::Delete(_) => true,
+        Command::Prune(args) => args.confirm,
+        Command::List { .. } | Command::Show { .. } | Command::Du | Command::Check(_) => false,
+        Command::Completions { .. } => unreachable!("handled above"),
     };
     let json = cli.json;
     // Every command first checks that --root is a root, on a read-only open (which creates
     // nothing and sends no probe); a command that writes then opens it again for writing.
-    let store = open_store(&cli, false).await?;
+    let store = open_store(&cli, &root, false).await?;
     let status = root_status(&*store).await?;
     if !status.is_root() {
-        let message = not_a_root("--root", &cli.root, &status);
+        let message = not_a_root("--root", &root, &status);
         return Ok(fail(json, "NotARoot", &message, NOT_A_ROOT));
     }
     let store = if writes {
-        open_store(&cli, true).await?
+        open_store(&cli, &root, true).await?
     } else {
         store
     };
@@ -518,49 +494,7 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
             checkpoint,
             key_groups,
             target,
-        } => {
-            let source = RestoreSource::parse(&checkpoint)?;
-            let (_, metadata) = rockpoint::restore::read_metadata(&*store, &source).await?;
-            let range = parse_range(&key_groups)?;
-            let route = rockpoint::restore::plan_restore(&metadata, range)?;
-            let bytes: u64 = route
-                .sources(range)
-                .into_iter()
-                .filter_map(|r| rockpoint::restore::backend_for(&metadata, r).ok())
-                .map(|h| h.full_size_bytes())
-                .sum();
-            let progress = bar(bytes, "restoring");
-            let callback = {
-                let progress = progress.clone();
-                Arc::new(move |n: u64| progress.inc(n)) as rockpoint::Progress
-            };
-            let target = RestoreTarget {
-                dir: target,
-                key_groups: range,
-                settings: BackendSettings::default(),
-            };
-            let backend =
-                rockpoint::restore_backend(&*store, &source, &target, 8, Some(callback)).await?;
-            progress.finish();
-            let states: Vec<String> = backend.states().into_iter().map(|s| s.name).collect();
-            let how = match &route {
-                RestoreRoute::Exact => String::new(),
-                RestoreRoute::Clip { source } => format!(" (clipped from backend {source})"),
-                RestoreRoute::Merge { base, copied } => {
-                    let copied: Vec<String> = copied.iter().map(|r| r.to_string()).collect();
-                    format!(" (backend {base} merged with {})", copied.join(", "))
-                }
-                RestoreRoute::Load { sources } => {
-                    let sources: Vec<String> = sources.iter().map(|r| r.to_string()).collect();
-                    format!(" (loaded from canonical streams {})", sources.join(", "))
-                }
-            };
-            out!(
-                "restored {} key groups {range} into {}{how} with states {states:?}",
-                metadata.metadata_path(),
-                target.dir.display()
-            );
-        }
+        } => return restore::run(&*store, &checkpoint, &key_groups, target, json).await,
         Command::Export {
             checkpoint,
             to,
@@ -716,6 +650,10 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 out!("{} store requests", report.requests);
             }
         }
+        Command::Check(args) => return check::run(&*store, &args, json).await,
+        Command::Delete(args) => return delete::delete(&*store, &args, json).await,
+        Command::Prune(args) => return delete::prune(&*store, &args, json).await,
+        Command::Completions { .. } => unreachable!("handled above"),
         Command::Du => {
             let view = inspect_root(&*store, None).await?;
             warn_unreadable(&view);
