@@ -11,6 +11,9 @@
 //! records of a root older than markers) is asked before anything else; [`mark_root`] is the one
 //! writer here, for tools that create a root (an export into an empty location).
 
+mod check;
+mod delete;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};

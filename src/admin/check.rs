@@ -1,0 +1,1 @@
+//! `check_root`: every record and every object of a root, read and hashed (being built).

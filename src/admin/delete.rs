@@ -1,0 +1,1 @@
+//! Deleting a committed checkpoint or savepoint on an operator's request (being built).
