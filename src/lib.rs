@@ -113,7 +113,8 @@ pub use error::{Error, ErrorKind, Result};
 pub mod restore {
     pub use crate::checkpoint::restore::{
         DownloadReport, RestoreRoute, backend_for, download_backend, latest_checkpoint,
-        plan_restore, read_metadata,
+        plan_restore, read_metadata, restore_backends, restore_backends_until,
+        verify_checkpoint_with_progress,
     };
 }
 

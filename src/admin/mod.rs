@@ -13,8 +13,13 @@
 
 mod check;
 mod delete;
+mod prune;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+pub use check::{CheckOptions, CheckReport, Problem, ProblemKind, SnapshotRef, check_root};
+pub use delete::{DeleteOptions, DeleteOutcome, DeleteReport, delete_snapshot};
+pub use prune::{PruneDecision, PrunePolicy, plan_prune};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,12 +81,43 @@ pub struct RootView {
     pub referenced_bytes: u64,
     /// Records that could not be read, one line each (path and reason).
     pub unreadable: Vec<String>,
+    /// Per committed snapshot (by metadata path): the shared files it references, and the bytes of
+    /// its private files. For [`RootView::freed_by`].
+    #[serde(skip)]
+    files: BTreeMap<String, (BTreeMap<ContentHash, u64>, u64)>,
 }
 
 impl RootView {
     /// Every committed checkpoint and savepoint of every job, by job then id.
     pub fn checkpoints(&self) -> impl Iterator<Item = &CheckpointSummary> {
         self.jobs.iter().flat_map(|job| job.checkpoints.iter())
+    }
+
+    /// Bytes that deleting the snapshots at `paths` (metadata paths) together, then running GC,
+    /// would free: their private files, and the shared files that no other committed snapshot of
+    /// the root references, each counted once. An upper bound while records are
+    /// [`unreadable`](Self::unreadable) (they may reference more); a live pin delays it.
+    pub fn freed_by<'a>(&self, paths: impl IntoIterator<Item = &'a str>) -> u64 {
+        let deleted: BTreeSet<&str> = paths.into_iter().collect();
+        let mut kept: HashSet<ContentHash> = HashSet::new();
+        for (path, (shared, _)) in &self.files {
+            if !deleted.contains(path.as_str()) {
+                kept.extend(shared.keys().copied());
+            }
+        }
+        let mut freed: BTreeMap<ContentHash, u64> = BTreeMap::new();
+        let mut private = 0;
+        for path in &deleted {
+            if let Some((shared, private_bytes)) = self.files.get(*path) {
+                private += private_bytes;
+                for (hash, size) in shared {
+                    if !kept.contains(hash) {
+                        freed.insert(*hash, *size);
+                    }
+                }
+            }
+        }
+        freed.values().sum::<u64>() + private
     }
 }
 
@@ -214,6 +250,7 @@ fn summarise(all: &[(String, CheckpointMetadata)], view: &mut RootView) {
             full_bytes: m.full_size_bytes,
             exclusive_bytes: exclusive,
         };
+        view.files.insert(path.clone(), (files.clone(), private));
         if let Some(job) = view.jobs.iter_mut().find(|j| j.job_id == m.job_id) {
             job.checkpoints.push(summary);
         }

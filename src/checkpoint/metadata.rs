@@ -454,6 +454,12 @@ pub(crate) struct PinRecord {
     pub hashes: Vec<ContentHash>,
     /// Who holds it: the pin is live exactly as long as its owner.
     pub owner: PinOwner,
+    /// Set by an export on the pin it leaves on the savepoint it committed (X6): that pin guards
+    /// the new savepoint against GC passes that read the job record before the commit, not a
+    /// reader that needs it, so deleting the savepoint need not wait for it. Absent otherwise
+    /// (and in pins of older builds).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub export_target: bool,
 }
 
 /// The holder of a pin.

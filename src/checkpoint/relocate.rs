@@ -206,6 +206,7 @@ impl Export<'_> {
     /// The target pin: every shared hash, on behalf of savepoint `id` of the target job.
     fn pin(&self, id: u64) -> Result<Bytes> {
         let pin = PinRecord {
+            export_target: true,
             job_id: self.job.to_owned(),
             checkpoint_id: Some(id),
             created_at_ms: crate::util::now_ms(),

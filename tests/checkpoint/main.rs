@@ -7,9 +7,11 @@ mod common;
 
 mod attack;
 mod cancellation;
+mod check_root;
 mod concurrency;
 mod corruption;
 mod cost;
+mod delete;
 mod export_attack;
 mod finished_attack;
 mod gc;

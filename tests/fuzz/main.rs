@@ -1,6 +1,7 @@
 //! Fuzzing of every decoder of bytes from storage, on stable Rust: a seeded, structure-aware
 //! mutation loop over real records (checkpoint metadata and restore planning, the job record, pin
-//! records through GC, the ticket and handle wire forms, the canonical savepoint stream).
+//! records through GC, the ticket and handle wire forms, the canonical savepoint stream, the root
+//! marker through `root_status` and GC).
 //!
 //! Each target starts from records the real code wrote (`fixture.rs`), replays its corpus
 //! (`tests/fuzz/corpus/<target>/`), then mutates (`mutate.rs`): raw bytes, MessagePack values, and
@@ -484,6 +485,11 @@ fn handle() {
 #[test]
 fn canonical() {
     fuzz(&mut targets::Canonical);
+}
+
+#[test]
+fn root_marker() {
+    fuzz(&mut targets::RootMarker::new());
 }
 
 /// The harness itself can fail: a panic in the decoder, a panic on another thread (a spawned

@@ -512,3 +512,218 @@ impl Target for Canonical {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. The root marker (`rockpoint-root`, text), through `root_status` and a dry-run GC pass.
+// ---------------------------------------------------------------------------------------------
+
+/// What the CLI (every command) and GC (G0) read first. Mutated as text (lines dropped, doubled,
+/// swapped; keys and values replaced with edge cases; line endings, padding around the 4 KiB
+/// limit) and as bytes. Checks: the decoding allocates no more than the bound, an accepted marker
+/// has a format version ≥ 1, a rejection is `Corruption`, and a dry-run GC over it agrees (refuses
+/// a marker that is not one, typed) and changes nothing.
+pub struct RootMarker {
+    root: Root,
+    before: Vec<String>,
+    executions: u64,
+}
+
+const MARKER: &str = "rockpoint-root";
+
+impl RootMarker {
+    pub fn new() -> RootMarker {
+        let root = Root::new();
+        let before = fixture::tree(&root.path());
+        RootMarker {
+            root,
+            before,
+            executions: 0,
+        }
+    }
+}
+
+/// One text-level mutation of a marker (`key: value` lines after the magic line).
+fn marker_text(rng: &mut Rng, data: &mut Vec<u8>) {
+    const KEYS: [&str; 7] = [
+        "format_version",
+        "created_at_ms",
+        "created_by",
+        "rockpoint-root",
+        " format_version ",
+        "FORMAT_VERSION",
+        "",
+    ];
+    const VALUES: [&str; 16] = [
+        "0",
+        "1",
+        "2",
+        "4294967295",
+        "4294967296",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-1",
+        "+1",
+        " 1 ",
+        "1.0",
+        "0x1",
+        "",
+        "١",
+        "rockpoint 0.1.0\u{0}",
+        "::",
+    ];
+    let text = String::from_utf8_lossy(data).into_owned();
+    let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    let n = lines.len();
+    match rng.below(9) {
+        0 if n > 1 => {
+            lines.remove(rng.below(n));
+        }
+        1 => {
+            let line = lines[rng.below(n)].clone();
+            lines.insert(rng.below(n + 1), line);
+        }
+        2 if n > 1 => {
+            let (a, b) = (rng.below(n), rng.below(n));
+            lines.swap(a, b);
+        }
+        3 => {
+            let line = format!("{}:{}", rng.pick(&KEYS), rng.pick(&VALUES));
+            let at = rng.below(n + 1);
+            lines.insert(at, line);
+        }
+        4 => {
+            // Replace one value, keeping its key.
+            let at = rng.below(n);
+            let key = lines[at]
+                .split_once(':')
+                .map_or(lines[at].clone(), |(k, _)| k.to_owned());
+            lines[at] = format!("{key}: {}", rng.pick(&VALUES));
+        }
+        5 => {
+            // Line endings: CRLF, CR only, none.
+            let ending = *rng.pick(&["\r\n", "\r", "", "\n\n"]);
+            *data = lines.join(ending).into_bytes();
+            return;
+        }
+        6 => {
+            // Right at and around the size limit.
+            let target = 4096 - 2 + rng.below(5);
+            let mut out = lines.join("\n").into_bytes();
+            out.extend_from_slice(b"\npadding: ");
+            out.resize(target, b'y');
+            *data = out;
+            return;
+        }
+        7 => {
+            // A long line of one value (no newline at all).
+            let at = rng.below(n);
+            lines[at].push_str(&"9".repeat(1 + rng.below(5000)));
+        }
+        _ => {
+            let at = rng.below(n);
+            lines[at] = lines[at].to_uppercase();
+        }
+    }
+    *data = lines.join("\n").into_bytes();
+}
+
+impl Target for RootMarker {
+    fn name(&self) -> &'static str {
+        "root_marker"
+    }
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        // The marker the fixture's coordinator wrote at its claim, and one `mark_root` writes
+        // into an empty store.
+        let claimed =
+            std::fs::read(fixture::get().root.join(MARKER)).expect("the seed root's marker");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::common::local_store(&dir.path().join("root")).expect("store");
+        let marked = self.root.rt.block_on(async {
+            rockpoint::admin::mark_root(&*store)
+                .await
+                .expect("mark_root");
+            store.get(MARKER).await.expect("the marker").to_vec()
+        });
+        vec![claimed, marked]
+    }
+    fn mutate(&mut self, rng: &mut Rng, input: &[u8], pool: &[Vec<u8>]) -> Vec<u8> {
+        let mut data = input.to_vec();
+        for _ in 0..1 + rng.below(3) {
+            if rng.chance(70) {
+                marker_text(rng, &mut data);
+            } else {
+                mutate::bytes(rng, &mut data, pool);
+            }
+        }
+        data
+    }
+    fn quick_executions(&self) -> u64 {
+        20_000
+    }
+    fn execute(&mut self, input: &[u8]) -> Outcome {
+        self.executions += 1;
+        self.root.put(MARKER, input);
+        let store = self.root.store.clone();
+        let (status, largest) = measured(|| {
+            self.root
+                .rt
+                .block_on(rockpoint::admin::root_status(&*store))
+        });
+        let mut violation = None;
+        let result = match status {
+            Ok(rockpoint::admin::RootStatus::Marked(marker)) => {
+                if marker.format_version < 1 {
+                    violation = Some(format!("accepted a marker of format version 0: {marker:?}"));
+                }
+                Ok("marked")
+            }
+            Ok(other) => {
+                violation = Some(format!(
+                    "a marker object was there, yet the root is {other:?}"
+                ));
+                Ok("not marked")
+            }
+            Err(e) => {
+                if e.kind() != rockpoint::ErrorKind::Corruption {
+                    violation = Some(format!("a bad marker rejected as {:?}: {e}", e.kind()));
+                }
+                Err(e)
+            }
+        };
+        // GC reads the marker first (G0): it must agree, and a dry run changes nothing.
+        if self.executions % 16 == 0 || (result.is_err() && self.executions % 4 == 0) {
+            let options = GcOptions {
+                mode: SweepMode::DryRun,
+                ..GcOptions::default()
+            };
+            let gc = self
+                .root
+                .rt
+                .block_on(rockpoint::collect_garbage(&*store, &options));
+            match (&result, &gc) {
+                (Ok(_), Err(e)) => {
+                    violation.get_or_insert(format!(
+                        "root_status accepted the marker, GC refused it: {e}"
+                    ));
+                }
+                (Err(_), Ok(_)) => {
+                    violation.get_or_insert("GC ran over a marker root_status refused".to_owned());
+                }
+                _ => {}
+            }
+            let after = fixture::tree(&self.root.path());
+            if after != self.before {
+                violation.get_or_insert(format!(
+                    "a dry-run GC changed the root: before {:?}, after {:?}",
+                    self.before, after
+                ));
+            }
+        }
+        Outcome {
+            result,
+            largest_allocation: Some(largest),
+            violation,
+            detail: None,
+        }
+    }
+}

@@ -455,7 +455,17 @@ impl CheckpointCoordinator {
             crate::failpoint!(self.inner.faults, "subsume::before_discard");
             // A failed discard leaves orphans for recovery or GC, never a dangling reference:
             // the record no longer lists the checkpoint (D0 came first).
-            match self.discard(SnapshotKind::Checkpoint, id).await {
+            // A checkpoint subsumed or claimed away, or a snapshot an operator deleted (a
+            // savepoint too); ids are unique across both kinds, so an unknown kind tries both.
+            let kinds = match self.lock().metadata.get(&id).map(|m| m.kind) {
+                Some(kind) => vec![kind],
+                None => vec![SnapshotKind::Checkpoint, SnapshotKind::Savepoint],
+            };
+            let mut discarded = Ok(());
+            for kind in kinds {
+                discarded = discarded.and(self.discard(kind, id).await);
+            }
+            match discarded {
                 Ok(()) => {
                     let mut state = self.lock();
                     state.metadata.remove(&id);

@@ -150,7 +150,7 @@ impl CheckpointCoordinator {
 }
 
 /// D2–D3: the private files of a checkpoint whose metadata is gone, unless a reader holds it.
-pub(super) async fn discard_private_files(
+pub(crate) async fn discard_private_files(
     store: &dyn Store,
     job: &str,
     kind: SnapshotKind,

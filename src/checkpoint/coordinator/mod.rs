@@ -40,6 +40,7 @@ mod recovery;
 mod shutdown;
 
 use discard::AbortOnDrop;
+pub(crate) use discard::discard_private_files;
 /// What happens to a job's retained checkpoints when it is cancelled (Flink's
 /// `ExternalizedCheckpointCleanup`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -565,8 +566,16 @@ impl CheckpointCoordinator {
             ));
         };
         let mut known: HashSet<ContentHash> = state.restored_hashes.clone();
-        let known_ids = state.retained.clone();
-        for committed in known_ids.iter().chain(state.savepoints.iter()) {
+        // Savepoints count too: an operator may delete one (`admin::delete_snapshot` hands it to
+        // this coordinator through `discarding`), and its records stay until no ticket that was
+        // given its hashes is in flight.
+        let known_ids: Vec<u64> = state
+            .retained
+            .iter()
+            .chain(state.savepoints.iter())
+            .copied()
+            .collect();
+        for committed in &known_ids {
             if let Some(metadata) = state.metadata.get(committed) {
                 known.extend(metadata.shared_hashes());
             }

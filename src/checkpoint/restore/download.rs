@@ -45,12 +45,20 @@ pub async fn download_backend(
     result
 }
 
-/// Checks that `target` can take a restore (it does not exist, or is an empty directory), removes
-/// what interrupted restores into it left, and names the temporary directory the restore is
-/// assembled in (`.<name>.restore-<nonce>` next to it). Creates nothing but `target`'s parent.
-pub(super) fn temporary_for(target: &Path) -> Result<PathBuf> {
-    // Checked before anything is downloaded: a target that cannot take the restore is the
-    // caller's input, not a transient failure at the end.
+/// Whether a restore may create the missing parent directories of its targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Parents {
+    /// Create them (the library's `restore_backend`, a coordinator's restore).
+    Create,
+    /// Refuse a target whose parent does not exist (`restore_backends`, the CLI): a typo in the
+    /// path creates nothing.
+    MustExist,
+}
+
+/// Refuses, as the caller's input (`Invalid`), a target that cannot take a restore: an existing
+/// file (or symbolic link), a directory that is not empty, a path without a name, or (with
+/// [`Parents::MustExist`]) one whose parent is not an existing directory. Reads only.
+pub(super) fn check_target(target: &Path, parents: Parents) -> Result<()> {
     match std::fs::symlink_metadata(target) {
         Ok(meta) if meta.is_dir() => {
             let occupied = std::fs::read_dir(target)
@@ -73,32 +81,106 @@ pub(super) fn temporary_for(target: &Path) -> Result<PathBuf> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io("inspecting restore target", target, e)),
     }
+    let (Some(parent), Some(_)) = (target.parent(), target.file_name()) else {
+        return Err(Error::invalid(format!(
+            "restore target {} names no directory to create",
+            target.display()
+        )));
+    };
+    if parents == Parents::MustExist && !parent.is_dir() {
+        return Err(Error::invalid(format!(
+            "the parent of restore target {} is not an existing directory; create {} first",
+            target.display(),
+            parent.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The longest file name Linux accepts (NAME_MAX), in bytes.
+const NAME_MAX: usize = 255;
+/// The length of [`crate::util::nonce`].
+const NONCE_LEN: usize = 16;
+/// What the longest temporary name adds to its stem: `.<stem>.restore-scratch-<nonce>`.
+const LONGEST_SUFFIX: usize = 1 + ".restore-scratch-".len() + NONCE_LEN;
+
+/// The part of a temporary name that stands for the target's name `name`: the name itself, or,
+/// when `.<name>.restore-scratch-<nonce>` would not fit in NAME_MAX, its first bytes and 16 hex
+/// digits of its BLAKE3 (`<first bytes>~<hash>`), so that two long names sharing a prefix still
+/// get different stems. Deterministic: a retry finds the leftovers of a killed restore by it.
+pub(super) fn temporary_stem(name: &str) -> String {
+    let budget = NAME_MAX - LONGEST_SUFFIX;
+    if name.len() <= budget {
+        return name.to_owned();
+    }
+    let mut cut = budget - 1 - 16;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash = blake3::hash(name.as_bytes()).to_hex();
+    format!("{}~{}", &name[..cut], &hash[..16])
+}
+
+/// Whether `entry` (a name in the target's parent) is a temporary or scratch directory of a
+/// restore into the target of `stem`: `.<stem>.restore-<nonce>` or
+/// `.<stem>.restore-scratch-<nonce>`, exactly (a longer target name that merely starts with the
+/// same characters is another target's).
+fn is_temporary_of(entry: &str, stem: &str) -> bool {
+    let Some(rest) = entry
+        .strip_prefix('.')
+        .and_then(|e| e.strip_prefix(stem))
+        .and_then(|e| e.strip_prefix(".restore-"))
+    else {
+        return false;
+    };
+    let nonce = rest.strip_prefix("scratch-").unwrap_or(rest);
+    nonce.len() == NONCE_LEN && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The scratch directory paired with the temporary directory `temp` (`.<stem>.restore-<nonce>`
+/// becomes `.<stem>.restore-scratch-<nonce>`): found by the same sweep.
+pub(super) fn scratch_for(temp: &Path) -> PathBuf {
+    let name = temp
+        .file_name()
+        .expect("a temporary has a name")
+        .to_string_lossy()
+        .into_owned();
+    let (stem, nonce) = name
+        .rsplit_once(".restore-")
+        .expect("a temporary name ends in .restore-<nonce>");
+    temp.with_file_name(format!("{stem}.restore-scratch-{nonce}"))
+}
+
+/// Checks that `target` can take a restore ([`check_target`], creating missing parents), removes
+/// what interrupted restores into it left, and names the temporary directory the restore is
+/// assembled in (`.<stem>.restore-<nonce>` next to it, within NAME_MAX however long the target's
+/// name: [`temporary_stem`]). Creates nothing but `target`'s parent.
+pub(super) fn temporary_for(target: &Path) -> Result<PathBuf> {
+    // Checked before anything is downloaded: a target that cannot take the restore is the
+    // caller's input, not a transient failure at the end.
+    check_target(target, Parents::Create)?;
     let parent = target
         .parent()
-        .ok_or_else(|| {
-            Error::invalid(format!("restore target {} has no parent", target.display()))
-        })?
+        .expect("check_target: a target has a parent")
         .to_path_buf();
     let name = target
         .file_name()
-        .ok_or_else(|| Error::invalid(format!("restore target {} has no name", target.display())))?
+        .expect("check_target: a target has a name")
         .to_string_lossy()
         .into_owned();
     std::fs::create_dir_all(&parent).map_err(|e| Error::io("creating", &parent, e))?;
     // Leftovers of interrupted restores into this target.
-    let stale_prefix = format!(".{name}.restore-");
+    let stem = temporary_stem(&name);
     if let Ok(entries) = std::fs::read_dir(&parent) {
         for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&stale_prefix)
-            {
+            if is_temporary_of(&entry.file_name().to_string_lossy(), &stem) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
-    Ok(parent.join(format!("{stale_prefix}{}", crate::util::nonce())))
+    let nonce = crate::util::nonce();
+    debug_assert_eq!(nonce.len(), NONCE_LEN);
+    Ok(parent.join(format!(".{stem}.restore-{nonce}")))
 }
 
 pub(super) fn absolute(path: &Path) -> Result<PathBuf> {
@@ -264,4 +346,33 @@ pub(super) async fn verified_stream(
     Ok(stream
         .try_filter(|chunk| futures::future::ready(!chunk.is_empty()))
         .boxed())
+}
+
+#[cfg(test)]
+mod temporary_names {
+    use super::*;
+
+    #[test]
+    fn temporary_and_scratch_names_fit_name_max_and_are_swept() {
+        for len in [1, 200, 221, 222, 231, 240, 255] {
+            let name = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            assert_eq!(name.len(), len);
+            let stem = temporary_stem(&name);
+            let temp = PathBuf::from(format!(".{stem}.restore-{}", crate::util::nonce()));
+            let scratch = scratch_for(&temp);
+            for made in [&temp, &scratch] {
+                let made = made.to_string_lossy();
+                assert!(made.len() <= NAME_MAX, "{len}: {made}");
+                assert!(is_temporary_of(&made, &temporary_stem(&name)), "{made}");
+            }
+        }
+        // Long names with a common prefix get different stems.
+        let (a, b) = ("a".repeat(250), "a".repeat(249) + "b");
+        assert_ne!(temporary_stem(&a), temporary_stem(&b));
+        // Another target whose name starts with this one's is not swept.
+        assert!(!is_temporary_of(
+            ".a.restore-x.restore-0123456789abcdef",
+            "a"
+        ));
+    }
 }

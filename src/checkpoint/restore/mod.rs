@@ -42,7 +42,7 @@ mod verify;
 pub use download::download_backend;
 pub use rescale::{RestoreRoute, plan_restore};
 pub use resolve::{latest_checkpoint, read_metadata};
-pub use verify::{VerifyReport, verify_checkpoint};
+pub use verify::{VerifyReport, verify_checkpoint, verify_checkpoint_with_progress};
 
 use download::*;
 use rescale::*;
@@ -206,10 +206,10 @@ fn backend_ranges(metadata: &CheckpointMetadata) -> String {
 }
 
 /// Restores the backend of `target.key_groups` from `source` into `target` and opens it, outside
-/// any job (the `rockpoint restore` command). The range need not be one the snapshot's backends
-/// had: a rescaling restore clips or merges them ([`plan_restore`](crate::restore::plan_restore)).
-/// A reader pin, renewed while the download runs, keeps the files read from GC and from their
-/// job's discards; it is removed at the end.
+/// any job. The range need not be one the snapshot's backends had: a rescaling restore clips or
+/// merges them ([`plan_restore`](crate::restore::plan_restore)). Missing parents of the target are
+/// created. A reader pin, renewed while the download runs, keeps the files read from GC and from
+/// their job's discards; it is removed at the end.
 ///
 /// Runs in a `restore` span (job, source, key groups) and publishes its duration and bytes
 /// ([`metrics`](crate::metrics), labelled with the restored checkpoint's job).
@@ -220,21 +220,91 @@ pub async fn restore_backend(
     parallelism: usize,
     progress: Option<Progress>,
 ) -> Result<KeyedStateBackend> {
+    let never = std::future::pending::<()>();
+    let mut backends = restore_targets(
+        store,
+        source,
+        std::slice::from_ref(target),
+        parallelism,
+        progress,
+        Parents::Create,
+        never,
+    )
+    .await?;
+    Ok(backends.pop().expect("one backend per target"))
+}
+
+/// Restores several backends of one snapshot, all or nothing (the `rockpoint restore` command):
+/// each target is planned (any covered range, [`plan_restore`](crate::restore::plan_restore);
+/// targets must not overlap), checked before anything is read (it must not exist or be an empty
+/// directory, and its parent must exist: `Invalid` otherwise), assembled in a temporary directory
+/// next to it, and renamed into place only once every target is complete; each source backend is
+/// downloaded once however many targets read it. On any failure, or when the future is dropped,
+/// nothing of any target remains, and the same call can simply be retried. Returns the opened
+/// backends in the order of `targets`.
+pub async fn restore_backends(
+    store: &dyn Store,
+    source: &RestoreSource,
+    targets: &[RestoreTarget],
+    parallelism: usize,
+    progress: Option<Progress>,
+) -> Result<Vec<KeyedStateBackend>> {
+    let never = std::future::pending::<()>();
+    restore_backends_until(store, source, targets, parallelism, progress, never).await
+}
+
+/// [`restore_backends`], stopped when `stop` completes (an operator's Ctrl-C): the downloads in
+/// flight are dropped, builds already started are awaited, every temporary and scratch directory
+/// is removed, the reader pin is deleted, and the restore fails with `Cancelled`. A `stop` that
+/// completes once every target was renamed into place does not undo the restore. Unlike dropping
+/// the future, which leaves the reader pin to expire (an hour; GC then removes it), a stopped
+/// restore leaves nothing in the root either.
+pub async fn restore_backends_until(
+    store: &dyn Store,
+    source: &RestoreSource,
+    targets: &[RestoreTarget],
+    parallelism: usize,
+    progress: Option<Progress>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Vec<KeyedStateBackend>> {
+    restore_targets(
+        store,
+        source,
+        targets,
+        parallelism,
+        progress,
+        Parents::MustExist,
+        stop,
+    )
+    .await
+}
+
+/// The standalone restore of `targets` behind [`restore_backend`] and [`restore_backends_until`].
+async fn restore_targets(
+    store: &dyn Store,
+    source: &RestoreSource,
+    targets: &[RestoreTarget],
+    parallelism: usize,
+    progress: Option<Progress>,
+    parents: Parents,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Vec<KeyedStateBackend>> {
     let job = source_job(source);
+    let ranges: Vec<String> = targets.iter().map(|t| t.key_groups.to_string()).collect();
     let span = tracing::info_span!(
         "restore",
         job,
         source = ?source,
-        key_groups = %target.key_groups,
+        key_groups = %ranges.join(", "),
     );
     let started = std::time::Instant::now();
-    let restored = restore_backend_in(store, source, target, parallelism, progress)
+    let restored = restore_targets_in(store, source, targets, parallelism, progress, parents, stop)
         .instrument(span)
         .await;
     match restored {
-        Ok((backend, metadata, reports)) => {
+        Ok((backends, metadata, reports)) => {
             publish_restore(&metadata.job_id, &metadata, started, &reports);
-            Ok(backend)
+            Ok(backends)
         }
         Err(e) => {
             crate::metrics::restore_failed(job, e.kind());
@@ -243,15 +313,28 @@ pub async fn restore_backend(
     }
 }
 
-async fn restore_backend_in(
+async fn restore_targets_in(
     store: &dyn Store,
     source: &RestoreSource,
-    target: &RestoreTarget,
+    targets: &[RestoreTarget],
     parallelism: usize,
     progress: Option<Progress>,
-) -> Result<(KeyedStateBackend, CheckpointMetadata, Vec<DownloadReport>)> {
+    parents: Parents,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(
+    Vec<KeyedStateBackend>,
+    CheckpointMetadata,
+    Vec<DownloadReport>,
+)> {
+    if targets.is_empty() {
+        return Err(Error::invalid("a restore needs at least one target"));
+    }
+    // The targets are the caller's input: checked before the metadata is read, a pin written or
+    // anything downloaded or created (`restore_all` checks them again, as it creates them).
+    for target in targets {
+        check_target(&absolute(&target.dir)?, parents)?;
+    }
     let (_, metadata) = read_metadata(store, source).await?;
-    let targets = std::slice::from_ref(target);
     let routes = plan_all(&metadata, targets)?;
     check_routes(&metadata, targets, &routes)?;
     let hashes = hashes_read(&metadata, targets, &routes);
@@ -259,15 +342,33 @@ async fn restore_backend_in(
         store,
         &metadata,
         &hashes,
-        restore_all(store, &metadata, targets, &routes, parallelism, progress),
+        restore_all_until(
+            store,
+            &metadata,
+            targets,
+            &routes,
+            parallelism,
+            progress,
+            stop,
+        ),
     )
     .await?;
-    // A backend that does not open (its files do not hold the states the record names) is not
-    // left behind.
-    let backend = open_restored(&metadata, &routes[0], target).inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&target.dir);
-    })?;
-    Ok((backend, metadata, reports))
+    // A backend that does not open (its files do not hold the states the record names) fails
+    // the whole restore: no target is left behind.
+    let opened: Result<Vec<KeyedStateBackend>> = routes
+        .iter()
+        .zip(targets)
+        .map(|(route, target)| open_restored(&metadata, route, target))
+        .collect();
+    match opened {
+        Ok(backends) => Ok((backends, metadata, reports)),
+        Err(e) => {
+            for target in targets {
+                let _ = std::fs::remove_dir_all(&target.dir);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// The job a restore source names, for the labels of a restore that fails before its metadata

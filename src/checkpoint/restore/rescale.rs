@@ -205,15 +205,33 @@ struct Leftovers {
 impl Drop for Leftovers {
     fn drop(&mut self) {
         if let Some(scratch) = &self.scratch {
-            let _ = std::fs::remove_dir_all(scratch);
+            remove_tree(scratch);
         }
         for temp in &self.temps {
-            let _ = std::fs::remove_dir_all(temp);
+            remove_tree(temp);
         }
         if !self.succeeded {
             for dir in &self.done {
-                let _ = std::fs::remove_dir_all(dir);
+                remove_tree(dir);
             }
+        }
+    }
+}
+
+/// Removes the directory tree `dir`, synchronously (the caller may be a dropped future, or a
+/// process about to exit). A copy of a dropped download still running on a blocking thread may
+/// create a file in it while it is being removed, which fails the removal of its directory: it is
+/// retried a few times (such a copy can create no file once its directory is gone).
+fn remove_tree(dir: &Path) {
+    for attempt in 0..10 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if attempt == 9 || e.kind() != std::io::ErrorKind::DirectoryNotEmpty => {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing what a failed restore left");
+                return;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
         }
     }
 }
@@ -232,6 +250,44 @@ pub(super) async fn restore_all(
     parallelism: usize,
     progress: Option<Progress>,
 ) -> Result<Vec<DownloadReport>> {
+    let never = std::future::pending::<()>();
+    restore_all_until(
+        store,
+        metadata,
+        targets,
+        routes,
+        parallelism,
+        progress,
+        never,
+    )
+    .await
+}
+
+/// [`restore_all`], stopped when `stop` completes: the downloads in flight are dropped, the builds
+/// already started are awaited (they cannot be interrupted and write into the temporaries), then
+/// everything created is removed and `Cancelled` returned. A `stop` that completes only once
+/// every target is built stops the restore before the first rename.
+pub(super) async fn restore_all_until(
+    store: &dyn Store,
+    metadata: &CheckpointMetadata,
+    targets: &[RestoreTarget],
+    routes: &[RestoreRoute],
+    parallelism: usize,
+    progress: Option<Progress>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Vec<DownloadReport>> {
+    let stopped = || {
+        Error::cancelled(format!(
+            "restore of {} {} of job `{}` interrupted",
+            match metadata.kind {
+                SnapshotKind::Checkpoint => "checkpoint",
+                SnapshotKind::Savepoint => "savepoint",
+            },
+            metadata.checkpoint_id,
+            metadata.job_id
+        ))
+    };
+    let mut stop = std::pin::pin!(stop);
     let mut left = Leftovers::default();
     // Every target is checked before anything is downloaded.
     let dirs: Vec<PathBuf> = targets
@@ -252,7 +308,7 @@ pub(super) async fn restore_all(
     // downloads of the next targets. All are awaited, also after a failed download, before
     // anything is renamed or removed.
     let mut builds = Vec::new();
-    let downloads: Result<()> = async {
+    let downloads = async {
         for (i, (target, route)) in targets.iter().zip(routes).enumerate() {
             left.temps.push(temps[i].clone());
             if *route == RestoreRoute::Exact {
@@ -264,13 +320,7 @@ pub(super) async fn restore_all(
             }
             let scratch_dir = left
                 .scratch
-                .get_or_insert_with(|| {
-                    let name = temps[i].file_name().expect("a temporary has a name");
-                    let name = name
-                        .to_string_lossy()
-                        .replacen(".restore-", ".restore-scratch-", 1);
-                    temps[i].with_file_name(name)
-                })
+                .get_or_insert_with(|| scratch_for(&temps[i]))
                 .clone();
             for range in route.sources(target.key_groups) {
                 let key = (range.start(), range.end());
@@ -306,14 +356,24 @@ pub(super) async fn restore_all(
                 matches!(route, RestoreRoute::Load { .. }),
             ));
         }
-        Ok(())
-    }
-    .await;
+        Ok::<(), Error>(())
+    };
+    // A stop drops the downloads in flight (a dropped read ends at once; a local copy on a
+    // blocking thread runs out into a directory that is then gone, see `remove_tree`).
+    let downloads: Result<()> = tokio::select! {
+        biased;
+        () = stop.as_mut() => Err(stopped()),
+        done = downloads => done,
+    };
     let mut failure = downloads.err();
     for built in futures::future::join_all(builds).await {
         if let Err(e) = built {
             failure.get_or_insert(e);
         }
+    }
+    // A stop while the last builds ran: nothing is renamed.
+    if failure.is_none() && futures::FutureExt::now_or_never(stop.as_mut()).is_some() {
+        failure = Some(stopped());
     }
     if let Some(e) = failure {
         return Err(e);

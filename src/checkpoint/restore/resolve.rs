@@ -5,7 +5,30 @@
 use super::*;
 
 /// R1–R2: resolves `source` and reads its verified metadata. Returns the metadata path too.
+///
+/// `latest:<job>` of a running job may name a checkpoint that the job subsumes before it is read:
+/// it is resolved again (a few times) rather than reported as not found.
 pub async fn read_metadata(
+    store: &dyn Store,
+    source: &RestoreSource,
+) -> Result<(String, CheckpointMetadata)> {
+    let mut attempts = 0;
+    loop {
+        let read = read_metadata_once(store, source).await;
+        match read {
+            Err(e)
+                if e.kind() == ErrorKind::NotFound
+                    && matches!(source, RestoreSource::Latest(_))
+                    && attempts < 8 =>
+            {
+                attempts += 1;
+            }
+            read => return read,
+        }
+    }
+}
+
+async fn read_metadata_once(
     store: &dyn Store,
     source: &RestoreSource,
 ) -> Result<(String, CheckpointMetadata)> {
@@ -86,6 +109,7 @@ pub(crate) async fn pin_for_reading(
 ) -> Result<String> {
     let path = layout::reader_pin_path(&metadata.job_id, metadata.kind, metadata.checkpoint_id);
     let pin = PinRecord {
+        export_target: false,
         job_id: metadata.job_id.clone(),
         checkpoint_id: Some(metadata.checkpoint_id),
         created_at_ms: crate::util::now_ms(),
@@ -148,6 +172,7 @@ pub(crate) async fn with_reader_pin<T>(
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(READER_PIN_LIFETIME_MS / 3)).await;
             let pin = PinRecord {
+                export_target: false,
                 job_id: metadata.job_id.clone(),
                 checkpoint_id: Some(metadata.checkpoint_id),
                 created_at_ms: crate::util::now_ms(),

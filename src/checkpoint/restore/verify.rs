@@ -23,6 +23,18 @@ pub async fn verify_checkpoint(
     source: &RestoreSource,
     parallelism: usize,
 ) -> Result<VerifyReport> {
+    verify_checkpoint_with_progress(store, source, parallelism, None).await
+}
+
+/// [`verify_checkpoint`], telling `progress` how many more bytes were read and hashed (every byte
+/// of every distinct object once, including those of damaged objects read before the damage
+/// showed: a bar over [`VerifyReport::bytes`] may end short of its total only on problems).
+pub async fn verify_checkpoint_with_progress(
+    store: &dyn Store,
+    source: &RestoreSource,
+    parallelism: usize,
+    progress: Option<Progress>,
+) -> Result<VerifyReport> {
     let (path, metadata) = read_metadata(store, source).await?;
     let mut work: Vec<(String, String, ContentHash, u64)> = metadata
         .backends
@@ -38,21 +50,26 @@ pub async fn verify_checkpoint(
         .collect();
     work.sort();
     work.dedup();
-    let outcomes: Vec<std::result::Result<u64, String>> = stream::iter(work.into_iter().map(
-        |(object, local, hash, size)| async move {
-            let checked = async {
-                let mut chunks = verified_stream(store, &object, &local, hash, size).await?;
-                while let Some(chunk) = chunks.next().await {
-                    chunk?;
-                }
-                Ok::<_, Error>(size)
-            };
-            checked.await.map_err(|e| e.to_string())
-        },
-    ))
-    .buffer_unordered(parallelism.max(1))
-    .collect()
-    .await;
+    let outcomes: Vec<std::result::Result<u64, String>> =
+        stream::iter(work.into_iter().map(|(object, local, hash, size)| {
+            let progress = progress.clone();
+            async move {
+                let checked = async {
+                    let mut chunks = verified_stream(store, &object, &local, hash, size).await?;
+                    while let Some(chunk) = chunks.next().await {
+                        let chunk = chunk?;
+                        if let Some(progress) = &progress {
+                            progress(chunk.len() as u64);
+                        }
+                    }
+                    Ok::<_, Error>(size)
+                };
+                checked.await.map_err(|e| e.to_string())
+            }
+        }))
+        .buffer_unordered(parallelism.max(1))
+        .collect()
+        .await;
     let mut report = VerifyReport {
         path,
         ..VerifyReport::default()

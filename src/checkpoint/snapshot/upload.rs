@@ -245,6 +245,7 @@ impl PendingSnapshot {
         hashes.sort();
         hashes.dedup();
         let pin = PinRecord {
+            export_target: false,
             job_id: ticket.job_id.to_string(),
             checkpoint_id: Some(ticket.checkpoint_id),
             created_at_ms: crate::util::now_ms(),

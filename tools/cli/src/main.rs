@@ -12,12 +12,12 @@ use rockpoint::admin::{RootStatus, RootView, inspect_root, mark_root, root_statu
 use rockpoint::{
     GcOptions, KeyGroupRange, RestoreSource, RootOptions, Store, SweepMode, open_root,
 };
-use serde::Serialize;
 
 #[macro_use]
 mod output;
 mod check;
 mod delete;
+mod inspect;
 mod restore;
 use output::{NOT_A_ROOT, bar, exit_code, fail};
 
@@ -29,7 +29,7 @@ use output::{NOT_A_ROOT, bar, exit_code, fail};
                   --key-groups); 3 not found; 4 corruption (also: verify found a damaged \
                   checkpoint); 5 unavailable or busy (retry); 6 conflict or fenced (another writer \
                   won); 7 cancelled or poisoned; 8 not a rockpoint root (the location has no \
-                  `rockpoint-root` marker and no job records; nothing was created or deleted).\n\nLogs go to stderr: RUST_LOG overrides -v \
+                  `rockpoint-root` marker and no job records; nothing was created or deleted); 9 refused (`delete`, `prune`: a job resumes from it or a reader holds it; nothing was deleted).\n\nLogs go to stderr: RUST_LOG overrides -v \
                   (info) and -vv (debug); warnings by default."
 )]
 struct Cli {
@@ -66,7 +66,8 @@ enum Command {
         #[arg(long)]
         job: Option<String>,
     },
-    /// Show a checkpoint's metadata (always JSON).
+    /// Show a checkpoint: when, how long, how big (new, full, exclusive), its backends and states
+    /// (--json: the metadata record itself).
     Show {
         /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path, or a
         /// checkpoint directory.
@@ -78,16 +79,26 @@ enum Command {
         /// checkpoint directory.
         checkpoint: String,
     },
-    /// Restore one backend of a checkpoint into a new directory.
+    /// Restore backends of a checkpoint into new directories, all or nothing: every target is
+    /// assembled and verified in a hidden temporary directory next to it and moved into place only
+    /// once all are complete; on a failure or Ctrl-C (exit 130) nothing is left behind and the
+    /// same command can be run again.
+    ///
+    /// With one --key-groups, TARGET is that backend's directory. Without --key-groups, every
+    /// backend of the checkpoint is restored, each into TARGET/kg-START-END; with several, each
+    /// range likewise. TARGET must not exist or be an empty directory, and its parent must exist
+    /// (nothing is created otherwise); a TARGET created by a failed restore is removed again.
     Restore {
         /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path, or a
         /// checkpoint directory.
         checkpoint: String,
-        /// The backend's key groups, `START..END` (end exclusive): any range the snapshot's
-        /// backends cover together (a rescaling restore clips or merges them).
-        #[arg(long)]
-        key_groups: String,
-        /// The directory to create.
+        /// A backend's key groups, `START..END` (end exclusive): any range the snapshot's
+        /// backends cover together (a rescaling restore clips or merges them). Repeatable, for
+        /// several backends (ranges must not overlap: e.g. `0..64` and `64..128` rescale into
+        /// two); default: every backend the checkpoint has, as it has them.
+        #[arg(long, value_name = "START..END")]
+        key_groups: Vec<String>,
+        /// The directory to create (see above).
         #[arg(long)]
         target: PathBuf,
     },
@@ -152,18 +163,6 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-}
-
-#[derive(Serialize)]
-struct ListedCheckpoint {
-    path: String,
-    job: String,
-    id: u64,
-    kind: String,
-    created_at_ms: u64,
-    backends: usize,
-    checkpointed_bytes: u64,
-    full_bytes: u64,
 }
 
 /// The message of a location (`flag` `location`) that is not a root.
@@ -372,7 +371,7 @@ fn savepoint_reference(metadata_path: &str) -> String {
 }
 
 /// Records `inspect_root` could not read: named on stderr, the rest of the root listed anyway.
-fn warn_unreadable(view: &RootView) {
+pub(crate) fn warn_unreadable(view: &RootView) {
     for record in &view.unreadable {
         eprintln!("warning: skipping {record}");
     }
@@ -423,50 +422,42 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
         Command::List { job } => {
             let view = inspect_root(&*store, job.as_deref()).await?;
             warn_unreadable(&view);
-            let listed: Vec<ListedCheckpoint> = view
-                .checkpoints()
-                .map(|c| ListedCheckpoint {
-                    path: c.path.clone(),
-                    job: c.job_id.clone(),
-                    id: c.id,
-                    kind: format!("{:?}", c.kind).to_lowercase(),
-                    created_at_ms: c.created_at_ms,
-                    backends: c.backends,
-                    checkpointed_bytes: c.checkpointed_bytes,
-                    full_bytes: c.full_bytes,
-                })
-                .collect();
-            if json {
-                out!(
-                    "{}",
-                    serde_json::to_string_pretty(&listed).expect("serializable")
-                );
-            } else {
-                for c in listed {
-                    out!(
-                        "{:<60} {:<10} {:>3} backends {:>14} new {:>14} full",
-                        c.path,
-                        c.kind,
-                        c.backends,
-                        c.checkpointed_bytes,
-                        c.full_bytes
-                    );
-                }
-            }
+            inspect::list(&view, json);
         }
         Command::Show { checkpoint } => {
-            let (_, metadata) =
+            let (path, metadata) =
                 rockpoint::restore::read_metadata(&*store, &RestoreSource::parse(&checkpoint)?)
                     .await?;
-            out!(
-                "{}",
-                serde_json::to_string_pretty(&metadata).expect("serializable")
-            );
+            // The exclusive size needs the whole root; a root that cannot be read whole still
+            // shows the checkpoint.
+            let exclusive = match inspect_root(&*store, None).await {
+                Ok(view) => view
+                    .checkpoints()
+                    .find(|c| c.path == path)
+                    .map(|c| c.exclusive_bytes),
+                Err(_) => None,
+            };
+            inspect::show(&metadata, exclusive, json);
         }
         Command::Verify { checkpoint } => {
-            let report =
-                rockpoint::verify_checkpoint(&*store, &RestoreSource::parse(&checkpoint)?, 8)
+            // Resolved once: the bar's total and the check are of the same checkpoint.
+            let (path, metadata) =
+                rockpoint::restore::read_metadata(&*store, &RestoreSource::parse(&checkpoint)?)
                     .await?;
+            let progress = bar(restore::distinct_bytes(&metadata), "verifying");
+            let callback = {
+                let progress = progress.clone();
+                Arc::new(move |n: u64| progress.inc(n)) as rockpoint::Progress
+            };
+            let report = rockpoint::restore::verify_checkpoint_with_progress(
+                &*store,
+                &RestoreSource::Metadata(path),
+                8,
+                Some(callback),
+            )
+            .await;
+            progress.finish_and_clear();
+            let report = report?;
             if json {
                 out!(
                     "{}",
@@ -494,7 +485,7 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
             checkpoint,
             key_groups,
             target,
-        } => return restore::run(&*store, &checkpoint, &key_groups, target, json).await,
+        } => return restore::run(&*store, &checkpoint, &key_groups, &target, json).await,
         Command::Export {
             checkpoint,
             to,
@@ -657,40 +648,7 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
         Command::Du => {
             let view = inspect_root(&*store, None).await?;
             warn_unreadable(&view);
-            let full_sum: u64 = view.checkpoints().map(|c| c.full_bytes).sum();
-            if json {
-                let value = serde_json::json!({
-                    "checkpoints": view.checkpoints().map(|c| serde_json::json!({
-                        "path": c.path,
-                        "checkpointed_bytes": c.checkpointed_bytes,
-                        "full_bytes": c.full_bytes,
-                        "exclusive_bytes": c.exclusive_bytes,
-                    })).collect::<Vec<_>>(),
-                    "stored_bytes": view.stored_bytes,
-                    "unique_shared_bytes": view.referenced_bytes,
-                    "sum_of_full_sizes": full_sum,
-                });
-                out!(
-                    "{}",
-                    serde_json::to_string_pretty(&value).expect("serializable")
-                );
-            } else {
-                for c in view.checkpoints() {
-                    out!(
-                        "{:<60} {:>14} checkpointed {:>14} full {:>14} exclusive",
-                        c.path,
-                        c.checkpointed_bytes,
-                        c.full_bytes,
-                        c.exclusive_bytes
-                    );
-                }
-                out!(
-                    "root stores {} bytes; retained checkpoints add up to {full_sum} bytes of state, \
-                     {} bytes of distinct shared files",
-                    view.stored_bytes,
-                    view.referenced_bytes
-                );
-            }
+            inspect::du(&view, json);
         }
     }
     Ok(ExitCode::SUCCESS)

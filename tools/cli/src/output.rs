@@ -71,3 +71,6 @@ pub fn bar(total: u64, what: &str) -> ProgressBar {
 pub fn human(bytes: u64) -> String {
     indicatif::HumanBytes(bytes).to_string()
 }
+
+/// The exit code of a deletion refused because something still needs it (see `--help`).
+pub const REFUSED: u8 = 9;

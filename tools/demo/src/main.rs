@@ -1,12 +1,18 @@
 //! The main job: a keyed word count over generated text on 4 backends (128 key groups), checkpointed
 //! every round to a local root; then a simulated crash (everything in memory and on the local disks
-//! is dropped), a restore from the latest retained checkpoint's path into a new job, and a check that
-//! the restored state equals what the job had at that checkpoint. Exits non-zero if it does not.
+//! is dropped), a restart of the job from its latest retained checkpoint's path (a new coordinator
+//! of the same job: it fences the crashed one), and a check that the restored state equals what the
+//! job had at that checkpoint. Exits non-zero if it does not.
 //!
-//! `cargo run --bin rockpoint-demo [-- --dir DIR --rounds N --words-per-round N]`
+//! Run again with the same `--dir`, it resumes the job from its latest checkpoint (the counts then
+//! include every run); `--fresh` deletes what an earlier run left there and starts from empty
+//! state. On exit it says where the root is, or that it removed it (the default temporary
+//! directory; `--keep` keeps it).
+//!
+//! `cargo run --bin rockpoint-demo [-- --dir DIR --fresh --keep --rounds N --words-per-round N]`
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Parser;
@@ -17,13 +23,23 @@ use rockpoint::{
 
 const MAX_PARALLELISM: u32 = 128;
 const PARALLELISM: u32 = 4;
+const JOB: &str = "wordcount";
 
 /// Word count with incremental checkpoints, a crash and a verified restore.
 #[derive(Parser)]
 struct Args {
-    /// Working directory (default: a new temporary directory, removed at the end).
+    /// Working directory: the root (`DIR/checkpoints`) and the backends' local directories. Kept
+    /// at the end; run again with the same DIR to resume the job from its latest checkpoint.
+    /// Default: a new temporary directory, removed at the end (unless --keep).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Delete what an earlier run left in --dir (its root and backend directories) and start the
+    /// job from empty state.
+    #[arg(long, requires = "dir")]
+    fresh: bool,
+    /// Keep the temporary directory (and its root) instead of removing it at the end.
+    #[arg(long, conflicts_with = "dir")]
+    keep: bool,
     /// Rounds of input; one checkpoint per round.
     #[arg(long, default_value_t = 8)]
     rounds: u32,
@@ -102,8 +118,71 @@ fn ranges() -> Vec<KeyGroupRange> {
         .collect()
 }
 
+/// The backends of one run of the job: restored from `source` if there is one, else empty.
+async fn open_job(
+    coordinator: &CheckpointCoordinator,
+    source: Option<&str>,
+    dir: &Path,
+) -> rockpoint::Result<Job> {
+    // Local backend directories are the job's scratch space, never its state of record (that is
+    // the checkpoint): whatever an earlier process left there goes.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| {
+            rockpoint::Error::with_source(
+                rockpoint::ErrorKind::Internal,
+                format!("removing {}", dir.display()),
+                e,
+            )
+        })?;
+    }
+    let backend_dir = |i: usize| dir.join(format!("backend-{i}"));
+    let backends = match source {
+        None => ranges()
+            .into_iter()
+            .enumerate()
+            .map(|(i, range)| {
+                KeyedStateBackend::open(
+                    backend_dir(i),
+                    MAX_PARALLELISM,
+                    range,
+                    BackendSettings::default(),
+                )
+            })
+            .collect::<rockpoint::Result<Vec<_>>>()?,
+        Some(path) => {
+            let targets: Vec<RestoreTarget> = ranges()
+                .into_iter()
+                .enumerate()
+                .map(|(i, key_groups)| RestoreTarget {
+                    dir: backend_dir(i),
+                    key_groups,
+                    settings: BackendSettings::default(),
+                })
+                .collect();
+            coordinator
+                .restore(
+                    &RestoreSource::Metadata(path.to_owned()),
+                    &targets,
+                    ClaimMode::NoClaim,
+                )
+                .await?
+        }
+    };
+    Job::from_backends(backends)
+}
+
+/// `wordcount/8` for `jobs/wordcount/chk-00000000000000000008/_metadata`.
+fn short_ref(metadata_path: &str) -> String {
+    metadata_path
+        .rsplit('/')
+        .nth(1)
+        .and_then(|dir| dir.strip_prefix("chk-"))
+        .and_then(|id| id.parse::<u64>().ok())
+        .map_or_else(|| metadata_path.to_owned(), |id| format!("{JOB}/{id}"))
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     // RUST_LOG selects what the library logs (default: warnings, e.g. cleanup that GC finishes).
     tracing_subscriber::fmt()
@@ -113,13 +192,68 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let temp = tempfile::tempdir()?;
-    let work = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| temp.path().to_path_buf());
+    let (temp, work) = match &args.dir {
+        Some(dir) => (None, dir.clone()),
+        None => match tempfile::Builder::new().prefix("rockpoint-demo-").tempdir() {
+            Ok(temp) => {
+                let path = temp.path().to_path_buf();
+                (Some(temp), path)
+            }
+            Err(e) => {
+                eprintln!("error: creating a temporary directory: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
     let root = work.join("checkpoints");
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(&root)?);
+    let result = run(&args, &work, &root).await;
+    if let Err(e) = &result {
+        eprintln!("error: {e}");
+    }
+    // Whatever happened, say where the root is (or that it is gone).
+    match temp {
+        Some(temp) if !args.keep => {
+            let path = temp.path().display().to_string();
+            match temp.close() {
+                Ok(()) => println!(
+                    "removed the temporary directory {path} with its root; pass --keep (or --dir DIR) to keep it"
+                ),
+                Err(e) => eprintln!("could not remove the temporary directory {path}: {e}"),
+            }
+        }
+        temp => {
+            // --keep, or --dir: nothing is removed.
+            if let Some(temp) = temp {
+                let _ = temp.keep();
+            }
+            println!(
+                "root kept at {0}: try `cargo run --bin rockpoint -- --root {0} list`",
+                root.display()
+            );
+            if let Some(dir) = &args.dir {
+                println!(
+                    "run again with --dir {} to resume the job from its latest checkpoint, or add --fresh to start over",
+                    dir.display()
+                );
+            }
+        }
+    }
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::FAILURE,
+    }
+}
+
+async fn run(args: &Args, work: &Path, root: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    if args.fresh {
+        for leftover in [root.to_path_buf(), work.join("run-1"), work.join("run-2")] {
+            if leftover.exists() {
+                std::fs::remove_dir_all(&leftover)?;
+                println!("--fresh: removed {}", leftover.display());
+            }
+        }
+    }
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(root)?);
     let settings = CheckpointSettings {
         retained: 3,
         ..CheckpointSettings::default()
@@ -129,20 +263,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.display()
     );
 
-    // Run the job, checkpointing every round and remembering what the state was at each checkpoint.
-    let coordinator =
-        CheckpointCoordinator::open(store.clone(), "wordcount", settings.clone()).await?;
-    let mut backends = Vec::new();
-    for (i, range) in ranges().into_iter().enumerate() {
-        backends.push(KeyedStateBackend::open(
-            work.join(format!("run-1/backend-{i}")),
-            MAX_PARALLELISM,
-            range,
-            BackendSettings::default(),
-        )?);
-    }
-    let job = Job::from_backends(backends)?;
+    // An earlier run with this --dir: resume its job from its latest checkpoint, never start from
+    // empty state next to its checkpoints.
+    let previous = rockpoint::restore::latest_checkpoint(&*store, JOB).await?;
+    let coordinator = CheckpointCoordinator::open(store.clone(), JOB, settings.clone()).await?;
+    let job = open_job(&coordinator, previous.as_deref(), &work.join("run-1")).await?;
+    // The text goes on where the checkpoint left it: each run reads new words.
     let mut words = Words(0x5eed);
+    if let Some(path) = &previous {
+        let resumed = job.scan()?;
+        let total: u64 = resumed.values().sum();
+        println!(
+            "resumed from {} (an earlier run in this directory): {} distinct words, {total} counted; counting goes on from there (--fresh starts over)",
+            short_ref(path),
+            resumed.len()
+        );
+        words = Words(0x5eed ^ total.rotate_left(17) ^ 0x9e37_79b9);
+    }
+
+    // Run the job, checkpointing every round and remembering what the state was at each checkpoint.
     let mut expected_at = BTreeMap::new();
     for round in 1..=args.rounds {
         for _ in 0..args.words_per_round {
@@ -174,7 +313,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let retained: Vec<String> = coordinator
         .retained()
         .iter()
-        .map(|m| m.metadata_path())
+        .map(|m| short_ref(&m.metadata_path()))
         .collect();
     println!("retained checkpoints: {retained:?}");
 
@@ -184,58 +323,48 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::remove_dir_all(work.join("run-1"))?;
     println!("crashed: in-memory state and local backend directories are gone");
 
-    // Restore a new job from the latest retained checkpoint's path, and verify.
-    let latest = rockpoint::restore::latest_checkpoint(&*store, "wordcount")
+    // Restart the job from its latest retained checkpoint's path, and verify. The new coordinator
+    // claims the job: the crashed one, were it still running, would be fenced.
+    let latest = rockpoint::restore::latest_checkpoint(&*store, JOB)
         .await?
         .ok_or("no checkpoint to restore")?;
-    let restored_job =
-        CheckpointCoordinator::open(store.clone(), "wordcount-resumed", settings).await?;
-    let targets: Vec<RestoreTarget> = ranges()
-        .into_iter()
-        .enumerate()
-        .map(|(i, key_groups)| RestoreTarget {
-            dir: work.join(format!("run-2/backend-{i}")),
-            key_groups,
-            settings: BackendSettings::default(),
-        })
-        .collect();
+    let restarted = CheckpointCoordinator::open(store.clone(), JOB, settings).await?;
     let started = std::time::Instant::now();
-    let backends = restored_job
-        .restore(
-            &RestoreSource::Metadata(latest.clone()),
-            &targets,
-            ClaimMode::NoClaim,
-        )
-        .await?;
+    let job = open_job(&restarted, Some(&latest), &work.join("run-2")).await?;
     let restore_time = started.elapsed();
-    let job = Job::from_backends(backends)?;
     let restored = job.scan()?;
-    let expected = &expected_at[&latest];
+    let expected = expected_at
+        .get(&latest)
+        .ok_or_else(|| format!("{latest} is not a checkpoint of this run"))?;
     let total: u64 = restored.values().sum();
     println!(
-        "restored {latest} in {}: {} distinct words, {total} counted; top: {:?}",
+        "restored {} in {}: {} distinct words, {total} counted; top: {:?}",
+        short_ref(&latest),
         human_duration(restore_time),
         restored.len(),
         top(&restored, 3)
     );
     if &restored != expected {
-        eprintln!("VERIFY FAILED: restored state differs from the state at {latest}");
-        std::process::exit(1);
+        return Err(
+            format!("VERIFY FAILED: restored state differs from the state at {latest}").into(),
+        );
     }
     println!("verified: the restored state equals the state at that checkpoint");
 
     for _ in 0..args.words_per_round {
         job.count(words.next_word())?;
     }
-    let after = restored_job.checkpoint(&job.refs()).await?;
+    let after = restarted.checkpoint(&job.refs()).await?;
+    let total: u64 = job.scan()?.values().sum();
     println!(
-        "first checkpoint after restore: {}, uploaded {}, reused {} (only new files move)",
+        "first checkpoint after restore: {} ({}), uploaded {}, reused {} (only new files move); {total} words counted",
+        short_ref(&after.path()),
         human_duration(after.duration),
         human_bytes(after.uploaded_bytes()),
         human_bytes(after.reused_bytes())
     );
-    // Subsumption removed the records of checkpoints 1–5; their shared files are GC's (safe next
-    // to the live job, at any grace period).
+    // Subsumption removed the records of the older checkpoints; their shared files are GC's (safe
+    // next to the live job, at any grace period).
     let gc = rockpoint::collect_garbage(
         &*store,
         &rockpoint::GcOptions {
@@ -251,7 +380,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         human_bytes(gc.reclaimed_bytes),
         gc.requests
     );
-    restored_job.shutdown(JobEnd::Cancelled).await?;
+    // Suspended, as at a failover: the checkpoints stay, and the next run with this --dir resumes
+    // from the last one.
+    restarted.shutdown(JobEnd::Suspended).await?;
     Ok(())
 }
 
