@@ -26,8 +26,9 @@ use output::{NOT_A_ROOT, bar, exit_code, fail};
 #[command(
     version,
     after_help = "Exit codes: 0 success; 1 internal error; 2 invalid input (usage, a bad \
-                  --key-groups); 3 not found; 4 corruption (also: verify found a damaged \
-                  checkpoint); 5 unavailable or busy (retry); 6 conflict or fenced (another writer \
+                  --key-groups); 3 not found; 4 corruption (also: verify or check found a damaged \
+                  checkpoint or a missing object); 5 unavailable or busy (retry; also: check could \
+                  not read some objects); 6 conflict or fenced (another writer \
                   won); 7 cancelled or poisoned; 8 not a rockpoint root (the location has no \
                   `rockpoint-root` marker and no job records; nothing was created or deleted); 9 refused (`delete`, `prune`: a job resumes from it or a reader holds it; nothing was deleted).\n\nLogs go to stderr: RUST_LOG overrides -v \
                   (info) and -vv (debug); warnings by default."
