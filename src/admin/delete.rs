@@ -156,6 +156,13 @@ pub async fn delete_snapshot(
         if owner_live {
             return Ok(report(DeleteOutcome::HandedToOwner));
         }
+        // P3b, the deleter rule for the decision: a reader that pinned before P3 may have checked
+        // the record before it too (R4) and so be restoring — a job restored from it would need
+        // it again after a failure. P2 saw no live pin; one now means such a reader: undo P3.
+        let late = reader_refusals(store, &job_id, kind, id, margin_ms).await?;
+        if !late.is_empty() && undo(store, &job_id, kind, id, next.epoch).await? {
+            return Ok(report(DeleteOutcome::Refused { reasons: late }));
+        }
         // P4 = D1–D3
         store
             .delete(&layout::metadata_path(&job_id, kind, id))
@@ -167,6 +174,50 @@ pub async fn delete_snapshot(
         ErrorKind::Busy,
         format!("the record of job `{job_id}` kept changing; try again"),
     ))
+}
+
+/// P3b's undo: lists `id` in its job's record again, if the record is still of `epoch` (P3's) and
+/// lacks it. A coordinator that claimed the job since P3 decided from a record without the id: its
+/// recovery (O2) may delete the id's records, so after a claim the delete is not undone (`false`;
+/// the reader's restore still completes, its pin keeps what it reads; only a second restore of the
+/// deleted snapshot would find it gone, as after any discard).
+async fn undo(
+    store: &dyn Store,
+    job_id: &str,
+    kind: SnapshotKind,
+    id: u64,
+    epoch: u64,
+) -> Result<bool> {
+    for _ in 0..16 {
+        let Some((record, version)) = job::read_job(store, job_id).await? else {
+            return Ok(false);
+        };
+        if record.epoch != epoch
+            || record.is_complete(id)
+            || record.discarding.contains(&id)
+            || store
+                .head(&layout::metadata_path(job_id, kind, id))
+                .await?
+                .is_none()
+        {
+            return Ok(false);
+        }
+        let mut next = record.clone();
+        let ids = match kind {
+            SnapshotKind::Checkpoint => &mut next.retained,
+            SnapshotKind::Savepoint => &mut next.savepoints,
+        };
+        if let Err(at) = ids.binary_search(&id) {
+            ids.insert(at, id);
+        }
+        next.updated_at_ms = crate::util::now_ms();
+        if job::swap_job(store, &next, Some(&version)).await?.is_some() {
+            // Only a claim's recovery deletes the metadata of an id of an older epoch, and a claim
+            // swaps first: our swap against the version of the same epoch won, so none ran.
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// P2: why deleting `kind` `id` of `record`'s job must not happen now (empty: it may).
@@ -186,9 +237,22 @@ async fn refusals(
             record.job_id
         ));
     }
+    reasons.extend(reader_refusals(store, &record.job_id, kind, id, margin_ms).await?);
+    Ok(reasons)
+}
+
+/// The live reader pins that hold `kind` `id` of `job_id`, one reason each.
+async fn reader_refusals(
+    store: &dyn Store,
+    job_id: &str,
+    kind: SnapshotKind,
+    id: u64,
+    margin_ms: u64,
+) -> Result<Vec<String>> {
+    let mut reasons = Vec::new();
     let now = crate::util::now_ms();
     for pin in store
-        .list(&layout::reader_pin_prefix(&record.job_id, kind, id))
+        .list(&layout::reader_pin_prefix(job_id, kind, id))
         .await?
     {
         let decoded = match store.get(&pin.path).await {

@@ -12,6 +12,7 @@ mod concurrency;
 mod corruption;
 mod cost;
 mod delete;
+mod delete_attack;
 mod export_attack;
 mod finished_attack;
 mod gc;

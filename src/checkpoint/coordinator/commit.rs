@@ -461,12 +461,21 @@ impl CheckpointCoordinator {
                 Some(kind) => vec![kind],
                 None => vec![SnapshotKind::Checkpoint, SnapshotKind::Savepoint],
             };
-            let mut discarded = Ok(());
+            let mut discarded = Ok(true);
             for kind in kinds {
-                discarded = discarded.and(self.discard(kind, id).await);
+                let done = self.discard(kind, id).await;
+                discarded = discarded.and_then(|all| done.map(|this| all && this));
             }
             match discarded {
-                Ok(()) => {
+                // A reader holds its private files: the id stays in `discarding`, so the next
+                // swap queues it again (a lease renewal at the latest); GC leaves it to us.
+                Ok(false) => {
+                    tracing::debug!(
+                        checkpoint = id,
+                        "a reader holds a discarded checkpoint; retrying later"
+                    );
+                }
+                Ok(true) => {
                     let mut state = self.lock();
                     state.metadata.remove(&id);
                     state.discarded.insert(id);

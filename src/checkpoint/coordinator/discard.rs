@@ -127,12 +127,13 @@ impl CheckpointCoordinator {
         if complete {
             return Ok(());
         }
-        self.discard(kind, id).await
+        self.discard(kind, id).await.map(|_| ())
     }
 
     /// D1–D3: removes the records of a checkpoint that no job record lists (any more): its
     /// metadata, then — unless a reader pinned it — its private files. Shared files are GC's.
-    pub(crate) async fn discard(&self, kind: SnapshotKind, id: u64) -> Result<()> {
+    /// `Ok(false)`: a reader holds it, its private files are still there (try again later).
+    pub(crate) async fn discard(&self, kind: SnapshotKind, id: u64) -> Result<bool> {
         // D1
         self.st()
             .delete(&metadata_path(&self.inner.job_id, kind, id))
@@ -149,13 +150,14 @@ impl CheckpointCoordinator {
     }
 }
 
-/// D2–D3: the private files of a checkpoint whose metadata is gone, unless a reader holds it.
+/// D2–D3: the private files of a checkpoint whose metadata is gone, unless a reader holds it
+/// (`Ok(false)`: they stay, for a later attempt or GC).
 pub(crate) async fn discard_private_files(
     store: &dyn Store,
     job: &str,
     kind: SnapshotKind,
     id: u64,
-) -> Result<()> {
+) -> Result<bool> {
     // D2: a reader that pinned before this listing keeps the private files; one that pins after
     // it finds the metadata gone when it re-checks.
     if !store
@@ -168,12 +170,12 @@ pub(crate) async fn discard_private_files(
             checkpoint = id,
             "a reader holds the checkpoint; its private files stay for GC"
         );
-        return Ok(());
+        return Ok(false);
     }
     // D3
     let dir = checkpoint_dir(job, kind, id);
     for leftover in store.list(&format!("{dir}/")).await? {
         store.delete(&leftover.path).await?;
     }
-    Ok(())
+    Ok(true)
 }

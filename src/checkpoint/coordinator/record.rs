@@ -231,6 +231,12 @@ impl CheckpointCoordinator {
                     if e.kind() == crate::ErrorKind::Fenced {
                         break;
                     }
+                    continue;
+                }
+                // The renewal adopted the record: discards handed over meanwhile (an operator's
+                // delete, a claim by another job) run now, not at the next checkpoint.
+                if let Err(e) = coordinator.release_ready().await {
+                    tracing::warn!(job = coordinator.inner.job_id, error = %e, "discarding after a lease renewal failed");
                 }
             }
         });
