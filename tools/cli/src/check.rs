@@ -117,13 +117,14 @@ fn print_human(report: &CheckReport, seconds: f64) {
         1 => "1 problem".to_owned(),
         n => format!("{n} problems"),
     };
+    let count = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     out!(
-        "checked {} jobs, {} checkpoints, {} savepoints, {} records, {} objects ({}) in {seconds:.1} s: {verdict}",
-        report.jobs,
-        report.checkpoints,
-        report.savepoints,
-        report.records,
-        report.objects,
+        "checked {}, {}, {}, {}, {} ({}) in {seconds:.1} s: {verdict}",
+        count(report.jobs, "job"),
+        count(report.checkpoints, "checkpoint"),
+        count(report.savepoints, "savepoint"),
+        count(report.records, "record"),
+        count(report.objects, "object"),
         human(report.bytes)
     );
 }

@@ -466,10 +466,10 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 );
             } else {
                 out!(
-                    "{}: {} objects, {} bytes checked",
+                    "{}: {} objects, {} checked",
                     report.path,
                     report.objects,
-                    report.bytes
+                    output::human(report.bytes)
                 );
                 for problem in &report.problems {
                     out!("PROBLEM: {problem}");
@@ -625,12 +625,12 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                     report.referenced_shared_files
                 );
                 out!(
-                    "{verb}: {} shared files, {} records of incomplete checkpoints, {} dead pins, {} temporary files; {} bytes",
+                    "{verb}: {} shared files, {} records of incomplete checkpoints, {} dead pins, {} temporary files; {}",
                     report.shared_files.len(),
                     report.private_files.len(),
                     report.pins.len(),
                     report.incomplete.len(),
-                    report.reclaimed_bytes
+                    output::human(report.reclaimed_bytes)
                 );
                 let fenced = if confirm { "fenced" } else { "would fence" };
                 for job in &report.fenced_jobs {

@@ -209,18 +209,20 @@ pub async fn run(
         return Ok(ExitCode::SUCCESS);
     }
     out!(
-        "restored {path}: {} backend{} ({} read and verified, {} on disk) in {:.2} s",
+        "restored {}: {} backend{} ({} read and verified, {} on disk) in {:.2} s",
+        crate::delete::reference(&metadata.job_id, metadata.kind, metadata.checkpoint_id),
         restored.len(),
         if restored.len() == 1 { "" } else { "s" },
         human(read_bytes),
         human(restored.iter().map(|r| r.size_bytes).sum()),
         duration.as_secs_f64()
     );
-    for (r, route) in restored.iter().zip(&routes) {
+    for ((r, route), target) in restored.iter().zip(&routes).zip(&targets) {
         out!(
-            "  {}  key groups {}  {}  {}  states {:?}",
-            r.dir.display(),
-            r.key_groups,
+            "  {}  key groups {}..{}  {}  {}  states {:?}",
+            target.dir.display(),
+            target.key_groups.start(),
+            target.key_groups.end(),
             describe(route),
             human(r.size_bytes),
             r.states

@@ -249,7 +249,7 @@ fn check_of_a_clean_root_is_ok_counts_every_distinct_object_once_and_writes_noth
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     let last = stdout.lines().last().unwrap();
     assert!(
-        last.starts_with("checked 1 jobs, 4 checkpoints, 1 savepoints, "),
+        last.starts_with("checked 1 job, 4 checkpoints, 1 savepoint, "),
         "{stdout}"
     );
     assert!(last.ends_with(": OK"), "{stdout}");

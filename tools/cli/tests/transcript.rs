@@ -46,7 +46,8 @@ fn shape(line: &str) -> String {
             return;
         }
         let hex = word.chars().all(|c| c.is_ascii_hexdigit());
-        if hex && word.chars().any(|c| c.is_ascii_digit()) {
+        // A shard directory (`shared/ab/`) may hold no digit.
+        if hex && (word.chars().any(|c| c.is_ascii_digit()) || out.ends_with("shared/")) {
             out.push('#');
         } else {
             let mut digits = false;
@@ -83,7 +84,17 @@ fn shape(line: &str) -> String {
         }
     }
     flush(&mut word, &mut out);
-    out
+    // A duration's unit follows its size (`950 ms`, `1.2 s`): `# <t>`.
+    let mut words: Vec<String> = out.split(' ').map(str::to_owned).collect();
+    for i in 1..words.len() {
+        let unit: String = words[i].chars().take_while(|c| c.is_alphabetic()).collect();
+        if words[i - 1].ends_with('#')
+            && ["ms", "s", "µs", "us", "ns", "min", "h"].contains(&unit.as_str())
+        {
+            words[i] = format!("<t>{}", &words[i][unit.len()..]);
+        }
+    }
+    words.join(" ")
 }
 
 /// (command, expected output lines) of the transcript in `text`, and the byte range it spans.
@@ -193,4 +204,6 @@ fn shapes_ignore_figures_but_not_words() {
         shape("shared/0f/0f99887766554433221100ff: hash mismatch")
     );
     assert_ne!(shape("(exit 4)"), shape("(exit 2)"));
+    assert_eq!(shape("restored in 950.2 ms:"), shape("restored in 1.3 s:"));
+    assert_ne!(shape("4 snapshots"), shape("4 s"));
 }
