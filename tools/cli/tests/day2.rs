@@ -416,7 +416,7 @@ fn read_only_commands_never_fail_while_a_job_discards() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     counts.put(&(n % 500), &vec![n as u8; 64]).unwrap();
                     n += 1;
-                    if n % 50 == 0 {
+                    if n.is_multiple_of(50) {
                         c.checkpoint(&[&backend]).await.unwrap();
                     }
                 }
