@@ -17,6 +17,7 @@ use rockpoint::{
 use rockpoint::format::ContentHash;
 
 mod common;
+use common::rockpoint;
 
 const COUNTS: ValueStateDescriptor<u64, u64> = ValueStateDescriptor::new("counts");
 
@@ -66,12 +67,6 @@ fn root_with_checkpoints(dir: &Path, checkpoints: usize) -> PathBuf {
         String::from_utf8_lossy(&kept.stderr)
     );
     root
-}
-
-fn rockpoint(root: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rockpoint"));
-    command.arg("--root").arg(root);
-    command
 }
 
 /// `rockpoint check` in human form: exit code, stdout, stderr.

@@ -11,6 +11,7 @@ use rockpoint::{
 };
 
 mod common;
+use common::{rockpoint, tree};
 
 const COUNTS: ValueStateDescriptor<u64, u64> = ValueStateDescriptor::new("counts");
 
@@ -41,12 +42,6 @@ fn root_with_checkpoints(dir: &Path, checkpoints: usize) -> rockpoint::Result<()
         }
         c.shutdown(JobEnd::Suspended).await
     })
-}
-
-fn rockpoint(root: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rockpoint"));
-    command.arg("--root").arg(root);
-    command
 }
 
 #[test]
@@ -413,23 +408,6 @@ fn restore_rescales_to_any_covered_range() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!target.exists());
-}
-
-/// Every file and directory under `dir`, relative, sorted (what "deleted nothing" compares).
-fn tree(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            out.push(path.strip_prefix(base).unwrap().display().to_string());
-            if path.is_dir() {
-                walk(base, &path, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
 }
 
 /// Someone else's files: a temporary-looking name and empty directories, all old.

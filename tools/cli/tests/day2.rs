@@ -3,7 +3,7 @@
 //! or vanished record by name and go on.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use rockpoint::{
@@ -13,14 +13,9 @@ use rockpoint::{
 use serde_json::Value;
 
 mod common;
+use common::{rockpoint, tree};
 
 const COUNTS: ValueStateDescriptor<u64, Vec<u8>> = ValueStateDescriptor::new("counts");
-
-fn rockpoint(root: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rockpoint"));
-    command.arg("--root").arg(root);
-    command
-}
 
 fn run(root: &Path, args: &[&str]) -> Output {
     rockpoint(root)
@@ -40,24 +35,6 @@ fn json(output: &Output) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-}
-
-/// Every file under `dir`, relative, sorted (to show that nothing changed).
-fn tree(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// A stopped job `job` with `rounds` retained checkpoints, each after new writes and a compaction

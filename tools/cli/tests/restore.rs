@@ -14,6 +14,7 @@ use rockpoint::{
 
 mod common;
 use common::TestResult;
+use common::{rockpoint, tree};
 
 const COUNTS: ValueStateDescriptor<u64, u64> = ValueStateDescriptor::new("counts");
 const BLOBS: ValueStateDescriptor<u64, Vec<u8>> = ValueStateDescriptor::new("blobs");
@@ -72,12 +73,6 @@ fn root_with_backends(
     Ok(root)
 }
 
-fn rockpoint(root: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rockpoint"));
-    command.arg("--root").arg(root);
-    command
-}
-
 /// `rockpoint restore job/1 [--key-groups R]... --target target`.
 fn restore(root: &Path, ranges: &[&str], target: &Path) -> Output {
     let mut command = rockpoint(root);
@@ -90,26 +85,6 @@ fn restore(root: &Path, ranges: &[&str], target: &Path) -> Output {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Every file and directory under `dir`, relative, sorted; hidden ones included.
-fn tree(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            out.push(path.strip_prefix(base).unwrap().display().to_string());
-            if path.is_dir() {
-                walk(base, &path, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
 }
 
 /// The names in `dir`, sorted.
