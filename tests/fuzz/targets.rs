@@ -691,7 +691,9 @@ impl Target for RootMarker {
             }
         };
         // GC reads the marker first (G0): it must agree, and a dry run changes nothing.
-        if self.executions % 16 == 0 || (result.is_err() && self.executions % 4 == 0) {
+        if self.executions.is_multiple_of(16)
+            || (result.is_err() && self.executions.is_multiple_of(4))
+        {
             let options = GcOptions {
                 mode: SweepMode::DryRun,
                 ..GcOptions::default()

@@ -14,7 +14,8 @@
 //! both roots). `ROCKPOINT_CRON_GC_ROGUE=1` replaces the GC binary, on the local root only, by a
 //! deleter that ignores pins and intents (it deletes every shared file no committed metadata
 //! references, as the defective build effectively did): the test must then fail — the proof that
-//! it can.
+//! it can. `ROCKPOINT_CRON_GC_BIN=PATH` runs another `rockpoint` binary (e.g. a copy, so that a
+//! long run does not meet a concurrent `cargo build` relinking the one in the target directory).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -112,7 +113,9 @@ struct Root {
 
 impl Root {
     fn cli(&self, args: &[&str]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rockpoint"));
+        let binary = std::env::var_os("ROCKPOINT_CRON_GC_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_rockpoint").into());
+        let mut command = Command::new(binary);
         command.arg("--root").arg(&self.arg).args(args);
         for (key, value) in &self.env {
             command.env(key, value);
@@ -268,12 +271,12 @@ fn run_job(
                     }
                 }
             }
-            if round % 5 == 0 {
+            if round.is_multiple_of(5) {
                 for b in &backends {
                     b.flush()?;
                 }
             }
-            if round % 17 == 0 {
+            if round.is_multiple_of(17) {
                 for b in &backends {
                     b.compact()?;
                 }
@@ -446,12 +449,12 @@ fn check_checkpoint(
 enum Checked {
     /// Verified, and restored equal to its oracle.
     Equal,
-    /// Subsumed (its record and metadata gone) before the CLI pinned it: not damage.
+    /// Not found (exit 3): subsumed before the CLI pinned it, or (`latest:`) no checkpoint yet.
     Subsumed(String),
 }
 
-/// `Some(message)` if `output` is the CLI's "not found" (exit 3) for a checkpoint that left its
-/// job's record: a read racing subsumption, allowed while the job runs.
+/// `Some(message)` if `output` is the CLI's "not found" (exit 3): a read racing subsumption (or
+/// the job's first checkpoint), allowed while the job runs; never at the end.
 fn subsumed(output: &Output) -> Option<String> {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     (output.status.code() == Some(3)).then_some(stderr)
@@ -471,7 +474,7 @@ fn checker_loop(root: &Root, shared: &Shared, scratch: &Path) {
             Some(0) => {
                 shared.counts.verified.fetch_add(1, Ordering::SeqCst);
             }
-            // Subsumed between the record's read and the pin: not damage.
+            // No checkpoint yet, or subsumed between the record's read and the pin: not damage.
             Some(3) => shared.subsumed(String::from_utf8_lossy(&latest.stderr).into_owned()),
             _ => shared.fail(format!("verify latest:{JOB}: {}", text(&latest))),
         }
@@ -560,7 +563,7 @@ fn cron_gc_next_to_a_live_job(root: Root, dir: &Path, secs: u64, rogue: bool) ->
     }
     let c = &shared.counts;
     println!(
-        "cron gc ({}{}): {job_secs:.1} s of job, {} checkpoints, {} gc passes (all exit 0), {} objects deleted ({} shared files), {} verifies and {} restores equal to the oracle ({} at the end: retained {retained:?}), {} reads found their checkpoint subsumed first",
+        "cron gc ({}{}): {job_secs:.1} s of job, {} checkpoints, {} gc passes (all exit 0), {} objects deleted ({} shared files), {} verifies and {} restores equal to the oracle ({} at the end: retained {retained:?}), {} reads found nothing to read (exit 3: no checkpoint yet, or subsumed before the pin)",
         root.arg,
         if rogue { ", ROGUE deleter" } else { "" },
         c.checkpoints.load(Ordering::SeqCst),
