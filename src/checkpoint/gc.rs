@@ -408,6 +408,7 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
                 options.mode,
             )
             .await?;
+        log_pass(store, &report);
         return Ok(report);
     }
 
@@ -437,7 +438,25 @@ pub async fn collect_garbage(store: &dyn Store, options: &GcOptions) -> Result<G
         report.incomplete.len(),
         report.reclaimed_bytes,
     );
+    log_pass(store, &report);
     Ok(report)
+}
+
+/// One line per pass at info level (`-v` on the CLI): what it removed, or would.
+fn log_pass(store: &dyn Store, report: &GcReport) {
+    tracing::info!(
+        root = store.describe(),
+        dry_run = report.dry_run,
+        shared_files = report.shared_files.len(),
+        records = report.private_files.len(),
+        pins = report.pins.len(),
+        temporaries = report.incomplete.len(),
+        bytes = report.reclaimed_bytes,
+        fenced_jobs = report.fenced_jobs.len(),
+        unreadable = report.unreadable.len(),
+        requests = report.requests,
+        "gc pass done"
+    );
 }
 
 /// The second listing and the deletes of G4, while the intent is durable.

@@ -425,3 +425,56 @@ fn read_only_commands_never_fail_while_a_job_discards() {
     );
     eprintln!("{runs} read-only runs against {checkpoints} checkpoints: all succeeded");
 }
+
+/// `--job` is a job id, never a path: `../..` is refused (exit 2) before anything is read.
+#[test]
+fn a_job_filter_that_is_a_path_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = stopped_job(dir.path(), 1);
+    for job in ["../..", "job/../../x", "jöb"] {
+        let output = run(&root, &["list", "--job", job]);
+        assert_eq!(output.status.code(), Some(2), "--job {job}");
+        assert!(stdout(&output).is_empty());
+    }
+}
+
+/// Logs go to stderr: warnings only by default, `-v` adds info (a GC pass's summary), and
+/// `RUST_LOG` overrides both.
+#[test]
+fn verbosity_and_rust_log_choose_the_log_lines_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = stopped_job(dir.path(), 1);
+    let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();
+    let quiet = run(&root, &["gc"]);
+    assert!(quiet.status.success());
+    assert!(
+        !stderr(&quiet).contains("gc pass done"),
+        "{}",
+        stderr(&quiet)
+    );
+    let verbose = run(&root, &["-v", "gc"]);
+    assert!(
+        stderr(&verbose).contains("gc pass done"),
+        "{}",
+        stderr(&verbose)
+    );
+    let from_env = rockpoint(&root)
+        .env("RUST_LOG", "rockpoint=info")
+        .arg("gc")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&from_env).contains("gc pass done"),
+        "{}",
+        stderr(&from_env)
+    );
+    let overridden = rockpoint(&root)
+        .env("RUST_LOG", "error")
+        .args(["-v", "gc"])
+        .output()
+        .unwrap();
+    assert!(
+        !stderr(&overridden).contains("gc pass done"),
+        "RUST_LOG overrides -v"
+    );
+}
