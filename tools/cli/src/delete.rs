@@ -20,7 +20,7 @@ pub struct DeleteArgs {
     /// What to delete: `<job>/<id>`, `<job>/sp-<id>`, `latest:<job>`, a metadata path or a
     /// checkpoint directory; several at once.
     #[arg(required = true)]
-    checkpoints: Vec<String>,
+    pub(crate) checkpoints: Vec<String>,
     /// Delete a job's newest retained checkpoint too (the one it resumes from).
     #[arg(long)]
     force: bool,

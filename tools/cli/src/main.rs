@@ -70,14 +70,16 @@ enum Command {
     /// Show a checkpoint: when, how long, how big (new, full, exclusive), its backends and states
     /// (--json: the metadata record itself).
     Show {
-        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path, or a
-        /// checkpoint directory.
+        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path or a
+        /// checkpoint directory in the root, or its full location (a URL or an absolute path:
+        /// `s3://bucket/root/jobs/wordcount/chk-<id>`), which names the root too.
         checkpoint: String,
     },
     /// Read every file a checkpoint references and check its size and BLAKE3 hash.
     Verify {
-        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path, or a
-        /// checkpoint directory.
+        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path or a
+        /// checkpoint directory in the root, or its full location (a URL or an absolute path:
+        /// `s3://bucket/root/jobs/wordcount/chk-<id>`), which names the root too.
         checkpoint: String,
     },
     /// Restore backends of a checkpoint into new directories, all or nothing: every target is
@@ -90,8 +92,9 @@ enum Command {
     /// range likewise. TARGET must not exist or be an empty directory, and its parent must exist
     /// (nothing is created otherwise); a TARGET created by a failed restore is removed again.
     Restore {
-        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path, or a
-        /// checkpoint directory.
+        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path or a
+        /// checkpoint directory in the root, or its full location (a URL or an absolute path:
+        /// `s3://bucket/root/jobs/wordcount/chk-<id>`), which names the root too.
         checkpoint: String,
         /// A backend's key groups, `START..END` (end exclusive): any range the snapshot's
         /// backends cover together (a rescaling restore clips or merges them). Repeatable, for
@@ -108,8 +111,9 @@ enum Command {
     /// where it becomes a savepoint; prints its reference there (`<job>/sp-<id>`). Shared files the
     /// target root already holds are not copied again.
     Export {
-        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path, or a
-        /// checkpoint directory.
+        /// `<job>/<id>` (`<job>/sp-<id>` for a savepoint), `latest:<job>`, a metadata path or a
+        /// checkpoint directory in the root, or its full location (a URL or an absolute path:
+        /// `s3://bucket/root/jobs/wordcount/chk-<id>`), which names the root too.
         checkpoint: String,
         /// The target root, as `--root` takes it (an existing local directory, `file://`,
         /// `s3://BUCKET/PREFIX`, ...): an existing root, or an empty location, which becomes a
@@ -129,7 +133,8 @@ enum Command {
     /// never discarded by retention, cancel or GC. Its files are shared, so nothing but its
     /// metadata and private files is copied; prints its reference (`<job>/sp-<id>`).
     Savepoint {
-        /// `<job>/<id>`, `latest:<job>`, a metadata path, or a checkpoint directory.
+        /// `<job>/<id>`, `latest:<job>`, a metadata path or a checkpoint directory in the root, or
+        /// its full location (a URL or an absolute path), which names the root too.
         checkpoint: String,
         /// The job the savepoint belongs to (default: the checkpoint's job).
         #[arg(long)]
@@ -371,6 +376,64 @@ fn savepoint_reference(metadata_path: &str) -> String {
     }
 }
 
+/// The references a command takes (checkpoints, savepoints).
+fn references(command: &mut Command) -> Vec<&mut String> {
+    match command {
+        Command::Show { checkpoint }
+        | Command::Verify { checkpoint }
+        | Command::Restore { checkpoint, .. }
+        | Command::Export { checkpoint, .. }
+        | Command::Savepoint { checkpoint, .. } => vec![checkpoint],
+        Command::Delete(args) => args.checkpoints.iter_mut().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A reference given as a full location — a URL (`s3://bucket/root/jobs/wordcount/chk-…`,
+/// `file:///data/root/jobs/…`) or an absolute local path — names its root too: the part before
+/// `/jobs/<job>/<chk|sp>-<id>`. Rewrites such references to their path inside the root and returns
+/// the root: `--root` if given (every location must then lie in it), else the one the locations
+/// name (they must agree).
+fn locate_root(cli: &mut Cli) -> rockpoint::Result<Option<String>> {
+    let invalid = |message: String| rockpoint::Error::new(rockpoint::ErrorKind::Invalid, message);
+    let mut root = cli.root.clone();
+    for reference in references(&mut cli.command) {
+        let located = reference.contains("://") || reference.starts_with('/');
+        let Some(at) = reference.rfind("/jobs/").filter(|_| located) else {
+            continue;
+        };
+        let (location_root, inside) = (reference[..at].to_owned(), reference[at + 1..].to_owned());
+        match &root {
+            Some(given) if same_root(given, &location_root) => {}
+            Some(given) => {
+                return Err(invalid(format!(
+                    "`{reference}` is not in --root `{given}` (drop --root, or name the \
+                     checkpoint inside it: <job>/<id>)"
+                )));
+            }
+            None => root = Some(location_root),
+        }
+        *reference = inside;
+    }
+    Ok(root)
+}
+
+/// Whether two spellings name the same root (trailing slashes, a `file://` URL for a path).
+fn same_root(a: &str, b: &str) -> bool {
+    let norm = |text: &str| -> String {
+        let text = text.trim_end_matches('/');
+        match local_dir(text) {
+            Some(dir) => std::path::absolute(&dir)
+                .unwrap_or(dir)
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_owned(),
+            None => text.to_owned(),
+        }
+    };
+    norm(a) == norm(b)
+}
+
 /// Records `inspect_root` could not read: named on stderr, the rest of the root listed anyway.
 pub(crate) fn warn_unreadable(view: &RootView) {
     for record in &view.unreadable {
@@ -387,10 +450,13 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
         out!("{}", String::from_utf8_lossy(&script).trim_end());
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(root) = cli.root.clone() else {
+    let mut cli = cli;
+    let root = locate_root(&mut cli)?;
+    let Some(root) = root else {
         return Err(rockpoint::Error::new(
             rockpoint::ErrorKind::Invalid,
-            "--root (or ROCKPOINT_ROOT) is required: the checkpoint root to work on",
+            "--root (or ROCKPOINT_ROOT) is required: the checkpoint root to work on (or name the \
+             checkpoint by its full path or URL, e.g. s3://bucket/root/jobs/wordcount/chk-8)",
         ));
     };
     let writes = match &cli.command {

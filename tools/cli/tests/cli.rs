@@ -298,6 +298,23 @@ fn cli_on_an_s3_root_lists_verifies_restores_and_collects_garbage() {
         .filter(|r| r.starts_with("job/"))
         .collect();
     assert_eq!(ids, ["job/2", "job/3"], "retained: 2\n{listed}");
+    // A checkpoint named by its URL names its root: no --root needed.
+    let located = {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rockpoint"));
+        command.args([
+            "verify",
+            &format!("{url}/jobs/job/chk-00000000000000000003"),
+        ]);
+        for (key, value) in server.env() {
+            command.env(key, value);
+        }
+        command.env_remove("ROCKPOINT_ROOT").output().unwrap()
+    };
+    assert!(
+        located.status.success(),
+        "{}",
+        String::from_utf8_lossy(&located.stderr)
+    );
     run(&["du"]);
     let verified = run(&["verify", "job/2"]);
     assert!(!verified.contains("PROBLEM"), "{verified}");

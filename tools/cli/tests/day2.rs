@@ -478,3 +478,49 @@ fn verbosity_and_rust_log_choose_the_log_lines_on_stderr() {
         "RUST_LOG overrides -v"
     );
 }
+
+/// A checkpoint named by its full location (an absolute path or a `file://` URL) names its root:
+/// no `--root` needed; with `--root`, the location must lie in it (exit 2 otherwise).
+#[test]
+fn a_checkpoint_named_by_its_location_names_its_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = stopped_job(dir.path(), 2);
+    let path = root.join("jobs/job/chk-00000000000000000002");
+    let no_root = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rockpoint"))
+            .args(args)
+            .env_remove("ROCKPOINT_ROOT")
+            .output()
+            .unwrap()
+    };
+    let shown = no_root(&["show", path.to_str().unwrap()]);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(stdout(&shown).starts_with("checkpoint job/2 "));
+    let url = format!("file://{}/_metadata", path.display());
+    let verified = no_root(&["verify", &url]);
+    assert!(verified.status.success(), "{}", stdout(&verified));
+    let restored = no_root(&[
+        "restore",
+        path.to_str().unwrap(),
+        "--target",
+        dir.path().join("restored").to_str().unwrap(),
+    ]);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = stopped_job(elsewhere.path(), 1);
+    let mismatch = run(&other, &["show", path.to_str().unwrap()]);
+    assert_eq!(mismatch.status.code(), Some(2));
+    assert!(
+        run(&root, &["show", path.to_str().unwrap()])
+            .status
+            .success()
+    );
+}
