@@ -229,7 +229,7 @@ pub(crate) fn parse_job_record_path(path: &str) -> Option<&str> {
     path.strip_prefix(JOBS)?
         .strip_suffix(JOB_RECORD)?
         .strip_suffix('/')
-        .filter(|job| !job.contains('/'))
+        .filter(|job| !job.contains('/') && validate_job_id(job).is_ok())
 }
 
 /// `jobs/<job>/<chk|sp>-<id:020>` — the directory of one checkpoint.
@@ -292,7 +292,8 @@ pub(crate) fn parse_checkpoint_path(path: &str) -> Option<CheckpointPath<'_>> {
     } else {
         return None;
     };
-    if id.len() != 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
+    // A name rockpoint never writes (not a job id) is someone else's: never read, never deleted.
+    if id.len() != 20 || !id.bytes().all(|b| b.is_ascii_digit()) || validate_job_id(job).is_err() {
         return None;
     }
     Some(CheckpointPath {
@@ -372,6 +373,24 @@ pub(crate) fn is_reader_pin_path(path: &str) -> bool {
         .is_some_and(|(_, name)| name.starts_with(READER_PIN))
 }
 
+/// Whether `path` is a pin rockpoint writes (a snapshot pin or a reader pin of a valid job id).
+/// Anything else under `pins/` is someone else's file: it holds nothing.
+pub(crate) fn is_pin_path(path: &str) -> bool {
+    let Some((job, name)) = path
+        .strip_prefix(PINS)
+        .and_then(|rest| rest.split_once('/'))
+    else {
+        return false;
+    };
+    if validate_job_id(job).is_err() || name.contains('/') {
+        return false;
+    }
+    match name.strip_prefix(READER_PIN) {
+        Some(rest) => parse_snapshot_pin(&format!("{PINS}{job}/{rest}")).is_some(),
+        None => parse_snapshot_pin(path).is_some(),
+    }
+}
+
 /// `gc/<nonce>` — a new deletion intent.
 pub(crate) fn intent_path() -> String {
     format!("{INTENTS}{}", crate::util::nonce())
@@ -380,6 +399,29 @@ pub(crate) fn intent_path() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_names_rockpoint_writes_parse_as_pins_records_and_checkpoints() {
+        let snapshot = snapshot_pin_path("job", SnapshotKind::Checkpoint, 7, "kg-0-8");
+        assert!(is_pin_path(&snapshot));
+        let reader = reader_pin_path("job", SnapshotKind::Savepoint, 9);
+        assert!(is_pin_path(&reader) && is_reader_pin_path(&reader));
+        for foreign in [
+            "pins/job/garbage",
+            "pins/job/read-garbage",
+            "pins/bad..name/chk-00000000000000000007-kg-0-8",
+            "pins/job/sub/chk-00000000000000000007-kg-0-8",
+        ] {
+            assert!(!is_pin_path(foreign), "{foreign}");
+        }
+        assert_eq!(parse_job_record_path("jobs/job/_job"), Some("job"));
+        assert_eq!(parse_job_record_path("jobs/bad..name/_job"), None);
+        assert_eq!(parse_job_record_path("jobs/jöb/_job"), None);
+        assert!(
+            parse_checkpoint_path("jobs/bad..name/chk-00000000000000000001/_metadata").is_none()
+        );
+        assert!(parse_checkpoint_path("jobs/job/chk-00000000000000000001/_metadata").is_some());
+    }
 
     #[test]
     fn every_built_path_parses_back_and_is_a_valid_object_path() {

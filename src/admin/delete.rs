@@ -272,12 +272,14 @@ async fn reader_refusals(
             Ok(read) if read.export_target => {}
             Ok(read) => match &read.owner {
                 PinOwner::Reader { expires_at_ms } => {
-                    if expires_at_ms.saturating_add(margin_ms) >= now {
+                    let lapses_ms = expires_at_ms.saturating_add(margin_ms);
+                    if lapses_ms >= now {
+                        let seconds = (lapses_ms - now).div_ceil(1000);
                         reasons.push(format!(
                             "a restore holds it (a restore, export or verify reading it, or a job \
                              restored from it that has not completed a checkpoint of its own yet \
-                             and would restore it again after a failure): pin `{}`, held until \
-                             released or expired",
+                             and would restore it again after a failure): pin `{}`, released when \
+                             it ends; if its process died, the pin lapses in {seconds} s",
                             pin.path
                         ));
                     }
@@ -295,7 +297,9 @@ async fn reader_refusals(
                         reasons.push(format!(
                             "job `{owner}` restored from it and has not completed a checkpoint \
                              of its own yet (it would restore it again after a failure): pin \
-                             `{}`",
+                             `{}`, released by the job's first checkpoint; if its coordinator \
+                             died, once its lease expires `rockpoint gc --confirm` fences the job \
+                             and the pin no longer counts",
                             pin.path
                         ));
                     }

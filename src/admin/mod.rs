@@ -98,6 +98,13 @@ impl RootView {
     /// the root references, each counted once. An upper bound while records are
     /// [`unreadable`](Self::unreadable) (they may reference more); a live pin delays it.
     pub fn freed_by<'a>(&self, paths: impl IntoIterator<Item = &'a str>) -> u64 {
+        let (shared, private) = self.freed_parts(paths);
+        shared + private
+    }
+
+    /// [`freed_by`](Self::freed_by) in its two parts: (shared files GC then frees, private files
+    /// the deletion itself removes).
+    pub fn freed_parts<'a>(&self, paths: impl IntoIterator<Item = &'a str>) -> (u64, u64) {
         let deleted: BTreeSet<&str> = paths.into_iter().collect();
         let mut kept: HashSet<ContentHash> = HashSet::new();
         for (path, (shared, _)) in &self.files {
@@ -117,7 +124,7 @@ impl RootView {
                 }
             }
         }
-        freed.values().sum::<u64>() + private
+        (freed.values().sum::<u64>(), private)
     }
 }
 
@@ -201,7 +208,21 @@ async fn read_job_view(
         let path = layout::metadata_path(&job_id, kind, id);
         let decoded = match store.get(&path).await {
             Ok(bytes) => metadata::decode_metadata(&bytes, &path),
-            Err(e) if e.kind() == ErrorKind::NotFound => continue, // discarded meanwhile
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // Discarded meanwhile — unless the job's record still lists it: then a committed
+                // snapshot lost its metadata, which the view must not hide.
+                let still = match job::read_job(store, &job_id).await {
+                    Ok(Some((now, _))) => now.is_complete(id),
+                    Ok(None) => false,
+                    Err(_) => true,
+                };
+                if record.is_some() && still {
+                    unreadable.push(format!(
+                        "{path}: missing, though the record of job `{job_id}` lists it"
+                    ));
+                }
+                continue;
+            }
             Err(e) => Err(e),
         };
         match decoded {

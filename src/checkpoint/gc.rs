@@ -237,6 +237,10 @@ impl View {
         }
         view.requests += 1;
         for object in store.list(layout::PINS).await? {
+            // A name rockpoint never writes holds nothing (and blocks nothing).
+            if !layout::is_pin_path(&object.path) {
+                continue;
+            }
             view.requests += 1;
             match store.get(&object.path).await {
                 Ok(bytes) => match metadata::decode_pin(&bytes, &object.path) {
@@ -593,7 +597,7 @@ async fn spare_read_records(
     }
     let mut pins = Vec::new();
     for object in store.list(layout::PINS).await? {
-        if !layout::is_reader_pin_path(&object.path) {
+        if !layout::is_reader_pin_path(&object.path) || !layout::is_pin_path(&object.path) {
             continue;
         }
         match store.get(&object.path).await {

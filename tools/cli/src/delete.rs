@@ -70,7 +70,7 @@ pub async fn delete(
     json: bool,
 ) -> rockpoint::Result<ExitCode> {
     let view = inspect_root(store, None).await?;
-    warn_unreadable(&view);
+    warn_unreadable(&view, json);
     let options = DeleteOptions {
         force: args.force,
         dry_run: args.dry_run,
@@ -86,12 +86,17 @@ pub async fn delete(
         .filter(|r| !matches!(r.outcome, DeleteOutcome::Refused { .. }))
         .filter_map(|r| metadata_path_of(&view, r))
         .collect();
-    let freed = view.freed_by(deleted.iter().map(String::as_str));
+    let (freed, private) = view.freed_parts(deleted.iter().map(String::as_str));
     let refused = reports
         .iter()
         .any(|r| matches!(r.outcome, DeleteOutcome::Refused { .. }));
     if json {
-        let value = serde_json::json!({ "snapshots": reports, "gc_frees_bytes": freed });
+        let value = serde_json::json!({
+            "snapshots": reports,
+            "private_bytes": private,
+            "private_bytes": private,
+            "gc_frees_bytes": freed,
+        });
         out!(
             "{}",
             serde_json::to_string_pretty(&value).expect("serializable")
@@ -119,9 +124,16 @@ pub async fn delete(
             }
         }
         if !deleted.is_empty() {
-            let verb = if args.dry_run { "would free" } else { "frees" };
+            let (removed, verb) = if args.dry_run {
+                ("would remove", "would free")
+            } else {
+                ("removed", "frees")
+            };
             out!(
-                "`rockpoint gc --confirm` then {verb} {} of files nothing else references",
+                "{removed} {} of private files; `rockpoint gc --confirm` then {verb} {} of shared \
+                 files nothing else references, once they are older than its grace period \
+                 (--grace-secs, 1 h by default)",
+                human(private),
                 human(freed)
             );
         }
@@ -136,7 +148,8 @@ pub async fn delete(
 /// Deletes what `args`'s policy does not keep (a dry run without --confirm).
 pub async fn prune(store: &dyn Store, args: &PruneArgs, json: bool) -> rockpoint::Result<ExitCode> {
     let view = inspect_root(store, args.job.as_deref()).await?;
-    warn_unreadable(&view);
+    warn_unreadable(&view, json);
+    crate::inspect::known_job(&view, args.job.as_deref())?;
     let policy = PrunePolicy {
         keep_last: args.keep_last,
         keep_within: args.keep_within,
@@ -185,13 +198,14 @@ pub async fn prune(store: &dyn Store, args: &PruneArgs, json: bool) -> rockpoint
         };
         rows.push((name, action, why, s.exclusive_bytes, s.created_at_ms));
     }
-    let freed = view.freed_by(gone.iter().map(String::as_str));
+    let (freed, private) = view.freed_parts(gone.iter().map(String::as_str));
     if json {
         let value = serde_json::json!({
             "dry_run": !args.confirm,
             "snapshots": rows.iter().map(|(name, action, why, _, _)| serde_json::json!({
                 "snapshot": name, "action": action, "why": why,
             })).collect::<Vec<_>>(),
+            "private_bytes": private,
             "gc_frees_bytes": freed,
         });
         out!(
@@ -209,14 +223,18 @@ pub async fn prune(store: &dyn Store, args: &PruneArgs, json: bool) -> rockpoint
             .count();
         if args.confirm {
             out!(
-                "deleted {deleting} of {} snapshots; `rockpoint gc --confirm` then frees {}",
+                "deleted {deleting} of {} snapshots ({} of private files); `rockpoint gc --confirm` \
+                 then frees {} of shared files, once older than its grace period",
                 rows.len(),
+                human(private),
                 human(freed)
             );
         } else {
             out!(
-                "would delete {deleting} of {} snapshots, and `gc` then free {} (dry run; --confirm deletes)",
+                "would delete {deleting} of {} snapshots ({} of private files), and `gc` then free \
+                 {} of shared files (dry run; --confirm deletes)",
                 rows.len(),
+                human(private),
                 human(freed)
             );
         }

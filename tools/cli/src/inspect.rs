@@ -51,6 +51,17 @@ fn listed(c: &CheckpointSummary) -> Listed<'_> {
     }
 }
 
+/// A `--job` filter that matches no job of the root is `NotFound` (exit 3), as in `check`.
+pub fn known_job(view: &RootView, job: Option<&str>) -> rockpoint::Result<()> {
+    match job {
+        Some(job) if !view.jobs.iter().any(|j| j.job_id == job) => Err(rockpoint::Error::new(
+            rockpoint::ErrorKind::NotFound,
+            format!("the root holds no job `{job}`"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `list`: one row per committed checkpoint and savepoint.
 pub fn list(view: &RootView, json: bool) {
     let rows: Vec<Listed> = view.checkpoints().map(listed).collect();
@@ -85,9 +96,10 @@ pub fn list(view: &RootView, json: bool) {
     }
     let jobs = view.jobs.len();
     out!(
-        "{} snapshots of {jobs} job{}; NEW: uploaded when taken, FULL: state it restores, \
+        "{} snapshot{} of {jobs} job{}; NEW: uploaded when taken, FULL: state it restores, \
          EXCLUSIVE: what deleting it frees",
         rows.len(),
+        if rows.len() == 1 { "" } else { "s" },
         if jobs == 1 { "" } else { "s" }
     );
 }

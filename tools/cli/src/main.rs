@@ -24,6 +24,7 @@ use output::{NOT_A_ROOT, bar, exit_code, fail};
 /// Inspect and maintain a rockpoint checkpoint root.
 #[derive(Parser)]
 #[command(
+    name = "rockpoint",
     version,
     after_help = "Exit codes: 0 success; 1 internal error; 2 invalid input (usage, a bad \
                   --key-groups); 3 not found; 4 corruption (also: verify or check found a damaged \
@@ -251,8 +252,10 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -376,6 +379,48 @@ fn savepoint_reference(metadata_path: &str) -> String {
     }
 }
 
+/// Refuses a local `location` strictly inside the local root `root` (`flag` names it): a restore
+/// or an export there would write into the root's layout (`pins/`, `shared/`, …), where GC and
+/// `check` meet it as damage. The root itself is fine for `--to` (an export into its own root).
+fn refuse_inside_root(root: &str, location: &str, flag: &str) -> rockpoint::Result<()> {
+    let (Some(root_dir), Some(dir)) = (local_dir(root), local_dir(location)) else {
+        return Ok(());
+    };
+    // The location may not exist yet: resolve its nearest existing ancestor.
+    let resolve = |path: &std::path::Path| -> PathBuf {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut existing = absolute.as_path();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+                _ => break,
+            }
+        }
+        let mut resolved = existing
+            .canonicalize()
+            .unwrap_or_else(|_| existing.to_path_buf());
+        for name in rest.into_iter().rev() {
+            resolved.push(name);
+        }
+        resolved
+    };
+    let (root_dir, dir) = (resolve(&root_dir), resolve(&dir));
+    if dir != root_dir && dir.starts_with(&root_dir) {
+        return Err(rockpoint::Error::new(
+            rockpoint::ErrorKind::Invalid,
+            format!(
+                "{flag} `{location}` lies inside the root `{root}`: choose a location outside it \
+                 (the root's layout is the engine's; GC and `check` would meet it as damage)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The references a command takes (checkpoints, savepoints).
 fn references(command: &mut Command) -> Vec<&mut String> {
     match command {
@@ -435,9 +480,16 @@ fn same_root(a: &str, b: &str) -> bool {
 }
 
 /// Records `inspect_root` could not read: named on stderr, the rest of the root listed anyway.
-pub(crate) fn warn_unreadable(view: &RootView) {
+pub(crate) fn warn_unreadable(view: &RootView, json: bool) {
     for record in &view.unreadable {
-        eprintln!("warning: skipping {record}");
+        if json {
+            eprintln!(
+                "{}",
+                serde_json::json!({ "warning": { "skipped": record } })
+            );
+        } else {
+            eprintln!("warning: skipping {record}");
+        }
     }
 }
 
@@ -488,7 +540,8 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
     match cli.command {
         Command::List { job } => {
             let view = inspect_root(&*store, job.as_deref()).await?;
-            warn_unreadable(&view);
+            warn_unreadable(&view, json);
+            inspect::known_job(&view, job.as_deref())?;
             inspect::list(&view, json);
         }
         Command::Show { checkpoint } => {
@@ -552,13 +605,17 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
             checkpoint,
             key_groups,
             target,
-        } => return restore::run(&*store, &checkpoint, &key_groups, &target, json).await,
+        } => {
+            refuse_inside_root(&root, &target.to_string_lossy(), "--target")?;
+            return restore::run(&*store, &checkpoint, &key_groups, &target, json).await;
+        }
         Command::Export {
             checkpoint,
             to,
             job,
             to_store_options,
         } => {
+            refuse_inside_root(&root, &to, "--to")?;
             let source = RestoreSource::parse(&checkpoint)?;
             let (source_path, metadata) =
                 rockpoint::restore::read_metadata(&*store, &source).await?;
@@ -707,6 +764,20 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
                 }
                 out!("{} store requests", report.requests);
             }
+            if !report.unreadable.is_empty() {
+                // A cron job must not stay green while nothing can be collected.
+                let message = format!(
+                    "{} records could not be read, so no shared file was deleted in this pass; \
+                     `rockpoint check` names them and what they affect",
+                    report.unreadable.len()
+                );
+                return Ok(fail(
+                    json,
+                    "Corruption",
+                    &message,
+                    exit_code(rockpoint::ErrorKind::Corruption),
+                ));
+            }
         }
         Command::Check(args) => return check::run(&*store, &args, json).await,
         Command::Delete(args) => return delete::delete(&*store, &args, json).await,
@@ -714,7 +785,7 @@ async fn run(cli: Cli) -> rockpoint::Result<ExitCode> {
         Command::Completions { .. } => unreachable!("handled above"),
         Command::Du => {
             let view = inspect_root(&*store, None).await?;
-            warn_unreadable(&view);
+            warn_unreadable(&view, json);
             inspect::du(&view, json);
         }
     }

@@ -55,14 +55,25 @@ pub async fn run(
     json: bool,
 ) -> rockpoint::Result<ExitCode> {
     // Listening from the start: a Ctrl-C at any point stops the restore cleanly.
+    // The signal is caught by a task of its own, so a Ctrl-C is seen in every phase, also after
+    // the library stopped polling `stop` (while it opens the restored backends).
     let interrupted = Arc::new(AtomicBool::new(false));
-    let stop = {
+    let (caught, mut stop_rx) = tokio::sync::watch::channel(false);
+    {
         let ctrl_c = listen_for_ctrl_c().await;
         let interrupted = interrupted.clone();
-        async move {
+        tokio::spawn(async move {
             ctrl_c.await;
             interrupted.store(true, Ordering::SeqCst);
-        }
+            eprintln!(
+                "interrupt: stopping the restore (downloads stop at once; a backend being built \
+                 or opened finishes first, then everything restored is removed)"
+            );
+            let _ = caught.send(true);
+        });
+    }
+    let stop = async move {
+        let _ = stop_rx.wait_for(|caught| *caught).await;
     };
     let started = Instant::now();
     let source = RestoreSource::parse(checkpoint)?;
@@ -73,6 +84,7 @@ pub async fn run(
     // One range: `target` is the backend. Otherwise `target` holds one directory per backend.
     let container = (ranges.len() != 1).then_some(target);
     check_new_directory(target)?;
+    let existed = target.exists();
     let (path, metadata) = rockpoint::restore::read_metadata(store, &source).await?;
     let source = RestoreSource::Metadata(path.clone());
     let ranges = if ranges.is_empty() {
@@ -159,6 +171,31 @@ pub async fn run(
             return Err(e);
         }
     };
+    if interrupted.load(Ordering::SeqCst) {
+        // Interrupted after the targets were in place (while the backends opened): the restore
+        // is all or nothing for the operator too, so what it created goes.
+        drop(backends);
+        for t in &targets {
+            let _ = std::fs::remove_dir_all(&t.dir);
+        }
+        if let Some(dir) = created {
+            let _ = std::fs::remove_dir(dir);
+        } else if container.is_none() && existed {
+            // It was an empty directory before: leave it so.
+            let _ = std::fs::create_dir(target);
+        }
+        let message = format!(
+            "interrupted: the restore of {path} had finished but was not kept; {} was left as it \
+             was and the restore can be run again",
+            target.display()
+        );
+        return Ok(crate::output::fail(
+            json,
+            "Interrupted",
+            &message,
+            INTERRUPTED,
+        ));
+    }
     let states: Vec<Vec<String>> = backends
         .iter()
         .map(|b| b.states().into_iter().map(|s| s.name).collect())

@@ -109,7 +109,12 @@ fn delete_removes_a_checkpoint_and_gc_then_frees_what_it_said() {
 
     let deleted = json(&run(&root, &["--json", "delete", "job/2"]));
     assert_eq!(deleted["snapshots"][0]["outcome"], "deleted");
-    assert_eq!(deleted["gc_frees_bytes"].as_u64(), Some(exclusive));
+    assert_eq!(deleted["private_bytes"].as_u64(), Some(private));
+    assert_eq!(
+        deleted["gc_frees_bytes"].as_u64(),
+        Some(exclusive - private),
+        "what gc frees: the exclusive size less the private files the delete removed"
+    );
     assert_eq!(listed_ids(&root), vec![1, 3]);
     let gc = json(&run(
         &root,
@@ -319,8 +324,11 @@ fn one_bad_record_is_reported_by_name_and_skipped() {
         stray.join("_metadata"),
     )
     .unwrap();
-    std::fs::create_dir_all(root.join("jobs/jöb")).unwrap();
-    std::fs::write(root.join("jobs/jöb/_job"), b"not a record").unwrap();
+    // Names rockpoint never writes: someone else's files, which block nothing.
+    for foreign in ["jobs/jöb/_job", "jobs/bad..name/_job", "pins/job/garbage"] {
+        std::fs::create_dir_all(root.join(foreign).parent().unwrap()).unwrap();
+        std::fs::write(root.join(foreign), b"not a record").unwrap();
+    }
     let damaged = root.join("jobs/job/chk-00000000000000000002/_metadata");
     let mut bytes = std::fs::read(&damaged).unwrap();
     let last = bytes.len() - 1;
@@ -341,17 +349,26 @@ fn one_bad_record_is_reported_by_name_and_skipped() {
         );
     }
     assert_eq!(listed_ids(&root), vec![1, 3]);
+    // GC deletes no shared file while a record it cannot read might reference it — and says so
+    // with exit 4, so that a cron job does not stay green while nothing is collected.
     let gc = run(&root, &["gc", "--confirm", "--grace-secs", "0"]);
-    assert!(
-        gc.status.success(),
+    assert_eq!(
+        gc.status.code(),
+        Some(4),
         "{}",
         String::from_utf8_lossy(&gc.stderr)
     );
     assert!(
-        stdout(&gc).contains("UNREADABLE"),
+        stdout(&gc).contains("UNREADABLE") && stdout(&gc).contains("chk-00000000000000000002"),
         "gc names what it cannot read: {}",
         stdout(&gc)
     );
+    assert!(
+        !stdout(&gc).contains("garbage") && !stdout(&gc).contains("bad..name"),
+        "foreign names are not records: {}",
+        stdout(&gc)
+    );
+    assert!(String::from_utf8_lossy(&gc.stderr).contains("rockpoint check"));
     assert!(
         stray.join("_metadata").exists(),
         "gc leaves a foreign name alone"
@@ -359,7 +376,10 @@ fn one_bad_record_is_reported_by_name_and_skipped() {
     let deleted = run(&root, &["delete", "job/2"]);
     assert!(deleted.status.success(), "{}", stdout(&deleted));
     let gc = run(&root, &["gc", "--confirm", "--grace-secs", "0"]);
-    assert!(gc.status.success());
+    assert!(gc.status.success(), "{}", stdout(&gc));
+    for foreign in ["jobs/jöb/_job", "jobs/bad..name/_job", "pins/job/garbage"] {
+        assert!(root.join(foreign).exists(), "gc leaves `{foreign}` alone");
+    }
     for kept in ["job/1", "job/3"] {
         assert!(run(&root, &["verify", kept]).status.success());
     }
@@ -523,4 +543,58 @@ fn a_checkpoint_named_by_its_location_names_its_root() {
             .status
             .success()
     );
+}
+
+/// A committed checkpoint whose metadata went missing is not silently left out: `list` and `du`
+/// name it on stderr (as JSON with --json).
+#[test]
+fn a_committed_checkpoint_without_metadata_is_named_not_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = stopped_job(dir.path(), 2);
+    std::fs::remove_file(root.join("jobs/job/chk-00000000000000000001/_metadata")).unwrap();
+    let listed = run(&root, &["list"]);
+    assert!(listed.status.success());
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(
+        stderr.contains("chk-00000000000000000001/_metadata: missing"),
+        "{stderr}"
+    );
+    let as_json = run(&root, &["--json", "du"]);
+    let warning: Value = serde_json::from_str(
+        String::from_utf8_lossy(&as_json.stderr)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        warning["warning"]["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("chk-00000000000000000001")
+    );
+    assert_eq!(
+        run(&root, &["list", "--job", "nope"]).status.code(),
+        Some(3)
+    );
+}
+
+/// A restore or an export into the root's own directory tree is refused before anything is read:
+/// GC and `check` would meet what it writes as damage.
+#[test]
+fn a_target_inside_the_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = stopped_job(dir.path(), 1);
+    let before = tree(&root);
+    let inside = root.join("restored");
+    let restore = run(
+        &root,
+        &["restore", "job/1", "--target", inside.to_str().unwrap()],
+    );
+    assert_eq!(restore.status.code(), Some(2));
+    let pins = root.join("pins/job");
+    let export = run(&root, &["export", "job/1", "--to", pins.to_str().unwrap()]);
+    assert_eq!(export.status.code(), Some(2));
+    assert_eq!(tree(&root), before, "nothing written");
+    assert!(run(&root, &["check"]).status.success());
 }
