@@ -91,7 +91,19 @@ impl RestoreSource {
                 )));
             }
         }
-        if trimmed.rsplit('/').next() == Some(layout::METADATA) {
+        let metadata = if trimmed.rsplit('/').next() == Some(layout::METADATA) {
+            trimmed.to_owned()
+        } else {
+            format!("{trimmed}/{}", layout::METADATA)
+        };
+        if !parse_checkpoint_path(&metadata).is_some_and(|p| p.is_metadata()) {
+            return Err(Error::invalid(format!(
+                "`{text}` names no checkpoint: use <job>/<id> (e.g. wordcount/8), <job>/sp-<id> \
+                 for a savepoint, latest:<job>, or its path in the root \
+                 (jobs/<job>/chk-<20-digit id>[/_metadata])"
+            )));
+        }
+        if metadata == trimmed {
             Ok(RestoreSource::Metadata(trimmed.to_owned()))
         } else {
             Ok(RestoreSource::Directory(trimmed.to_owned()))
@@ -128,12 +140,12 @@ mod tests {
             parsed("jobs/wordcount/chk-00000000000000000008"),
             RestoreSource::Directory("jobs/wordcount/chk-00000000000000000008".into())
         );
-        // Not a job id, or not a number: not a short reference.
-        assert!(matches!(parsed("job.x/8"), RestoreSource::Directory(_)));
-        assert!(matches!(
-            parsed("wordcount/eight"),
-            RestoreSource::Directory(_)
-        ));
+        // Not a job id, or not a number: no checkpoint at all, and the error lists the forms.
+        for bad in ["job.x/8", "wordcount/eight", "", "../x", "jobs/wordcount/chk-8"] {
+            let e = RestoreSource::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{bad}");
+            assert!(e.to_string().contains("latest:<job>"), "{e}");
+        }
         let too_big = RestoreSource::parse("wordcount/99999999999999999999999");
         assert_eq!(too_big.unwrap_err().kind(), ErrorKind::Invalid);
     }

@@ -21,6 +21,24 @@ use rockpoint::{
     KeyedStateBackend, LocalStore, RestoreSource, RestoreTarget, Store, ValueState, key_group_of,
 };
 
+/// Set once stdout's reader went away: the demo then runs to its end (and cleans up) silently.
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `println!` that goes quiet when its reader went away (`rockpoint-demo | head -1`) instead of
+/// panicking on the broken pipe, so the run still ends normally and removes what it should.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        if !STDOUT_GONE.load(Ordering::Relaxed) {
+            let mut stdout = std::io::stdout().lock();
+            if writeln!(stdout, $($arg)*).and_then(|()| stdout.flush()).is_err() {
+                STDOUT_GONE.store(true, Ordering::Relaxed);
+            }
+        }
+    }};
+}
+
 const MAX_PARALLELISM: u32 = 128;
 const PARALLELISM: u32 = 4;
 const JOB: &str = "wordcount";
@@ -215,7 +233,7 @@ async fn main() -> std::process::ExitCode {
         Some(temp) if !args.keep => {
             let path = temp.path().display().to_string();
             match temp.close() {
-                Ok(()) => println!(
+                Ok(()) => say!(
                     "removed the temporary directory {path} with its root; pass --keep (or --dir DIR) to keep it"
                 ),
                 Err(e) => eprintln!("could not remove the temporary directory {path}: {e}"),
@@ -226,12 +244,12 @@ async fn main() -> std::process::ExitCode {
             if let Some(temp) = temp {
                 let _ = temp.keep();
             }
-            println!(
+            say!(
                 "root kept at {0}: try `cargo run --bin rockpoint -- --root {0} list`",
                 root.display()
             );
             if let Some(dir) = &args.dir {
-                println!(
+                say!(
                     "run again with --dir {} to resume the job from its latest checkpoint, or add --fresh to start over",
                     dir.display()
                 );
@@ -249,7 +267,7 @@ async fn run(args: &Args, work: &Path, root: &Path) -> Result<(), Box<dyn std::e
         for leftover in [root.to_path_buf(), work.join("run-1"), work.join("run-2")] {
             if leftover.exists() {
                 std::fs::remove_dir_all(&leftover)?;
-                println!("--fresh: removed {}", leftover.display());
+                say!("--fresh: removed {}", leftover.display());
             }
         }
     }
@@ -258,7 +276,7 @@ async fn run(args: &Args, work: &Path, root: &Path) -> Result<(), Box<dyn std::e
         retained: 3,
         ..CheckpointSettings::default()
     };
-    println!(
+    say!(
         "rockpoint demo: word count on {PARALLELISM} backends, checkpoints in {}",
         root.display()
     );
@@ -273,7 +291,7 @@ async fn run(args: &Args, work: &Path, root: &Path) -> Result<(), Box<dyn std::e
     if let Some(path) = &previous {
         let resumed = job.scan()?;
         let total: u64 = resumed.values().sum();
-        println!(
+        say!(
             "resumed from {} (an earlier run in this directory): {} distinct words, {total} counted; counting goes on from there (--fresh starts over)",
             short_ref(path),
             resumed.len()
@@ -292,7 +310,7 @@ async fn run(args: &Args, work: &Path, root: &Path) -> Result<(), Box<dyn std::e
         let files = |count: fn(&rockpoint::BackendHandle) -> u64| -> u64 {
             done.metadata.backends.iter().map(count).sum()
         };
-        println!(
+        say!(
             "checkpoint {:>2}: {:>9} (pause {:>9}), uploaded {:>10} in {:>3} files, reused {:>10} in {:>3} files, full size {:>10}",
             done.id(),
             human_duration(done.duration),
@@ -315,13 +333,13 @@ async fn run(args: &Args, work: &Path, root: &Path) -> Result<(), Box<dyn std::e
         .iter()
         .map(|m| short_ref(&m.metadata_path()))
         .collect();
-    println!("retained checkpoints: {retained:?}");
+    say!("retained checkpoints: {retained:?}");
 
     // "Crash": drop everything in memory and the local disks of the job.
     drop(job);
     drop(coordinator);
     std::fs::remove_dir_all(work.join("run-1"))?;
-    println!("crashed: in-memory state and local backend directories are gone");
+    say!("crashed: in-memory state and local backend directories are gone");
 
     // Restart the job from its latest retained checkpoint's path, and verify. The new coordinator
     // claims the job: the crashed one, were it still running, would be fenced.
@@ -337,7 +355,7 @@ async fn run(args: &Args, work: &Path, root: &Path) -> Result<(), Box<dyn std::e
         .get(&latest)
         .ok_or_else(|| format!("{latest} is not a checkpoint of this run"))?;
     let total: u64 = restored.values().sum();
-    println!(
+    say!(
         "restored {} in {}: {} distinct words, {total} counted; top: {:?}",
         short_ref(&latest),
         human_duration(restore_time),
@@ -349,14 +367,14 @@ async fn run(args: &Args, work: &Path, root: &Path) -> Result<(), Box<dyn std::e
             format!("VERIFY FAILED: restored state differs from the state at {latest}").into(),
         );
     }
-    println!("verified: the restored state equals the state at that checkpoint");
+    say!("verified: the restored state equals the state at that checkpoint");
 
     for _ in 0..args.words_per_round {
         job.count(words.next_word())?;
     }
     let after = restarted.checkpoint(&job.refs()).await?;
     let total: u64 = job.scan()?.values().sum();
-    println!(
+    say!(
         "first checkpoint after restore: {} ({}), uploaded {}, reused {} (only new files move); {total} words counted",
         short_ref(&after.path()),
         human_duration(after.duration),
@@ -374,7 +392,7 @@ async fn run(args: &Args, work: &Path, root: &Path) -> Result<(), Box<dyn std::e
         },
     )
     .await?;
-    println!(
+    say!(
         "gc next to the live job: removed {} shared files ({}) no checkpoint or pin references, in {} requests",
         gc.shared_files.len(),
         human_bytes(gc.reclaimed_bytes),

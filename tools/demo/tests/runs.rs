@@ -181,3 +181,37 @@ fn without_dir_the_exit_says_the_temporary_root_was_removed_or_where_it_was_kept
     assert_eq!(usage.status.code(), Some(2));
     Ok(())
 }
+
+/// `rockpoint-demo --dir D | head -1`: the reader goes away after the first line; the demo goes
+/// quiet instead of panicking on the broken pipe, and still runs to its end (its root is complete
+/// and kept, as the flags say).
+#[test]
+fn a_reader_that_goes_away_ends_nothing_but_the_output() -> TestResult {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir()?;
+    let work = dir.path().join("work");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rockpoint-demo"))
+        .args(["--rounds", "2", "--words-per-round", "2000", "--dir"])
+        .arg(&work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().ok_or("stdout")?).read_line(&mut first)?;
+    // The reader is gone (the BufReader and pipe dropped above).
+    let output = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(first.starts_with("rockpoint demo"), "{first}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let listed = Command::new(env!("CARGO_BIN_EXE_rockpoint-demo"))
+        .args(["--rounds", "1", "--words-per-round", "10", "--dir"])
+        .arg(&work)
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("resumed from wordcount/"),
+        "the first run finished and committed: {}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    Ok(())
+}
