@@ -141,7 +141,13 @@ mod tests {
             RestoreSource::Directory("jobs/wordcount/chk-00000000000000000008".into())
         );
         // Not a job id, or not a number: no checkpoint at all, and the error lists the forms.
-        for bad in ["job.x/8", "wordcount/eight", "", "../x", "jobs/wordcount/chk-8"] {
+        for bad in [
+            "job.x/8",
+            "wordcount/eight",
+            "",
+            "../x",
+            "jobs/wordcount/chk-8",
+        ] {
             let e = RestoreSource::parse(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Invalid, "{bad}");
             assert!(e.to_string().contains("latest:<job>"), "{e}");
