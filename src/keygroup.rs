@@ -28,7 +28,8 @@ impl KeyGroupRange {
     pub fn new(start: u32, end: u32) -> Result<Self> {
         if start >= end || end > MAX_PARALLELISM_LIMIT {
             return Err(Error::invalid(format!(
-                "key-group range [{start}, {end}) must satisfy start < end <= {MAX_PARALLELISM_LIMIT}"
+                "key-group range {start}..{end} (end exclusive) must satisfy start < end <= \
+                 {MAX_PARALLELISM_LIMIT}"
             )));
         }
         // Both bounds are at most 32768 and fit in two bytes.
@@ -114,7 +115,8 @@ impl From<KeyGroupRange> for (u32, u32) {
 
 impl std::fmt::Display for KeyGroupRange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[{}, {})", self.start, self.end)
+        // As the CLI takes it (`--key-groups 0..32`, end exclusive).
+        write!(f, "{}..{}", self.start, self.end)
     }
 }
 

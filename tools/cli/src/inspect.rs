@@ -192,6 +192,9 @@ pub fn du(view: &RootView, json: bool) {
         let value = serde_json::json!({
             "checkpoints": view.checkpoints().map(|c| serde_json::json!({
                 "reference": reference(&c.job_id, c.kind, c.id),
+                "job": c.job_id,
+                "id": c.id,
+                "kind": kind(c.kind),
                 "path": c.path,
                 "checkpointed_bytes": c.checkpointed_bytes,
                 "full_bytes": c.full_bytes,

@@ -378,7 +378,7 @@ fn restore_rescales_to_any_covered_range() {
         })
         .unwrap();
     for (text, range, how) in [
-        ("2..6", (2, 6), "clipped from backend [0, 8)"),
+        ("2..6", (2, 6), "clipped from backend 0..8"),
         ("4..12", (4, 12), "merged with"),
         ("0..16", (0, 16), "merged with"),
     ] {
