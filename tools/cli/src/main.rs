@@ -229,15 +229,21 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            if json {
-                let error = serde_json::json!({
-                    "error": { "kind": format!("{:?}", e.kind()), "message": e.to_string() }
-                });
-                eprintln!("{error}");
-            } else {
-                eprintln!("error: {e}");
+            let mut message = e.to_string();
+            // A damaged record stops reads of what it governs; say where to look next.
+            if e.kind() == rockpoint::ErrorKind::Corruption && message.contains("job record") {
+                message.push_str(
+                    " (`rockpoint check` names every damaged record and what it affects; the \
+                     job's checkpoints cannot be read as committed until its record is restored \
+                     from a backup of the root)",
+                );
             }
-            ExitCode::from(exit_code(e.kind()))
+            fail(
+                json,
+                &format!("{:?}", e.kind()),
+                &message,
+                exit_code(e.kind()),
+            )
         }
     }
 }

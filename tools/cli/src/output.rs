@@ -43,13 +43,15 @@ pub fn exit_code(kind: rockpoint::ErrorKind) -> u8 {
 pub const NOT_A_ROOT: u8 = 8;
 
 /// Prints the error `message` as `main` prints errors, for a failure with its own exit code.
+/// A stderr that cannot be written (`2>/dev/full`) loses the message, never the exit code.
 pub fn fail(json: bool, kind: &str, message: &str, code: u8) -> ExitCode {
-    if json {
-        let error = serde_json::json!({ "error": { "kind": kind, "message": message } });
-        eprintln!("{error}");
+    use std::io::Write;
+    let line = if json {
+        serde_json::json!({ "error": { "kind": kind, "message": message } }).to_string()
     } else {
-        eprintln!("error: {message}");
-    }
+        format!("error: {message}")
+    };
+    let _ = writeln!(std::io::stderr(), "{line}");
     ExitCode::from(code)
 }
 

@@ -598,3 +598,27 @@ fn a_target_inside_the_root_is_refused() {
     assert_eq!(tree(&root), before, "nothing written");
     assert!(run(&root, &["check"]).status.success());
 }
+
+/// A damaged job record stops reads of its job's checkpoints (nothing can tell which are
+/// committed): exit 4, and the message says where to look next.
+#[test]
+fn a_damaged_job_record_is_corruption_with_a_way_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = stopped_job(dir.path(), 1);
+    let record = root.join("jobs/job/_job");
+    let mut bytes = std::fs::read(&record).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&record, bytes).unwrap();
+    let verified = run(&root, &["verify", "job/1"]);
+    assert_eq!(verified.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&verified.stderr);
+    assert!(stderr.contains("rockpoint check"), "{stderr}");
+    let checked = run(&root, &["check"]);
+    assert_eq!(checked.status.code(), Some(4));
+    assert!(
+        stdout(&checked).contains("jobs/job/_job"),
+        "{}",
+        stdout(&checked)
+    );
+}
