@@ -48,6 +48,8 @@ pub(crate) const METADATA: &str = "_metadata";
 const JOB_RECORD: &str = "_job";
 /// Marks a reader pin among a job's pins.
 const READER_PIN: &str = "read-";
+/// The name of a restore pin written by early builds (`pins/<job>/restore-<nonce>`).
+const LEGACY_RESTORE_PIN: &str = "restore-";
 
 /// Whether `path` lies under one of the layout's prefixes (or is the root marker).
 pub(crate) fn is_layout_path(path: &str) -> bool {
@@ -292,8 +294,10 @@ pub(crate) fn parse_checkpoint_path(path: &str) -> Option<CheckpointPath<'_>> {
     } else {
         return None;
     };
-    // A name rockpoint never writes (not a job id) is someone else's: never read, never deleted.
-    if id.len() != 20 || !id.bytes().all(|b| b.is_ascii_digit()) || validate_job_id(job).is_err() {
+    // Metadata under a name that is not a job id is still parsed (and then refused as a record
+    // whose job does not validate): an unreadable metadata record blocks GC's shared deletes,
+    // where ignoring it could delete the files of a checkpoint an early build wrote there.
+    if id.len() != 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     Some(CheckpointPath {
@@ -387,7 +391,8 @@ pub(crate) fn is_pin_path(path: &str) -> bool {
     }
     match name.strip_prefix(READER_PIN) {
         Some(rest) => parse_snapshot_pin(&format!("{PINS}{job}/{rest}")).is_some(),
-        None => parse_snapshot_pin(path).is_some(),
+        // `restore-<nonce>`: the restore pins of early builds, still honoured.
+        None => name.starts_with(LEGACY_RESTORE_PIN) || parse_snapshot_pin(path).is_some(),
     }
 }
 
@@ -401,7 +406,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_names_rockpoint_writes_parse_as_pins_records_and_checkpoints() {
+    fn only_names_rockpoint_writes_parse_as_pins_and_job_records() {
         let snapshot = snapshot_pin_path("job", SnapshotKind::Checkpoint, 7, "kg-0-8");
         assert!(is_pin_path(&snapshot));
         let reader = reader_pin_path("job", SnapshotKind::Savepoint, 9);
@@ -418,7 +423,12 @@ mod tests {
         assert_eq!(parse_job_record_path("jobs/bad..name/_job"), None);
         assert_eq!(parse_job_record_path("jobs/jöb/_job"), None);
         assert!(
-            parse_checkpoint_path("jobs/bad..name/chk-00000000000000000001/_metadata").is_none()
+            is_pin_path("pins/job/restore-0123456789abcdef"),
+            "early builds' restore pins"
+        );
+        // Metadata is parsed whatever the job name: an unreadable record blocks GC's deletes.
+        assert!(
+            parse_checkpoint_path("jobs/bad..name/chk-00000000000000000001/_metadata").is_some()
         );
         assert!(parse_checkpoint_path("jobs/job/chk-00000000000000000001/_metadata").is_some());
     }

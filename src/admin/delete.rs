@@ -18,9 +18,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::gc::pin_live;
 use crate::checkpoint::job::{self, CLOCK_MARGIN_MS, JobRecord};
 use crate::checkpoint::metadata::{self, PinOwner};
 use crate::checkpoint::restore::RestoreSource;
+use crate::checkpoint::restore::resolve::resolve_metadata_path;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{self, SnapshotKind};
 use crate::store::Store;
@@ -132,7 +134,7 @@ pub async fn delete_snapshot(
         }
         // P3
         let now = crate::util::now_ms();
-        let owner_live = owner_live(&record, now, margin_ms);
+        let owner_live = record.lease_live(now, margin_ms);
         let mut next = record.clone();
         next.retained.retain(|&r| r != id);
         next.savepoints.retain(|&s| s != id);
@@ -144,10 +146,7 @@ pub async fn delete_snapshot(
             // The lease expired: fence the job in the same swap, as GC does (G2), so that a
             // coordinator paused past its lease can no longer commit a checkpoint that reuses
             // this snapshot's files on the strength of its metadata.
-            next.epoch += 1;
-            next.owner = None;
-            next.lease_until_ms = 0;
-            next.epoch_first_id = next.next_id;
+            next.fence(now);
         }
         next.updated_at_ms = now;
         if job::swap_job(store, &next, Some(&version)).await?.is_none() {
@@ -270,49 +269,46 @@ async fn reader_refusals(
             // holds nothing a reader needs. (D2 still leaves the private files to GC while it
             // lives.)
             Ok(read) if read.export_target => {}
-            Ok(read) => match &read.owner {
-                PinOwner::Reader { expires_at_ms } => {
-                    let lapses_ms = expires_at_ms.saturating_add(margin_ms);
-                    if lapses_ms >= now {
-                        let seconds = (lapses_ms - now).div_ceil(1000);
-                        reasons.push(format!(
+            Ok(read) => {
+                // Liveness as GC judges it: a reader's expiry, or its owner's epoch not fenced.
+                let owner_record = match &read.owner {
+                    PinOwner::Epoch { job: owner, .. } => job::read_job(store, owner)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|(r, _)| r),
+                    PinOwner::Reader { .. } => None,
+                };
+                if !pin_live(&pin.path, &read, owner_record.as_ref(), now, margin_ms) {
+                    continue;
+                }
+                reasons.push(match &read.owner {
+                    PinOwner::Reader { expires_at_ms } => {
+                        let seconds = expires_at_ms
+                            .saturating_add(margin_ms)
+                            .saturating_sub(now)
+                            .div_ceil(1000);
+                        format!(
                             "a restore holds it (a restore, export or verify reading it, or a job \
                              restored from it that has not completed a checkpoint of its own yet \
                              and would restore it again after a failure): pin `{}`, released when \
                              it ends; if its process died, the pin lapses in {seconds} s",
                             pin.path
-                        ));
+                        )
                     }
-                }
-                PinOwner::Epoch {
-                    job: owner,
-                    epoch: owner_epoch,
-                } => {
-                    // Live until that coordinator's epoch is fenced.
-                    let live = match job::read_job(store, owner).await {
-                        Ok(Some((owner_record, _))) => *owner_epoch >= owner_record.epoch,
-                        Ok(None) | Err(_) => true,
-                    };
-                    if live {
-                        reasons.push(format!(
-                            "job `{owner}` restored from it and has not completed a checkpoint \
-                             of its own yet (it would restore it again after a failure): pin \
-                             `{}`, released by the job's first checkpoint; if its coordinator \
-                             died, once its lease expires `rockpoint gc --confirm` fences the job \
-                             and the pin no longer counts",
-                            pin.path
-                        ));
-                    }
-                }
-            },
+                    PinOwner::Epoch { job: owner, .. } => format!(
+                        "job `{owner}` restored from it and has not completed a checkpoint of its \
+                         own yet (it would restore it again after a failure): pin `{}`, released \
+                         by the job's first checkpoint; if its coordinator died, once its lease \
+                         expires `rockpoint gc --confirm` fences the job and the pin no longer \
+                         counts",
+                        pin.path
+                    ),
+                });
+            }
         }
     }
     Ok(reasons)
-}
-
-/// Whether the job's coordinator holds a lease that has not expired (with the clock margin).
-fn owner_live(record: &JobRecord, now_ms: u64, margin_ms: u64) -> bool {
-    record.owner.is_some() && record.lease_until_ms.saturating_add(margin_ms) >= now_ms
 }
 
 fn kind_name(kind: SnapshotKind) -> &'static str {
@@ -322,30 +318,11 @@ fn kind_name(kind: SnapshotKind) -> &'static str {
     }
 }
 
-/// The job, kind and id `source` names, without reading its metadata.
+/// The job, kind and id `source` names, without reading its metadata (R1 of a restore).
 async fn resolve(store: &dyn Store, source: &RestoreSource) -> Result<(String, SnapshotKind, u64)> {
-    let path = match source {
-        RestoreSource::Metadata(path) => path.clone(),
-        RestoreSource::Directory(dir) => {
-            format!("{}/{}", dir.trim_end_matches('/'), layout::METADATA)
-        }
-        RestoreSource::Latest(job_id) => {
-            layout::validate_job_id(job_id)?;
-            let record = job::read_job(store, job_id).await?.map(|(r, _)| r);
-            let latest = record.and_then(|r| r.latest()).ok_or_else(|| {
-                Error::not_found(format!("job `{job_id}` has no retained checkpoint"))
-            })?;
-            return Ok((job_id.clone(), SnapshotKind::Checkpoint, latest));
-        }
-    };
-    match layout::parse_checkpoint_path(&path) {
-        Some(parsed) if parsed.is_metadata() => {
-            layout::validate_job_id(parsed.job)?;
-            Ok((parsed.job.to_owned(), parsed.kind, parsed.id))
-        }
-        _ => Err(Error::invalid(format!(
-            "`{path}` does not name a checkpoint or savepoint (use <job>/<id>, <job>/sp-<id>, \
-             latest:<job> or jobs/<job>/chk-<id>)"
-        ))),
-    }
+    let path = resolve_metadata_path(store, source).await?;
+    let parsed = layout::parse_checkpoint_path(&path)
+        .ok_or_else(|| Error::invalid(format!("`{path}` does not name a checkpoint")))?;
+    layout::validate_job_id(parsed.job)?;
+    Ok((parsed.job.to_owned(), parsed.kind, parsed.id))
 }

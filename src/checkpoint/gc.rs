@@ -269,27 +269,13 @@ impl View {
         Ok((view, jobs))
     }
 
-    /// Whether the pin at `path` still protects anything (see the module docs).
+    /// Whether the pin at `path` still protects anything (see [`pin_live`]).
     fn pin_live(&self, path: &str, pin: &PinRecord, now_ms: u64, margin_ms: u64) -> bool {
-        match &pin.owner {
-            PinOwner::Reader { expires_at_ms } => expires_at_ms.saturating_add(margin_ms) >= now_ms,
-            // Dead only when provably so: an older epoch than the record's, i.e. fenced — by a
-            // newer claim, or by GC after the lease expired (G2 fences before it judges). An
-            // expired lease alone proves nothing: the owner may still commit until it is fenced.
-            // A record read before a newer claim, or not read at all, cannot prove a pin dead.
-            // And a snapshot pin of the live epoch is dead once its checkpoint ended (its id is
-            // below the record's `finished_below`): it can no longer commit. A backend in another
-            // process may write it after the coordinator gave up on the checkpoint.
-            PinOwner::Epoch { job, epoch } => match self.records.get(job) {
-                Some(Some(record)) => {
-                    let ended = layout::parse_snapshot_pin(path).is_some_and(|(pin_job, _, id)| {
-                        pin_job == job && *epoch == record.epoch && id < record.finished_below
-                    });
-                    *epoch >= record.epoch && !ended
-                }
-                _ => true,
-            },
-        }
+        let owner_record = match &pin.owner {
+            PinOwner::Epoch { job, .. } => self.records.get(job).and_then(Option::as_ref),
+            PinOwner::Reader { .. } => None,
+        };
+        pin_live(path, pin, owner_record, now_ms, margin_ms)
     }
 
     /// What the metadata (except `ignored` orphans, which this pass deletes) and the live pins
@@ -496,21 +482,48 @@ async fn delete_shared(
     Ok(())
 }
 
+/// Whether the pin at `path` still protects anything. `owner_record` is the record of the job
+/// whose epoch owns it, as read after the pin (`None`: not known, or the job has none — then the
+/// pin counts as live). Used by GC and by an operator's delete, so both judge pins alike.
+pub(crate) fn pin_live(
+    path: &str,
+    pin: &PinRecord,
+    owner_record: Option<&JobRecord>,
+    now_ms: u64,
+    margin_ms: u64,
+) -> bool {
+    match &pin.owner {
+        PinOwner::Reader { expires_at_ms } => expires_at_ms.saturating_add(margin_ms) >= now_ms,
+        // Dead only when provably so: an older epoch than the record's, i.e. fenced — by a
+        // newer claim, or by GC after the lease expired (G2 fences before it judges). An
+        // expired lease alone proves nothing: the owner may still commit until it is fenced.
+        // A record read before a newer claim, or not read at all, cannot prove a pin dead.
+        // And a snapshot pin of the live epoch is dead once its checkpoint ended (its id is
+        // below the record's `finished_below`): it can no longer commit. A backend in another
+        // process may write it after the coordinator gave up on the checkpoint.
+        PinOwner::Epoch { job, epoch } => match owner_record {
+            Some(record) => {
+                let ended = layout::parse_snapshot_pin(path).is_some_and(|(pin_job, _, id)| {
+                    pin_job == job && *epoch == record.epoch && id < record.finished_below
+                });
+                *epoch >= record.epoch && !ended
+            }
+            None => true,
+        },
+    }
+}
+
 /// Swaps an expired job's record to a new epoch without owner: its pins are dead from here on.
 async fn fence(store: &dyn Store, job: &str, margin_ms: u64) -> Result<Option<JobRecord>> {
     let Some((record, version)) = job::read_job(store, job).await? else {
         return Ok(None);
     };
     let now = crate::util::now_ms();
-    if record.owner.is_none() || record.lease_until_ms.saturating_add(margin_ms) >= now {
+    if record.owner.is_none() || record.lease_live(now, margin_ms) {
         return Ok(Some(record));
     }
     let mut next = record.clone();
-    next.epoch += 1;
-    next.owner = None;
-    next.lease_until_ms = 0;
-    next.epoch_first_id = next.next_id;
-    next.updated_at_ms = now;
+    next.fence(now);
     match job::swap_job(store, &next, Some(&version)).await? {
         Some(_) => {
             tracing::info!(job, epoch = next.epoch, "fenced a job whose lease expired");
@@ -547,8 +560,7 @@ fn orphaned_records(
         };
         // The live owner may still be committing ids of its own block, or deleting what it
         // discards; a fenced or expired owner may not.
-        let owner_live =
-            record.owner.is_some() && record.lease_until_ms.saturating_add(margin_ms) >= now_ms;
+        let owner_live = record.lease_live(now_ms, margin_ms);
         // Ids below `finished_below` ended: their leftovers are GC's even while the owner lives.
         // An export's id is never the owner's: its leftovers are held only by the export's pin.
         let owners_business = owner_live
@@ -635,8 +647,7 @@ async fn fence_expired(
         .iter()
         .filter_map(|(job, record)| {
             let record = record.as_ref()?;
-            (record.owner.is_some() && record.lease_until_ms.saturating_add(margin_ms) < now)
-                .then(|| job.clone())
+            (record.owner.is_some() && !record.lease_live(now, margin_ms)).then(|| job.clone())
         })
         .collect();
     for job in expired {

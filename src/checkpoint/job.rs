@@ -96,6 +96,23 @@ impl JobRecord {
         self.retained.last().copied()
     }
 
+    /// Whether an owner holds a lease that has not expired by more than `margin_ms` at `now_ms`:
+    /// a coordinator that may still commit. An expired lease alone proves nothing about a
+    /// paused owner: a writer that needs it gone fences the job ([`fence`](Self::fence)).
+    pub(crate) fn lease_live(&self, now_ms: u64, margin_ms: u64) -> bool {
+        self.owner.is_some() && self.lease_until_ms.saturating_add(margin_ms) >= now_ms
+    }
+
+    /// Fences the job in this (next) record: a new epoch with no owner and no lease, and a new
+    /// block start, so that every swap of the old epoch fails (GC's G2, an operator's delete).
+    pub(crate) fn fence(&mut self, now_ms: u64) {
+        self.epoch += 1;
+        self.owner = None;
+        self.lease_until_ms = 0;
+        self.epoch_first_id = self.next_id;
+        self.updated_at_ms = now_ms;
+    }
+
     fn validate(&self) -> Result<()> {
         layout::validate_job_id(&self.job_id).map_err(|e| Error::corruption(e.to_string()))?;
         let sorted = |ids: &[u64]| ids.windows(2).all(|w| w[0] < w[1]);

@@ -28,10 +28,12 @@ pub async fn read_metadata(
     }
 }
 
-async fn read_metadata_once(
+/// R1: the metadata path `source` names (a job's latest committed checkpoint resolved through its
+/// record), checked to be one; nothing is read but the record for `latest:`.
+pub(crate) async fn resolve_metadata_path(
     store: &dyn Store,
     source: &RestoreSource,
-) -> Result<(String, CheckpointMetadata)> {
+) -> Result<String> {
     let path = match source {
         RestoreSource::Metadata(path) => path.clone(),
         RestoreSource::Directory(dir) => {
@@ -49,6 +51,14 @@ async fn read_metadata_once(
             "`{path}` is not a checkpoint metadata path (jobs/<job>/chk-<id>/_metadata)"
         )));
     }
+    Ok(path)
+}
+
+async fn read_metadata_once(
+    store: &dyn Store,
+    source: &RestoreSource,
+) -> Result<(String, CheckpointMetadata)> {
+    let path = resolve_metadata_path(store, source).await?;
     let bytes = match store.get(&path).await {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == ErrorKind::NotFound => {
